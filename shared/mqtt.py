@@ -1,0 +1,591 @@
+"""The one MQTT client of splitmq: a small wrapper around paho-mqtt 2.x (MQTT v5).
+
+Every role (device, edge, cloud, planner) talks to the broker through
+:class:`MqttClient`; nothing else imports paho. What it takes care of, all
+measured with mosquitto 2.0.11 (see docs/topics.md and the design notes):
+
+* TCP_NODELAY on the socket (Nagle costs ~88 ms per small request/response);
+* payload sizes checked *before* publishing: an over-limit packet makes the
+  broker drop the connection and paho resend it forever;
+* every subscription restored in ``on_connect`` (shared subscriptions are not
+  restored by the broker), reconnects with exponential backoff;
+* exceptions in callbacks are caught and logged (they would otherwise kill
+  paho's network thread silently);
+* backpressure with a small Receive Maximum plus manual acks.
+
+Handlers run on paho's network thread. They must return quickly: a role puts
+the :class:`Message` on its own bounded queue and its worker pool runs the
+inference, then calls ``message.ack()`` when manual acks are on. Never run a
+model, sleep or wait for a publish inside a handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json as jsonlib
+import logging
+import math
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
+from splitmq.shared.settings import Settings
+
+__all__ = ["JSON_CONTENT_TYPE", "Handler", "Message", "MqttClient", "Will"]
+
+log = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/json"
+_P = ParamSpec("_P")
+
+
+def _noop() -> None:
+    """The ``ack`` of a message that needs none (QoS 0, or automatic acks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message, free of paho types. ``ack()`` releases a manual-ack slot."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    correlation_data: bytes | None = None
+    response_topic: str | None = None
+    content_type: str | None = None
+    expiry_interval: int | None = None
+    payload_format_indicator: int | None = None
+    ack: Callable[[], None] = field(default=_noop, repr=False, compare=False)
+
+    def json(self) -> Any:
+        """The payload decoded as JSON; WireError if it is not."""
+        try:
+            return jsonlib.loads(self.payload)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise WireError(f"payload on {self.topic!r} is not JSON: {exc}") from exc
+
+
+Handler = Callable[[Message], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Presence: the broker publishes ``payload`` to ``topic`` if the client dies.
+
+    :meth:`MqttClient.close` publishes the same payload itself, so a clean
+    shutdown and a crash look alike to subscribers.
+    """
+
+    topic: str
+    payload: Mapping[str, Any] = field(default_factory=lambda: {"status": "offline"})
+    retain: bool = True
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscription:
+    topic_filter: str
+    handler: Handler
+    qos: int
+    sub_id: int  # MQTT v5 subscription identifier: routes a message to its handler
+
+
+@dataclass(slots=True)
+class _PendingSubscribe:
+    done: threading.Event = field(default_factory=threading.Event)
+    codes: list[ReasonCode] = field(default_factory=list)
+
+
+class _DropLastLoopNoise(logging.Filter):
+    """paho 2.2 logs an ERROR from its last loop pass after every clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected.")
+
+
+_paho_log = logging.getLogger(f"{__name__}.paho")
+_paho_log.addFilter(_DropLastLoopNoise())
+
+
+def _logged(
+    method: Callable[Concatenate[MqttClient, _P], None],
+) -> Callable[Concatenate[MqttClient, _P], None]:
+    """Catch and log everything a paho callback raises: paho would die silently."""
+
+    @functools.wraps(method)
+    def wrapper(self: MqttClient, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            log.exception("MQTT callback %s of %s failed", method.__name__, self.client_id)
+
+    return wrapper
+
+
+class MqttClient:
+    """A connected MQTT v5 client; use as a context manager or call connect()/close()."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str | None = None,
+        *,
+        will: Will | None = None,
+        receive_maximum: int | None = None,
+        manual_ack: bool = False,
+        keepalive: int = 30,
+        reconnect_delay: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id or f"splitmq-{uuid.uuid4().hex[:12]}"
+        self._will = will
+        self._receive_maximum = receive_maximum
+        self._manual_ack = manual_ack
+        self._keepalive = keepalive
+        self._lock = threading.Lock()  # guards the tables below; never held while waiting
+        self._subs: dict[str, _Subscription] = {}
+        self._by_id: dict[int, _Subscription] = {}
+        self._sub_ids = itertools.count(1)
+        self._pending_subs: dict[int, _PendingSubscribe] = {}
+        self._puback_failures: dict[int, ReasonCode] = {}
+        self._state = threading.Condition()
+        self._connected = False
+        self._refused: str | None = None
+        self._broker_max_packet: int | None = None
+        self._generation = 0  # bumps per connection; stale acks are dropped
+        self._loop_ident: int | None = None
+        self._closed = False
+        self._paho = self._make_paho(reconnect_delay)
+
+    @classmethod
+    def at(cls, host: str, port: int, client_id: str | None = None, **kwargs: Any) -> MqttClient:
+        """A client for ``host:port`` with default settings otherwise."""
+        return cls(Settings(_env_file=None, broker=f"{host}:{port}"), client_id, **kwargs)  # type: ignore[call-arg]
+
+    def _make_paho(self, reconnect_delay: tuple[float, float]) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=self._manual_ack,
+        )
+        client.enable_logger(_paho_log)
+        client.suppress_exceptions = True  # second line of defence behind @_logged
+        client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]  # floats work
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        if self._will is not None:
+            payload, props = _json_payload(
+                self._will.topic, self._will.payload, PacketTypes.WILLMESSAGE
+            )
+            client.will_set(
+                self._will.topic, payload, self._will.qos, self._will.retain, properties=props
+            )
+        return client
+
+    # -- connection ---------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def broker_max_packet(self) -> int | None:
+        """Maximum packet size the broker announced in CONNACK (None: no limit)."""
+        return self._broker_max_packet
+
+    def connect(self, timeout: float = 10.0) -> MqttClient:
+        """Connect, start the network thread and wait for CONNACK; BrokerError on failure."""
+        host, port = self.settings.broker_host, self.settings.broker_port
+        self._paho.connect_timeout = timeout
+        try:
+            self._paho.connect(
+                host, port, self._keepalive, clean_start=True, properties=self._connect_properties()
+            )
+        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad host
+            raise BrokerError(f"cannot connect to the MQTT broker at {host}:{port}: {exc}") from exc
+        self._paho.loop_start()
+        try:
+            self.wait_connected(timeout)
+        except BrokerError:
+            self._paho.disconnect()
+            self._paho.loop_stop()
+            raise
+        return self
+
+    def _connect_properties(self) -> Properties | None:
+        if self._receive_maximum is None:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = self._receive_maximum
+        return props
+
+    def wait_connected(self, timeout: float = 10.0) -> None:
+        """Block until connected (returns at once if connected); BrokerError on timeout/refusal."""
+        with self._state:
+            self._state.wait_for(lambda: self._connected or self._refused is not None, timeout)
+            if self._connected:
+                return
+            reason = self._refused
+        where = self.settings.broker
+        if reason is not None:
+            raise BrokerError(f"the MQTT broker at {where} refused {self.client_id}: {reason}")
+        raise BrokerError(f"not connected to the MQTT broker at {where} within {timeout:g} s")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish the offline status (when a will is set), disconnect, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._will is not None and self._connected:
+                will = self._will
+                self.publish_json(will.topic, will.payload, will.qos, will.retain, wait=timeout)
+        except BrokerError as exc:
+            log.warning("%s could not publish its offline status: %s", self.client_id, exc)
+        finally:
+            self._paho.disconnect()
+            self._paho.loop_stop()
+
+    def __enter__(self) -> MqttClient:
+        return self if self._connected else self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- subscriptions --------------------------------------------------------
+
+    def subscribe(
+        self, topic_filter: str, handler: Handler, qos: int = 1, timeout: float = 10.0
+    ) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; waits for the SUBACK.
+
+        The subscription is remembered and restored after every reconnect.
+        Subscribing to the same filter again replaces its handler. Called from
+        a handler (the network thread), it does not wait; a refusal is logged.
+        """
+        can_wait = threading.get_ident() != self._loop_ident
+        with self._lock:
+            old = self._subs.get(topic_filter)
+            sub_id = old.sub_id if old else next(self._sub_ids)
+            sub = _Subscription(topic_filter, handler, qos, sub_id)
+            self._subs[topic_filter] = self._by_id[sub_id] = sub
+            if not self._connected:
+                return  # on_connect subscribes it
+            rc, mid = self._send_subscribe(sub)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None or not can_wait:
+                return  # if the connection was lost meanwhile, on_connect subscribes it
+            pending = self._pending_subs[mid] = _PendingSubscribe()
+        self._await_suback(sub, mid, pending, timeout)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            sub = self._subs.pop(topic_filter, None)
+            if sub is not None:
+                del self._by_id[sub.sub_id]
+        if sub is not None and self._connected:
+            self._paho.unsubscribe(topic_filter)
+
+    def _send_subscribe(self, sub: _Subscription) -> tuple[MQTTErrorCode, int | None]:
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = sub.sub_id
+        return self._paho.subscribe(sub.topic_filter, sub.qos, properties=props)
+
+    def _await_suback(
+        self, sub: _Subscription, mid: int, pending: _PendingSubscribe, timeout: float
+    ) -> None:
+        try:
+            if not pending.done.wait(timeout):
+                raise BrokerError(f"no SUBACK for {sub.topic_filter!r} within {timeout:g} s")
+        finally:
+            with self._lock:
+                self._pending_subs.pop(mid, None)
+        failures = [str(code) for code in pending.codes if code.is_failure]
+        if failures:
+            with self._lock:
+                if self._subs.get(sub.topic_filter) is sub:
+                    del self._subs[sub.topic_filter], self._by_id[sub.sub_id]
+            raise BrokerError(
+                f"the broker refused subscription {sub.topic_filter!r}: {failures[0]}"
+            )
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview | str,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+        content_type: str | None = None,
+        expiry_s: float | None = None,
+        json: bool = False,
+        wait: float | None = None,
+    ) -> None:
+        """Publish one message; PayloadTooLarge before anything is sent if it is too big.
+
+        ``json=True`` marks the payload as UTF-8 (payload format indicator 1)
+        with content type ``application/json``. ``wait`` (seconds) blocks until
+        the broker acknowledged a QoS 1 message; BrokerError on timeout or refusal.
+        While disconnected, QoS 1 messages are queued and sent after the
+        reconnect (with ``wait``, BrokerError says so at once); QoS 0 is dropped.
+        Never ``wait`` inside a handler: it runs on the network thread.
+        """
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        props = _publish_properties(correlation_data, response_topic, content_type, expiry_s, json)
+        self._check_size(topic, data, props, qos)
+        try:
+            info = self._paho.publish(topic, data, qos, retain, properties=props)
+        except ValueError as exc:  # wildcards in the topic, bad QoS
+            raise BrokerError(f"cannot publish to {topic!r}: {exc}") from exc
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            log.debug(
+                "%s: not connected, %s to %s", self.client_id, "queued" if qos else "dropped", topic
+            )
+        elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        if wait is not None:
+            self._await_publish(topic, info, wait)
+
+    def publish_json(
+        self, topic: str, obj: Any, qos: int = 1, retain: bool = False, **kwargs: Any
+    ) -> None:
+        """Publish ``obj`` as compact JSON (strict: NaN is refused, other languages read it)."""
+        payload, _ = _json_payload(topic, obj, PacketTypes.PUBLISH)
+        self.publish(topic, payload, qos, retain, json=True, **kwargs)
+
+    def _check_size(self, topic: str, data: bytes, props: Properties, qos: int) -> None:
+        limit = self.settings.max_payload_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(
+                f"payload of {len(data):,} bytes for {topic!r} exceeds max_payload_bytes="
+                f"{limit:,}: compress it more, or raise max_payload_bytes together with "
+                "max_packet_size in mosquitto.conf"
+            )
+        broker_limit = self._broker_max_packet
+        size = _packet_size(topic, data, props, qos)
+        if broker_limit is not None and size > broker_limit:
+            raise PayloadTooLarge(
+                f"a packet of {size:,} bytes for {topic!r} exceeds the broker's maximum packet "
+                f"size of {broker_limit:,} bytes (max_packet_size in mosquitto.conf)"
+            )
+
+    def _await_publish(self, topic: str, info: paho.MQTTMessageInfo, timeout: float) -> None:
+        self._refuse_wait_on_network_thread(f"wait for the publish to {topic!r}")
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise BrokerError(f"publish to {topic!r} failed: {exc}") from exc
+        if not info.is_published():
+            raise BrokerError(f"publish to {topic!r} not acknowledged within {timeout:g} s")
+        failure = self._puback_failures.pop(info.mid, None)
+        if failure is not None:
+            raise BrokerError(f"the broker rejected the publish to {topic!r}: {failure}")
+
+    def _refuse_wait_on_network_thread(self, what: str) -> None:
+        if threading.get_ident() == self._loop_ident:
+            raise BrokerError(
+                f"cannot {what} on the MQTT network thread (it would deadlock): "
+                "hand the work to your own worker pool"
+            )
+
+    # -- paho callbacks (network thread) ----------------------------------------
+
+    @_logged
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError) as exc:  # e.g. a websocket wrapper
+            log.warning("%s: cannot set TCP_NODELAY: %s", self.client_id, exc)
+
+    @_logged
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("%s: the broker refused the connection: %s", self.client_id, reason)
+            with self._state:
+                self._refused = str(reason)
+                self._state.notify_all()
+            return
+        self._loop_ident = threading.get_ident()
+        self._broker_max_packet = getattr(props, "MaximumPacketSize", None)
+        self._generation += 1
+        with self._lock:
+            for sub in self._subs.values():
+                self._send_subscribe(sub)
+        with self._state:
+            self._connected, self._refused = True, None
+            self._state.notify_all()
+        log.info("%s connected to %s", self.client_id, self.settings.broker)
+
+    @_logged
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        with self._state:
+            self._connected = False
+        with self._lock:  # waiters return; on_connect restores their subscriptions
+            for pending in self._pending_subs.values():
+                pending.done.set()
+        if self._closed:
+            log.debug("%s disconnected", self.client_id)
+        else:
+            log.warning(
+                "%s lost the broker (%s); reconnecting with backoff", self.client_id, reason
+            )
+
+    @_logged
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
+        with self._lock:
+            pending = self._pending_subs.get(mid)
+        if pending is not None:
+            pending.codes = codes
+            pending.done.set()
+            return
+        for code in codes:  # a resubscription from on_connect: nobody waits for it
+            if code.is_failure:
+                log.error("%s: the broker refused a resubscription: %s", self.client_id, code)
+
+    @_logged
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        # No lock here: paho calls this holding its own mutex that publish() needs.
+        if reason.is_failure:
+            self._puback_failures[mid] = reason
+            log.warning("%s: the broker rejected message %d: %s", self.client_id, mid, reason)
+        else:
+            self._puback_failures.pop(mid, None)
+
+    @_logged
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        message = self._to_message(msg)
+        subs = self._route(message.topic, getattr(msg.properties, "SubscriptionIdentifier", None))
+        if not subs:
+            log.debug("%s: no handler for %s", self.client_id, message.topic)
+            message.ack()
+        for sub in subs:
+            try:
+                sub.handler(message)
+            except Exception:
+                log.exception("handler for %r failed on %s", sub.topic_filter, message.topic)
+                message.ack()  # the handler did not take it: don't block the flow forever
+
+    def _route(self, topic: str, sub_ids: list[int] | None) -> list[_Subscription]:
+        with self._lock:
+            subs = [self._by_id[i] for i in sub_ids or () if i in self._by_id]
+            if subs:
+                return subs
+            return [s for s in self._subs.values() if _matches(s.topic_filter, topic)]
+
+    def _to_message(self, msg: paho.MQTTMessage) -> Message:
+        props = msg.properties
+        ack: Callable[[], None] = _noop
+        if self._manual_ack and msg.qos > 0:
+            ack = functools.partial(self._ack, _Once(), msg.mid, msg.qos, self._generation)
+        return Message(
+            topic=msg.topic,
+            payload=msg.payload,
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            correlation_data=getattr(props, "CorrelationData", None),
+            response_topic=getattr(props, "ResponseTopic", None),
+            content_type=getattr(props, "ContentType", None),
+            expiry_interval=getattr(props, "MessageExpiryInterval", None),
+            payload_format_indicator=getattr(props, "PayloadFormatIndicator", None),
+            ack=ack,
+        )
+
+    def _ack(self, once: _Once, mid: int, qos: int, generation: int) -> None:
+        # A mid from an earlier connection may already name another message.
+        if once.take() and generation == self._generation and self._connected:
+            self._paho.ack(mid, qos)
+
+
+class _Once:
+    """True the first time only: acking twice could ack a later message with the same mid."""
+
+    __slots__ = ("_lock", "_taken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def take(self) -> bool:
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    """Filter match, ignoring a ``$share/<group>/`` head (fallback without sub ids)."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return paho.topic_matches_sub(topic_filter, topic)
+
+
+def _json_payload(topic: str, obj: Any, packet_type: int) -> tuple[bytes, Properties]:
+    try:
+        text = jsonlib.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"cannot encode the JSON payload for {topic!r}: {exc}") from exc
+    props = Properties(packet_type)
+    props.PayloadFormatIndicator = 1
+    props.ContentType = JSON_CONTENT_TYPE
+    return text.encode(), props
+
+
+def _publish_properties(
+    correlation_data: bytes | None,
+    response_topic: str | None,
+    content_type: str | None,
+    expiry_s: float | None,
+    is_json: bool,
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if content_type is not None or is_json:
+        props.ContentType = content_type or JSON_CONTENT_TYPE
+    if expiry_s is not None:
+        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+    if is_json:
+        props.PayloadFormatIndicator = 1
+    return props
+
+
+def _packet_size(topic: str, data: bytes, props: Properties, qos: int) -> int:
+    """Size of the PUBLISH packet on the wire (what the broker's limit counts)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(props.pack()) + len(data)
+    limits = (128, 16384, 2097152, 268435456)
+    length_bytes = next((n for n, top in enumerate(limits, 1) if remaining < top), 5)
+    return 1 + length_bytes + remaining

@@ -1,0 +1,246 @@
+"""Loading ONNX models and the graph facts every other module needs.
+
+``Graph`` is a read-only view of a model: nodes in a topological order of our
+own (the file's order is not trusted), who produces and who consumes each
+tensor, which tensors carry data from the model input ("dynamic") and which
+are constants, and the real shape of every tensor, learned by running the
+model once (static shape inference leaves dims unknown in real exports).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from splitmq.shared.errors import ModelError
+
+# Ops whose output depends only on the *shape* of their input. Their input edge
+# is metadata, not data: a partition without the tensor rebuilds the shape
+# from the batch size of its own input and the learned static dims.
+SHAPE_OPS = frozenset({"Shape"})
+
+ORT_DTYPES: dict[int, np.dtype] = {
+    onnx.TensorProto.FLOAT: np.dtype(np.float32),
+    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
+    onnx.TensorProto.UINT8: np.dtype(np.uint8),
+    onnx.TensorProto.INT8: np.dtype(np.int8),
+    onnx.TensorProto.INT32: np.dtype(np.int32),
+    onnx.TensorProto.INT64: np.dtype(np.int64),
+    onnx.TensorProto.BOOL: np.dtype(np.bool_),
+}
+
+
+def load_model(path: Path | str) -> onnx.ModelProto:
+    """Load and check an ONNX file, turning every failure into a ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise ModelError(f"{path}: not an ONNX model ({exc.__class__.__name__})") from exc
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes)")
+    return checked(model, str(path))
+
+
+def checked(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """Sort the nodes topologically (files need not be), then run onnx.checker."""
+    nodes = _topological(model.graph)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{where}: invalid ONNX model: {first}") from exc
+    return model
+
+
+def make_session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with a fixed thread count (profiles depend on it)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"ONNX Runtime cannot load the model: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Per-sample facts about one tensor, learned from a real run."""
+
+    name: str
+    shape: tuple[int, ...]  # with batch 1
+    dtype: str
+
+    @property
+    def bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Graph:
+    """Topologically ordered view of an ONNX model (see module docstring)."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto] = field(init=False)
+    producer: dict[str, int] = field(init=False)
+    consumers: dict[str, list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nodes = _topological(self.model.graph)
+        self.producer = {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
+        self.consumers = {}
+        for i, n in enumerate(self.nodes):
+            for t in dict.fromkeys(n.input):
+                if t:
+                    self.consumers.setdefault(t, []).append(i)
+
+    @cached_property
+    def initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self.model.graph.initializer}
+
+    @cached_property
+    def input_name(self) -> str:
+        """The one data input (old models also list initializers as inputs)."""
+        real = [i.name for i in self.model.graph.input if i.name not in self.initializers]
+        if len(real) != 1:
+            raise ModelError(f"splitmq splits models with one input; this one has {len(real)}")
+        return real[0]
+
+    @cached_property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.model.graph.output]
+
+    @cached_property
+    def dynamic(self) -> frozenset[str]:
+        """Tensors whose values depend on the model input (shape reads excluded)."""
+        dyn = {self.input_name}
+        for n in self.nodes:
+            if n.op_type not in SHAPE_OPS and any(t in dyn for t in n.input):
+                dyn.update(o for o in n.output if o)
+        return frozenset(dyn)
+
+    def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
+        if node.op_type in SHAPE_OPS:
+            return []
+        return [t for t in dict.fromkeys(node.input) if t in self.dynamic]
+
+    def input_shape(self) -> list[int | str]:
+        vi = next(i for i in self.model.graph.input if i.name == self.input_name)
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim
+        ]
+
+    def sample_input(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """A batch-1 random input; unknown non-batch dims cannot be guessed."""
+        vi = next(i for i in self.model.graph.input if i.name == self.input_name)
+        dims = self.input_shape()
+        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            raise ModelError(
+                f"input {self.input_name!r} has unknown dims {dims}: export it with a fixed "
+                "sample size (only the batch dim may be symbolic)"
+            )
+        dtype = ORT_DTYPES.get(vi.type.tensor_type.elem_type)
+        if dtype is None:
+            raise ModelError(f"input {self.input_name!r} has an unsupported element type")
+        shape = (1, *dims[1:])
+        rng = rng or np.random.default_rng(0)
+        if dtype.kind == "f":
+            return rng.standard_normal(shape).astype(dtype)
+        return rng.integers(0, 255, shape).astype(dtype)
+
+    @cached_property
+    def tensors(self) -> dict[str, TensorInfo]:
+        """Real per-sample shape and dtype of every tensor, from one run on a sample."""
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.model)
+        names = [o for n in self.nodes for o in n.output if o]
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+        session = make_session(probe)
+        x = self.sample_input()
+        try:
+            values = session.run(names, {self.input_name: x})
+        except Exception as exc:
+            raise ModelError(f"running the model on a sample input failed: {exc}") from exc
+        info = {n: TensorInfo(n, tuple(v.shape), str(v.dtype)) for n, v in zip(names, values)}
+        info[self.input_name] = TensorInfo(self.input_name, tuple(x.shape), str(x.dtype))
+        return info
+
+    def param_bytes(self, node: onnx.NodeProto) -> int:
+        inits = self.initializers
+        return sum(_tensor_nbytes(inits[t]) for t in node.input if t in inits)
+
+    def macs(self, node: onnx.NodeProto) -> int:
+        """Multiply-accumulates of one node for one sample (the rest as elementwise)."""
+        out = self.tensors.get(node.output[0]) if node.output else None
+        if out is None:
+            return 0
+        out_elems = int(np.prod(out.shape, dtype=np.int64))
+        if node.op_type == "Conv" and len(node.input) > 1:
+            w = self._shape_of(node.input[1])
+            return out_elems * int(np.prod(w[1:], dtype=np.int64)) if w else out_elems
+        if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1:
+            a = self._shape_of(node.input[0])
+            if not a:
+                return out_elems
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
+            return out_elems * int(k)
+        if node.op_type in SHAPE_OPS or node.output[0] not in self.dynamic:
+            return 0
+        return out_elems
+
+    def _shape_of(self, name: str) -> tuple[int, ...] | None:
+        if name in self.initializers:
+            return tuple(self.initializers[name].dims)
+        info = self.tensors.get(name)
+        return info.shape if info else None
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    return int(numpy_helper.to_array(t).nbytes) if t.data_location == 0 else 0
+
+
+def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Kahn's order, stable with respect to the file; a cycle is a ModelError."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    available.add("")
+    produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    waiting = [0] * len(graph.node)
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        deps = {produced_by[t] for t in n.input if t not in available and t in produced_by}
+        missing = [t for t in n.input if t not in available and t not in produced_by]
+        if missing:
+            raise ModelError(f"node {n.name or n.op_type!r} reads undefined tensor {missing[0]!r}")
+        waiting[i] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = deque(i for i, w in enumerate(waiting) if w == 0)
+    order: list[int] = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(order) != len(graph.node):
+        raise ModelError("the graph has a cycle")
+    return [graph.node[i] for i in order]

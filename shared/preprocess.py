@@ -1,0 +1,50 @@
+"""Turning an image into the model's input, split in two halves on purpose.
+
+``to_pixels`` (resize, centre crop, NCHW uint8) runs on the device; the
+``normalize`` half ((x - mean) / std as float32) runs wherever the first
+partition runs. That is what lets cut 0 travel as uint8 or JPEG and be
+normalised by the receiving tier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from splitmq.shared.errors import UserError
+from splitmq.shared.manifest import Preprocess
+
+
+def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
+    """An HxW(xC) uint8 image (or PIL image) -> (1, C, H, W) uint8 at the model's size."""
+    img = image if isinstance(image, Image.Image) else _as_pil(image)
+    img = img.convert(pre.channels)
+    height, width = pre.size
+    if pre.resize:
+        scale = pre.resize / min(img.size)
+        img = img.resize(
+            (max(width, round(img.width * scale)), max(height, round(img.height * scale))),
+            Image.BILINEAR,
+        )
+        left, top = (img.width - width) // 2, (img.height - height) // 2
+        img = img.crop((left, top, left + width, top + height))
+    elif img.size != (width, height):
+        img = img.resize((width, height), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+
+
+def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """(N, C, H, W) uint8 -> float32 model input."""
+    mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
+    return (pixels.astype(np.float32) - mean) / std
+
+
+def _as_pil(image: np.ndarray) -> Image.Image:
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise UserError(f"an image must be HxW or HxWxC uint8, got {image.dtype} {image.shape}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return Image.fromarray(image)

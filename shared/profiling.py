@@ -1,0 +1,176 @@
+"""Measuring what each part of a model costs on this host.
+
+Every head (input -> cut) and tail (cut -> outputs) runs as its own ONNX
+Runtime session (warm-up, repeats, median): measuring them whole keeps the
+operator fusions and cache effects that summing tiny segments would miss.
+Any other partition is predicted from them (``Profile.predict_ms``).
+``bench/bench_profile_accuracy.py`` checks the prediction against measured
+partitions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from splitmq.shared.manifest import HostInfo, Profile
+from splitmq.shared.onnx_graph import make_session
+from splitmq.shared.partition import DTYPE_TO_ONNX, extract_segment
+from splitmq.shared.pool import ModelVersion
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info(threads: int) -> HostInfo:
+    return HostInfo(
+        cpu=cpu_model(), cores=os.cpu_count() or 1, ort_version=ort.__version__, threads=threads
+    )
+
+
+def median_ms(run: Callable[[], object], warmup: int = 3, repeats: int = 15) -> float:
+    """Median wall time of ``run`` in milliseconds, after warm-up runs."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def time_partition(
+    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int = 1, repeats: int = 15
+) -> float:
+    """Measured median latency of partition a -> b fed with cut a's tensor ``x``."""
+    return median_ms(partition_runner(mv, a, b, x, threads), repeats=repeats)
+
+
+def cut_values(mv: ModelVersion, x: np.ndarray) -> list[np.ndarray]:
+    """The tensor at every cut for the model input ``x``, from one run of the full model."""
+    session = make_session(_with_outputs(mv.graph.model, [c.name for c in mv.cuts[1:]]))
+    return [x, *session.run([c.name for c in mv.cuts[1:]], {mv.cuts[0].name: x})]
+
+
+def profile(
+    mv: ModelVersion,
+    threads: int = 1,
+    repeats: int = 8,
+    chunk: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> Profile:
+    """Measure every head, tail and segment of ``mv`` on this host (see Profile).
+
+    Cuts are measured a chunk at a time, runs going round-robin over the
+    chunk's partitions and the full model, so a burst of load from a noisy
+    neighbour spreads over all of them; each chunk is scaled by its own
+    measurement of the full model, which keeps chunks comparable.
+    """
+    last = mv.last_cut
+    values = cut_values(mv, mv.graph.sample_input())
+    full_run = partition_runner(mv, 0, last, values[0], threads)
+    heads, tails, segments = [0.0] * (last + 1), [0.0] * (last + 1), [0.0] * last
+    fulls = []
+    for start in range(1, last + 1, chunk):
+        cuts = range(start, min(start + chunk, last + 1))
+        parts = [(0, c) for c in cuts] + [(c - 1, last) for c in cuts] + [(c - 1, c) for c in cuts]
+        runs = [full_run, *(partition_runner(mv, a, b, values[a], threads) for a, b in parts)]
+        medians = round_robin_ms(runs, repeats)
+        fulls.append(medians[0])
+        for (a, b), ms in zip(parts, medians[1:]):
+            scaled = ms * fulls[0] / medians[0]
+            if a == 0:
+                heads[b] = scaled
+            if b == last:
+                tails[a] = scaled
+            if b == a + 1:
+                segments[a] = scaled
+        if progress:
+            progress(cuts[-1], last)
+    return Profile(
+        host=host_info(threads),
+        heads_ms=_monotonic(heads),
+        tails_ms=_monotonic(tails[::-1])[::-1],
+        segments_ms=segments,
+        overhead_ms=run_overhead_ms(values[0], threads),
+        measured_at=time.time(),
+    )
+
+
+def round_robin_ms(runs: list[Callable[[], object]], repeats: int, burst: int = 3) -> list[float]:
+    """Median ms of each run, timed in turns of ``burst`` back-to-back runs.
+
+    Turns spread bursts of load from noisy neighbours over all runs; within a
+    turn the first run warms the caches and only the rest are timed, as a
+    worker serving one partition runs warm.
+    """
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, ts in zip(runs, times):
+            run()
+            for _ in range(burst - 1):
+                start = time.perf_counter()
+                run()
+                ts.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(ts) for ts in times]
+
+
+def partition_runner(
+    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int
+) -> Callable[[], object]:
+    model = extract_segment(mv.graph, mv.cuts, a, None if b == mv.last_cut else b)
+    session = make_session(model, threads)
+    feeds = {mv.cuts[a].name: x}
+    return lambda: session.run(None, feeds)
+
+
+def _monotonic(values: list[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        onnx.ValueInfoProto(name=n) for n in names if n not in {o.name for o in model.graph.output}
+    )
+    return probe
+
+
+def run_overhead_ms(x: np.ndarray, threads: int = 1) -> float:
+    """Cost of one session run that does no work: an Identity on a tensor like ``x``."""
+    shape: list[int | str] = ["N", *x.shape[1:]]
+    vi_in = helper.make_tensor_value_info("x", DTYPE_TO_ONNX[str(x.dtype)], shape)
+    vi_out = helper.make_tensor_value_info("y", DTYPE_TO_ONNX[str(x.dtype)], shape)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity", [vi_in], [vi_out]
+    )
+    session = make_session(helper.make_model(graph), threads)
+    return median_ms(lambda: session.run(None, {"x": x}), repeats=50)

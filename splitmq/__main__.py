@@ -1,0 +1,3 @@
+from splitmq.cli import main
+
+main()

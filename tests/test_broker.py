@@ -1,0 +1,84 @@
+"""The launcher against the real mosquitto binary."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from splitmq.broker import launcher
+from splitmq.broker.launcher import DEFAULT_CONFIG, Broker, find_mosquitto, render_config
+from splitmq.shared.errors import BrokerError
+
+
+def accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_start_and_stop_cleanly() -> None:
+    with Broker() as broker:
+        assert broker.running and broker.port != 1883
+        assert accepts(broker.host, broker.port)
+        data_dir = broker.data_dir
+        lines = (data_dir / "mosquitto.conf").read_text().splitlines()
+        assert [line for line in lines if line.startswith("listener ")] == [
+            f"listener {broker.port} 127.0.0.1"
+        ]
+    assert not broker.running
+    assert not accepts(broker.host, broker.port)
+    assert not data_dir.exists()
+
+
+def test_second_broker_gets_another_free_port(broker: Broker) -> None:
+    with Broker() as other:
+        assert other.port != broker.port
+        assert accepts(other.host, other.port) and accepts(broker.host, broker.port)
+
+
+def test_given_data_dir_is_kept_with_retained_state(tmp_path: Path) -> None:
+    with Broker(data_dir=tmp_path / "data"):
+        pass
+    assert (tmp_path / "data" / "mosquitto.db").exists()  # saved on SIGTERM
+    assert "mosquitto version" in (tmp_path / "data" / "mosquitto.log").read_text()
+
+
+def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(launcher, "_FALLBACK_PATHS", ())
+    with pytest.raises(BrokerError, match="apt-get install mosquitto mosquitto-clients"):
+        find_mosquitto()
+    with pytest.raises(BrokerError, match="make test"):
+        Broker().start()
+
+
+def test_startup_failure_shows_the_log_tail(tmp_path: Path) -> None:
+    config = tmp_path / "bad.conf"
+    config.write_text(DEFAULT_CONFIG.read_text() + "\nno_such_option 1\n")
+    with pytest.raises(BrokerError, match="exited with status") as error:
+        Broker(config=config).start()
+    assert "no_such_option" in str(error.value)
+
+
+def test_busy_port_is_reported(broker: Broker) -> None:
+    with pytest.raises(BrokerError, match="Address already in use"):
+        Broker(port=broker.port).start()
+
+
+def test_render_config_fills_in_listener_data_dir_and_user(tmp_path: Path) -> None:
+    text = render_config(DEFAULT_CONFIG.read_text(), port=4321, host="127.0.0.1", data_dir=tmp_path)
+    lines = text.splitlines()
+    assert "listener 4321 127.0.0.1" in lines
+    assert f"persistence_location {tmp_path}/" in lines
+    assert sum(line.startswith("user ") for line in lines) == 1
+    assert "set_tcp_nodelay true" in lines
+
+
+def test_render_config_needs_exactly_one_listener(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="exactly one `listener`"):
+        render_config("persistence true\n", port=1, host=None, data_dir=tmp_path)
+    with pytest.raises(BrokerError, match="found 2"):
+        render_config("listener 1\nlistener 2\n", port=1, host=None, data_dir=tmp_path)

@@ -1,0 +1,330 @@
+"""Fuzzing the readers: whatever arrives, only WireError or CodecError escape, and a
+hostile message costs a bounded amount of memory.
+
+Every example goes through what a worker does with a payload (unpack, then decode
+the tensor) with a 1 MiB limit, and tracemalloc checks the peak it allocated.
+"""
+
+import contextlib
+import io
+import json
+import math
+import tracemalloc
+from typing import Any
+
+import lz4.frame
+import msgpack
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from splitmq.shared.codecs import EncodedTensor, decode, encode
+from splitmq.shared.errors import CodecError, WireError
+from splitmq.shared.wire import (
+    DeviceTiming,
+    Hop,
+    HopTiming,
+    Request,
+    Timing,
+    pack_request,
+    unpack_error,
+    unpack_request,
+    unpack_result,
+)
+
+MAX_BYTES = 1 << 20
+PEAK = 4 << 20  # what reading one payload may allocate
+
+
+def fuzz(examples: int) -> Any:
+    """Hypothesis settings for these tests: many examples, no deadline, no example database."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def _read(payload: bytes) -> None:
+    """Unpack and decode like a worker; anything but the two typed errors fails the test.
+
+    tracemalloc runs only around the read, so hypothesis's own allocations neither
+    count nor slow down.
+    """
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(WireError, CodecError):
+            decode(unpack_request(payload, MAX_BYTES).tensor, MAX_BYTES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK
+
+
+# --- strategies ---------------------------------------------------------------------------
+
+IDS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+MODELS = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", fullmatch=True)
+TIMES = st.floats(0, 1e10)
+CODECS = [
+    "raw", "fp16", "int8", "int8c", "q4", "q4c", "q2", "q2c", "clip4", "raw+zstd", "q4c+zstd",
+    "int8+lz4", "q2+lz4", "u8", "u8+zstd", "jpeg:50",
+]  # fmt: skip
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> EncodedTensor:
+    codec = draw(st.sampled_from(CODECS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if codec.startswith("jpeg"):
+        shape = (
+            1,
+            draw(st.sampled_from([1, 3])),
+            draw(st.integers(1, 12)),
+            draw(st.integers(1, 12)),
+        )
+    else:
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=2, max_size=4)))
+    if codec.startswith(("u8", "jpeg")):
+        return encode(rng.integers(0, 256, shape, dtype=np.uint8), codec)
+    return encode(rng.standard_normal(shape).astype(np.float32), codec)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    hops = draw(st.integers(1, 4))
+    start = draw(st.integers(0, 10))
+    stops = sorted(draw(st.sets(st.integers(start + 1, 99), min_size=hops - 1, max_size=hops - 1)))
+    exits = st.none() | st.floats(0, 1)
+    route = tuple(
+        Hop(draw(st.sampled_from(["edge", "cloud"])), to, draw(exits)) for to in [*stops, None]
+    )
+    hop = draw(st.integers(0, hops - 1))
+    records = tuple(
+        HopTiming(route[i].tier, draw(IDS), *draw(st.lists(TIMES, min_size=4, max_size=4)), 330)
+        for i in range(hop)
+    )
+    return Request(
+        id=draw(IDS),
+        device=draw(IDS),
+        model=draw(MODELS),
+        version=draw(st.integers(1, 2**31 - 1)),
+        cut=stops[hop - 1] if hop else start,
+        route=route,
+        hop=hop,
+        tensor=draw(tensors()),
+        deadline=draw(st.none() | TIMES),
+        timing=Timing(DeviceTiming(*draw(st.lists(TIMES, min_size=4, max_size=4))), records),
+    )
+
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=40)
+    | st.sampled_from(["edge", "cloud", "float32", "int8", "q4c+zstd", "jpeg:50", "raw+lz4"])
+    | st.sampled_from([10**12, 2**31, 2**63 - 1, -1, 0, math.inf, math.nan])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+def _paths(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a decoded request where a value sits."""
+    found = [path]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            found += _paths(value, (*path, key))
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            found += _paths(value, (*path, index))
+    return found
+
+
+# --- the readers see garbage --------------------------------------------------------------
+
+
+@fuzz(3000)
+@given(st.binary(max_size=600))
+def test_random_bytes(payload: bytes) -> None:
+    _read(payload)
+
+
+@fuzz(1500)
+@given(VALUES)
+def test_random_msgpack_documents(value: Any) -> None:
+    _read(msgpack.packb(value))
+
+
+@fuzz(800)
+@given(requests())
+def test_valid_requests_round_trip(request: Request) -> None:
+    payload = pack_request(request)
+    assert unpack_request(payload) == request
+    assert decode(request.tensor).shape == request.tensor.shape
+
+
+@fuzz(1000)
+@given(requests(), st.data())
+def test_truncated_requests(request: Request, data: st.DataObject) -> None:
+    payload = pack_request(request)
+    _read(payload[: data.draw(st.integers(0, len(payload) - 1))])
+
+
+@fuzz(1500)
+@given(requests(), st.lists(st.tuples(st.integers(0), st.integers(0, 255)), min_size=1, max_size=8))
+def test_corrupted_bytes(request: Request, flips: list[tuple[int, int]]) -> None:
+    payload = bytearray(pack_request(request))
+    for position, value in flips:
+        payload[position % len(payload)] = value
+    _read(bytes(payload))
+
+
+@fuzz(2500)
+@given(requests(), st.data())
+def test_mutated_fields(request: Request, data: st.DataObject) -> None:
+    doc = msgpack.unpackb(pack_request(request))
+    *parent_path, key = data.draw(st.sampled_from(_paths(doc)[1:]))
+    parent = doc
+    for step in parent_path:
+        parent = parent[step]
+    action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+    if action == "replace":
+        parent[key] = data.draw(VALUES)
+    elif isinstance(parent, dict) and action == "delete":
+        del parent[key]
+    elif isinstance(parent, dict):
+        parent[data.draw(st.text(max_size=8))] = data.draw(VALUES)
+    else:
+        parent.append(data.draw(VALUES))
+    _read(msgpack.packb(doc))
+
+
+# --- hostile sizes ------------------------------------------------------------------------
+
+_VECTOR = msgpack.unpackb(
+    pack_request(
+        Request(
+            id="fuzz",
+            device="cam-01",
+            model="m",
+            version=1,
+            cut=0,
+            route=(Hop("cloud"),),
+            hop=0,
+            tensor=encode(np.zeros((1, 4), np.float32), "raw"),
+            deadline=None,
+            timing=Timing(DeviceTiming(1, 2, 3, 4)),
+        )
+    )
+)
+
+
+def _with_tensor(**tensor: Any) -> bytes:
+    doc = dict(_VECTOR)
+    doc["tensor"] = {**_VECTOR["tensor"], **tensor}
+    return msgpack.packb(doc)
+
+
+DIMS = st.integers(-(2**63), 2**64 - 1) | st.sampled_from([10**12, 2**31, 2**31 - 1, 2**16])
+
+
+@fuzz(1500)
+@given(
+    st.lists(DIMS, min_size=0, max_size=10),
+    st.sampled_from(CODECS),
+    st.sampled_from(["float32", "float64", "uint8", "int64"]),
+    st.dictionaries(st.sampled_from(["lo", "hi", "scale", "zp"]), SCALARS, max_size=4),
+    st.binary(max_size=64),
+)
+def test_huge_declared_shapes(
+    shape: list[int], codec: str, dtype: str, params: dict[str, Any], data: bytes
+) -> None:
+    _read(_with_tensor(shape=shape, codec=codec, dtype=dtype, params=params, data=data))
+
+
+def test_a_declared_terabyte_is_refused_before_allocating() -> None:
+    for shape in ([10**12], [10**6, 10**6], [2**20, 2**20, 2**20]):
+        with pytest.raises(CodecError, match=r"^tensor\.shape"):
+            unpack_request(_with_tensor(shape=shape, codec="raw+zstd", data=b""))
+        _read(_with_tensor(shape=shape, codec="raw+zstd", data=b""))
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A valid small JPEG whose frame header (SOF0) claims another size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    jpeg = bytearray(buffer.getvalue())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(jpeg)
+
+
+_ZEROS = bytes(32 << 20)
+BOMBS = {
+    "zstd": [
+        zstandard.ZstdCompressor().compress(_ZEROS),
+        zstandard.ZstdCompressor(write_content_size=False).compress(_ZEROS),
+        zstandard.ZstdCompressor(level=19).compress(_ZEROS[: 1 << 20]),
+    ],
+    "lz4": [lz4.frame.compress(_ZEROS), lz4.frame.compress(_ZEROS, store_size=False)],
+    "jpeg": [_jpeg_claiming(65000, 65000), _jpeg_claiming(10000, 10000), _jpeg_claiming(1, 8)],
+}
+del _ZEROS
+
+
+@fuzz(300)
+@given(
+    st.sampled_from(["zstd", "lz4", "jpeg"]),
+    st.data(),
+    st.integers(1, 4096),
+    st.sampled_from(["raw", "u8", "q4", "int8"]),
+)
+def test_decompression_bombs(kind: str, data: st.DataObject, size: int, inner: str) -> None:
+    bomb = data.draw(st.sampled_from(BOMBS[kind]))
+    if kind == "jpeg":
+        tensor = {"dtype": "uint8", "shape": [1, 3, 8, 8], "codec": "jpeg:50", "params": {}}
+    else:
+        params = {"scale": 0.1, "zp": 0} if inner == "int8" else {"lo": 0.0, "hi": 1.0}
+        dtype = "uint8" if inner in ("raw", "u8") else "float32"
+        tensor = {
+            "dtype": dtype,
+            "shape": [size],
+            "codec": f"{inner}+{kind}",
+            "params": {} if dtype == "uint8" else params,
+        }
+    payload = _with_tensor(**tensor, data=bomb)
+    with pytest.raises(CodecError, match=r"^data: "):
+        decode(unpack_request(payload, MAX_BYTES).tensor, MAX_BYTES)
+    _read(payload)
+
+
+# --- JSON readers ----------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@fuzz(1500)
+@given(st.binary(max_size=300) | JSON_VALUES.map(lambda value: json.dumps(value).encode()))
+def test_json_readers_on_garbage(payload: bytes) -> None:
+    for read in (unpack_result, unpack_error):
+        with contextlib.suppress(WireError):
+            read(payload)
