@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
+
 from splitmq.shared.errors import CodecError
 
 ParamValue = int | float | str | bytes

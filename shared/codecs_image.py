@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
+
 from splitmq.shared.codecs_base import Params, expect_keys
 from splitmq.shared.errors import CodecError
 

@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 
 import numpy as np
+
 from splitmq.shared.codecs_base import DTYPES, FLOAT_DTYPES, Params, expect_keys, num_elements
 
 _NO_KEYS: frozenset[str] = frozenset()

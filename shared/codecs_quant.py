@@ -10,6 +10,7 @@ docs/wire-format.md.
 from collections.abc import Mapping
 
 import numpy as np
+
 from splitmq.shared.codecs_base import (
     FLOAT32_MAX,
     FLOAT32_TINY,

@@ -33,14 +33,30 @@ DTYPE_TO_ONNX = {
 
 
 def segment_outputs(graph: Graph, cuts: list[Cut], a: int, b: int | None) -> list[str]:
-    """Outputs of segment (a, b): cut b's tensor, then the model outputs it computes."""
-    if b is not None and b >= len(cuts) - 1:
+    """Outputs of segment (a, b): cut b's tensor, then the model outputs it computes.
+
+    A model output belongs to the first segment after which it can be
+    computed: an early-exit head reading cut b's tensor is computed by the
+    segment that ends at b, so the hop there can decide to answer early.
+    """
+    last = len(cuts) - 1
+    if b is not None and b >= last:
         b = None
-    mine = [o for o in graph.output_names if a == 0 or o in downstream_of(graph, cuts[a].name)]
-    if b is None:
-        return mine
-    later = downstream_of(graph, cuts[b].name) | {cuts[b].name}
-    return [cuts[b].name, *[o for o in mine if o not in later]]
+    mine = [
+        o
+        for o in graph.output_names
+        if available_at(graph, cuts, o, b) and not available_at(graph, cuts, o, a)
+    ]
+    return mine if b is None else [cuts[b].name, *mine]
+
+
+def available_at(graph: Graph, cuts: list[Cut], output: str, cut: int | None) -> bool:
+    """Whether ``output`` can be computed from what exists once the model ran up to ``cut``."""
+    if cut is None or cut >= len(cuts) - 1:
+        return True
+    final = graph.output_names[-1]
+    trunk = downstream_of(graph, cuts[cut].name) & (upstream_of(graph, final) | {final})
+    return not (upstream_of(graph, output) | {output}) & trunk
 
 
 def extract_segment(graph: Graph, cuts: list[Cut], a: int, b: int | None) -> onnx.ModelProto:
@@ -109,6 +125,21 @@ def downstream_of(graph: Graph, tensor: str) -> set[str]:
                 fresh = [o for o in node.output if o and o not in seen]
                 seen.update(fresh)
                 stack.extend(fresh)
+    return seen
+
+
+def upstream_of(graph: Graph, tensor: str) -> set[str]:
+    """Every tensor whose value ``tensor`` depends on (shape reads excluded)."""
+    seen: set[str] = set()
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if t not in graph.producer:
+            continue
+        for i in graph.dynamic_inputs(graph.nodes[graph.producer[t]]):
+            if i not in seen:
+                seen.add(i)
+                stack.append(i)
     return seen
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import msgpack
-from splitmq.shared.codecs import DEFAULT_MAX_BYTES, MAX_RANK, EncodedTensor, check
+
+from splitmq.shared.codecs import DEFAULT_MAX_BYTES, MAX_RANK, EncodedTensor, check, parse_codec
 from splitmq.shared.errors import CodecError, WireError
 from splitmq.shared.topics import MAX_CUT, TIERS, Tier
 
@@ -143,12 +144,14 @@ class Hop:
     """One hop of a source route: ``tier`` runs the model from the current cut to ``to``.
 
     ``to`` None means "to the model outputs" (only the last hop); ``exit`` is the
-    confidence threshold for early-exit heads inside the hop, None for no early exit.
+    confidence threshold for early-exit heads inside the hop, None for no early exit;
+    ``codec`` encodes the tensor the hop forwards, None for the codec it received.
     """
 
     tier: Tier
     to: int | None = None
     exit: float | None = None
+    codec: str | None = None
 
     def __post_init__(self) -> None:
         _tier("tier", self.tier)
@@ -156,6 +159,11 @@ class Hop:
             _int("to", self.to, 0, MAX_CUT)
         if self.exit is not None:
             object.__setattr__(self, "exit", _number("exit", self.exit, 0.0, 1.0))
+        if self.codec is not None:
+            try:
+                parse_codec(self.codec)
+            except CodecError as exc:  # a field of the message, not a tensor problem
+                raise WireError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,10 @@ class Timing:
 
 @dataclass(frozen=True)
 class Request:
-    """A source-routed inference request, validated on creation (WireError/CodecError)."""
+    """A source-routed inference request, validated on creation (WireError/CodecError).
+
+    Fields are the wire's keys, except ``timing``, which travels as ``t``.
+    """
 
     id: str
     device: str
@@ -240,6 +251,8 @@ class Request:
             if (hop.to is None) != last:
                 problem = "the last hop must run to the outputs (nil)" if last else "must be a cut"
                 raise WireError(f"route[{index}].to: {problem}")
+            if last and hop.codec is not None:
+                raise WireError(f"route[{index}].codec: the last hop forwards nothing (nil)")
         stops = [hop.to for hop in route[:-1]]
         for index in range(1, len(stops)):
             if stops[index] <= stops[index - 1]:
@@ -291,23 +304,17 @@ def expiry_interval(deadline: float | None, now: float) -> int | None:
     return max(1, math.ceil(deadline - now))
 
 
-_REQUEST_KEYS = (
-    "v",
-    "id",
-    "device",
-    "model",
-    "version",
-    "cut",
-    "route",
-    "hop",
-    "tensor",
-    "deadline",
-    "t",
-)
-_HOP_KEYS = ("tier", "to", "exit")
-_TENSOR_KEYS = ("dtype", "shape", "codec", "params", "data")
-_DEVICE_KEYS = ("t_start", "t_head_done", "t_encoded", "t_sent")
-_RECORD_KEYS = ("tier", "worker", "t_recv", "t_start", "t_done", "t_sent", "bytes")
+def _names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names: the keys of its map on the wire, in packing order."""
+    return tuple(field.name for field in fields(cls))
+
+
+_REQUEST_KEYS = ("v", "id", "device", "model", "version", "cut", "route", "hop", "tensor")
+_REQUEST_KEYS += ("deadline", "t")
+_HOP_KEYS = _names(Hop)
+_TENSOR_KEYS = _names(EncodedTensor)
+_DEVICE_KEYS = _names(DeviceTiming)
+_RECORD_KEYS = _names(HopTiming)
 
 
 def _record(value: object, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -584,6 +591,12 @@ class ErrorReport:
         _free_text("message", self.message, MAX_MESSAGE)
 
 
+_TOP_KEYS = _names(TopK)
+_LATENCY_KEYS = _names(HopLatency)
+_RESULT_KEYS = _names(Result)
+_ERROR_KEYS = _names(ErrorReport)
+
+
 def _dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
@@ -614,7 +627,7 @@ def pack_result(result: Result) -> bytes:
         "device": result.device,
         "model": result.model,
         "version": result.version,
-        "top": [_record(t, ("index", "label", "score")) for t in result.top],
+        "top": [_record(entry, _TOP_KEYS) for entry in result.top],
         "tier": result.tier,
         "exit": result.exit,
         "latency": [_record(hop, _LATENCY_KEYS) for hop in result.latency],
@@ -624,16 +637,11 @@ def pack_result(result: Result) -> bytes:
     return _dump(doc)
 
 
-_LATENCY_KEYS = tuple(field.name for field in fields(HopLatency))
-_RESULT_KEYS = tuple(field.name for field in fields(Result))
-_ERROR_KEYS = tuple(field.name for field in fields(ErrorReport))
-
-
 def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
     doc = _map(_load(payload, max_bytes), "result", _RESULT_KEYS)
     top = []
     for index, item in enumerate(_list(doc["top"], "top", 0, MAX_TOP)):
-        entry = _map(item, f"top[{index}]", ("index", "label", "score"))
+        entry = _map(item, f"top[{index}]", _TOP_KEYS)
         with _at(f"top[{index}]"):
             top.append(TopK(**entry))
     latency = []

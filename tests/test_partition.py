@@ -75,3 +75,12 @@ def test_impossible_cuts_are_user_errors(pool, cuts):
     mv = pool.get("chain")
     with pytest.raises(ModelError, match="cut"):
         split(mv, *cuts)
+
+
+def test_exit_head_reading_the_cut_tensor_is_computed_by_the_segment_ending_there(pool):
+    mv = pool.get("early-exit")
+    exit_name, final = mv.graph.output_names
+    names = [c.name for c in mv.cuts]
+    parts = split(mv, names.index("relu4"), names.index("relu8"))  # the head reads relu8
+    outputs = [[o.name for o in onnx.load_from_string(p.onnx).graph.output] for p in parts]
+    assert outputs == [["relu4"], ["relu8", exit_name], [final]]

@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+
 from splitmq.shared.codecs import EncodedTensor, decode, encode
 from splitmq.shared.errors import CodecError, WireError
 from splitmq.shared.wire import (
@@ -153,6 +154,7 @@ _BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     ({"route": (Hop("edge"), Hop("cloud"))}, r"route\[0\]\.to: must be a cut"),
     ({"route": (Hop("edge", 4), Hop("edge", 4), Hop("cloud"))}, r"route\[1\]\.to: cuts must"),
     ({"route": (Hop("edge", 2), Hop("cloud"))}, r"route\[0\]\.to: 2 is not after cut 2"),
+    ({"route": (Hop("edge", 3), Hop("cloud", codec="raw"))}, r"route\[1\]\.codec: the last hop"),
     ({"hop": 2}, "hop: 2 is outside 0..1"),
     ({"hop": 1, "cut": 3}, "t: expected the device's record and 1 hop records"),
     ({"deadline": float("nan")}, "deadline: nan is not a finite number"),
@@ -184,6 +186,8 @@ def test_hop_records_must_match_the_route() -> None:
         (lambda: Hop("fog"), "tier: 'fog' is not one of edge, cloud"),  # type: ignore[arg-type]
         (lambda: Hop("edge", -1), "to: -1 is outside"),
         (lambda: Hop("edge", 3, 1.5), "exit: 1.5 is not a finite number in \\[0, 1\\]"),
+        (lambda: Hop("edge", 3, None, "q9"), "codec: unknown codec 'q9'"),
+        (lambda: Hop("edge", 3, None, 4), "codec: 4 is not a codec name"),
         (lambda: DeviceTiming(float("inf"), 0, 0, 0), "t_start: inf is not a finite"),
         (lambda: HopTiming("edge", "", 1, 1, 1, 1, 0), "worker: '' is not"),
         (lambda: HopTiming("edge", "w", 1, 1, 1, 1, -1), "bytes: -1 is outside"),
@@ -211,6 +215,7 @@ _BAD_PAYLOADS: list[tuple[Any, type[Exception], str]] = [
     (lambda d: d["route"][0].update(x=1), WireError, r"route\[0\]: unknown field 'x'"),
     (lambda d: d["route"][1].pop("to"), WireError, r"route\[1\]: missing field 'to'"),
     (lambda d: d["route"][1].update(exit=2.0), WireError, r"route\[1\]\.exit: 2.0 is not"),
+    (lambda d: d["route"][0].update(codec="Q4"), WireError, r"route\[0\]\.codec: 'Q4' is not"),
     (lambda d: d["route"].__setitem__(0, 5), WireError, r"route\[0\]: expected a map, got int"),
     (lambda d: d.update(t=[]), WireError, "t: 0 items, expected 1..5"),
     (lambda d: d["t"][0].pop("t_sent"), WireError, r"t\[0\]: missing field 't_sent'"),
@@ -275,7 +280,7 @@ def test_malformed_payloads_are_wire_errors(payload: Any, message: str) -> None:
 
 
 def test_limits_apply_to_the_payload_and_the_decoded_tensor() -> None:
-    with pytest.raises(WireError, match=r"^payload: 330 bytes, over the limit of 300"):
+    with pytest.raises(WireError, match=r"^payload: 352 bytes, over the limit of 300"):
         unpack_request(VECTOR, max_bytes=300)
     small = replace(REQUEST, tensor=encode(np.zeros((1, 1000), np.float32), "raw+zstd"))
     payload = pack_request(small)
@@ -304,7 +309,7 @@ def _result() -> Result:
 def test_latency_breakdown_recovers_each_hop() -> None:
     device, edge, cloud = _result().latency
     assert device == HopLatency("device", "cam-01", None, None, 4.0, 1.0, None)
-    assert edge == HopLatency("edge", "edge-1", 5.0, 1.0, 2.0, 1.0, 330)
+    assert edge == HopLatency("edge", "edge-1", 5.0, 1.0, 2.0, 1.0, 352)
     assert cloud.tier == "cloud" and cloud.transfer_ms == 86.0 and cloud.queue_ms == 1.0
 
 

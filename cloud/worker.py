@@ -1,0 +1,33 @@
+"""The cloud worker: runs the final segments and keeps a store of its answers.
+
+The mechanics are :class:`splitmq.shared.worker.Worker`, shared with the edge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from splitmq.cloud.results import ResultsStore
+from splitmq.shared.settings import Settings
+from splitmq.shared.worker import Worker
+
+
+def cloud_worker(
+    settings: Settings,
+    worker_id: str | None = None,
+    threads: int = 2,
+    queue_size: int = 8,
+    results: Path | None = None,
+) -> Worker:
+    store = ResultsStore(results) if results else None
+    worker = Worker(
+        settings,
+        "cloud",
+        worker_id,
+        threads=threads,
+        queue_size=queue_size,
+        on_result=store.add if store else None,
+    )
+    if store:
+        worker.on_stop.append(store.close)
+    return worker

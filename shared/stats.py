@@ -1,0 +1,66 @@
+"""Counters and latency windows that every role reports in its telemetry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Hashable
+
+import numpy as np
+
+
+class LatencyWindow:
+    """The last ``size`` samples of one latency, in ms; p50/p95 on demand."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._values.append(ms)
+
+    def summary(self) -> dict[str, float] | None:
+        values = list(self._values)
+        if not values:
+            return None
+        p50, p95 = np.percentile(values, [50, 95])
+        return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "n": len(values)}
+
+
+class Stats:
+    """Thread-safe counters, per-name latency windows and a requests/s rate."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self._latency: dict[Hashable, LatencyWindow] = {}
+        self._done: deque[float] = deque(maxlen=2048)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def latency(self, key: Hashable, ms: float) -> None:
+        with self._lock:
+            self._latency.setdefault(key, LatencyWindow()).add(ms)
+
+    def finished(self) -> None:
+        """One request served: feeds requests/s."""
+        with self._lock:
+            self._done.append(time.monotonic())
+            self.counts["served"] += 1
+
+    def rate(self, window_s: float = 10.0) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = sum(1 for t in self._done if now - t <= window_s)
+        return round(recent / window_s, 3)
+
+    def latencies(self) -> dict[Hashable, dict[str, float]]:
+        with self._lock:
+            summaries = {k: v.summary() for k, v in self._latency.items()}
+        return {k: v for k, v in summaries.items() if v}
+
+    def snapshot_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)

@@ -1,0 +1,231 @@
+"""`splitmq demo`: the whole system on one machine, with nothing to configure.
+
+It starts its own mosquitto on a free port (or uses ``--broker``), an edge
+and a cloud worker, and a few simulated devices with different links and
+speeds; streams real photos through EfficientNet-Lite0 with an early exit,
+split device → edge → cloud; and checks every answer against the unsplit
+model run locally.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitmq.device.link import LinkSpec
+from splitmq.device.runtime import Answer, Device
+from splitmq.shared.datasets import photos
+from splitmq.shared.errors import SplitMQError, UserError
+from splitmq.shared.onnx_graph import make_session
+from splitmq.shared.plan import Plan, make_plan
+from splitmq.shared.pool import ModelPool, ModelVersion
+from splitmq.shared.preprocess import normalize, to_pixels
+from splitmq.shared.settings import Settings
+
+# Device profiles: (link, speed vs this host). Cycled over the devices.
+PROFILES = [("50mbit/4ms", 1.0), ("20mbit/10ms", 0.5), ("8mbit/30ms", 0.25)]
+DEFAULT_MODEL = "efficientnet-lite0-ee"
+DEFAULT_CUT = "/_blocks.4/Add_output_0"  # 40x28x28: 3% of the input's MACs behind it
+DEFAULT_CLOUD_CUT = "/_blocks.10/Add_output_0"  # where the exit head reads
+DEMO_SEED = 7  # photo crops; the exit head was distilled on seed 1000
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    model: str = DEFAULT_MODEL
+    devices: int = 3
+    frames: int = 60
+    cut: int | None = None
+    cloud_cut: int | None = None
+    codec: str = "int8"
+    exit_threshold: float = 0.5
+    broker: str | None = None
+
+
+def cut_index(mv: ModelVersion, name: str, fallback: int) -> int:
+    return next((c.index for c in mv.cuts if c.name == name), fallback)
+
+
+def demo_plan(mv: ModelVersion, opts: DemoOptions) -> Plan:
+    cut = opts.cut if opts.cut is not None else cut_index(mv, DEFAULT_CUT, mv.last_cut // 3)
+    cloud_cut = opts.cloud_cut
+    if cloud_cut is None and len(mv.graph.output_names) > 1:
+        cloud_cut = cut_index(mv, DEFAULT_CLOUD_CUT, (cut + mv.last_cut) // 2)
+    return make_plan(
+        mv,
+        cut,
+        opts.codec,
+        "edge",
+        cloud_cut,
+        opts.exit_threshold if cloud_cut is not None else None,
+        reason="demo: device head, edge exit at block 10, cloud finishes",
+    )
+
+
+def run_demo(
+    opts: DemoOptions,
+    settings: Settings,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Run the demo and return its summary (see ``summarize``)."""
+    from splitmq.broker.launcher import Broker
+    from splitmq.cloud.worker import cloud_worker
+    from splitmq.edge.worker import edge_worker
+    from splitmq.shared.zoo import ZOO, build
+
+    if opts.devices < 1 or opts.frames < 1:
+        raise UserError("--devices and --frames must be at least 1")
+    pool = ModelPool(settings.pool)
+    if not pool.versions(opts.model):
+        if opts.model not in ZOO:
+            raise UserError(f"no model {opts.model!r} in the pool {pool.root}")
+        build(pool, opts.model)
+    mv = pool.get(opts.model)
+    plan = demo_plan(mv, opts)
+    frames = photos(opts.frames, seed=DEMO_SEED)
+    reference = _reference_top1(mv, frames)
+
+    with ExitStack() as stack:
+        if opts.broker:
+            settings = settings.model_copy(update={"broker": opts.broker})
+        else:
+            broker = stack.enter_context(Broker())
+            settings = settings.model_copy(update={"broker": broker.address})
+        stack.enter_context(edge_worker(settings, "demo-edge"))
+        stack.enter_context(cloud_worker(settings, "demo-cloud"))
+        devices = []
+        for i in range(opts.devices):
+            link, speed = PROFILES[i % len(PROFILES)]
+            devices.append(
+                stack.enter_context(
+                    Device(
+                        settings,
+                        f"demo-dev{i}",
+                        plan,
+                        link=LinkSpec.parse(link),
+                        speed=speed,
+                        window=4,
+                        timeout_s=10.0,
+                        telemetry_period_s=2.0,
+                    )
+                )
+            )
+        started = time.monotonic()
+        futures = _stream(devices, frames, on_progress)
+        answers = [_outcome(f) for f in futures]
+        wall_s = time.monotonic() - started
+    return summarize(plan, devices, answers, reference, wall_s, settings)
+
+
+def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
+    """Top-1 of the unsplit model, run locally: what every answer is checked against."""
+    session = make_session(mv.model_bytes)
+    pre = mv.manifest.preprocess
+    final = mv.graph.output_names[-1]
+    return [
+        int(session.run([final], {mv.cuts[0].name: normalize(to_pixels(f, pre), pre)})[0].argmax())
+        for f in frames
+    ]
+
+
+def _stream(
+    devices: list[Device], frames: list[np.ndarray], on_progress: Callable[[int, int], None] | None
+) -> list[Future]:
+    """Each device sends its share of the frames from its own thread, pipelined."""
+    futures: list[Future | None] = [None] * len(frames)
+    done = Counter()
+    lock = threading.Lock()
+
+    def tick(_: Future) -> None:
+        with lock:
+            done["n"] += 1
+            n = done["n"]
+        if on_progress:
+            on_progress(n, len(frames))
+
+    def feed(k: int) -> None:
+        for i in range(k, len(frames), len(devices)):
+            fut = devices[k].submit(frames[i])
+            fut.add_done_callback(tick)
+            futures[i] = fut
+
+    threads = [threading.Thread(target=feed, args=(k,)) for k in range(len(devices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [f for f in futures if f is not None]
+
+
+def _outcome(future: Future) -> Answer | SplitMQError | None:
+    try:
+        return future.result(timeout=60)
+    except SplitMQError as exc:
+        return exc
+    except TimeoutError:
+        return None
+
+
+def summarize(
+    plan: Plan,
+    devices: list[Device],
+    answers: list,
+    reference: list[int],
+    wall_s: float,
+    settings: Settings,
+) -> dict:
+    ok = [(a, ref) for a, ref in zip(answers, reference) if isinstance(a, Answer)]
+    errors = [a for a in answers if isinstance(a, SplitMQError)]
+    e2e = [a.e2e_ms for a, _ in ok]
+    hops: dict[str, list[dict]] = {}
+    for a, _ in ok:
+        for h in a.latency:
+            hops.setdefault(h.tier, []).append(
+                {
+                    "compute_ms": h.compute_ms,
+                    "encode_ms": h.encode_ms,
+                    "transfer_ms": h.transfer_ms,
+                    "queue_ms": h.queue_ms,
+                }
+            )
+    breakdown = {
+        tier: {
+            k: round(statistics.mean(r[k] for r in rows), 3)
+            for k in rows[0]
+            if rows[0][k] is not None
+        }
+        for tier, rows in hops.items()
+    }
+    return {
+        "model": plan.model,
+        "version": plan.version,
+        "cut": plan.cut,
+        "codec": plan.codec,
+        "route": [
+            {"tier": h.tier, "to": h.to, "exit": h.exit, "codec": h.codec} for h in plan.route
+        ],
+        "broker": settings.broker,
+        "devices": len(devices),
+        "frames": len(answers),
+        "answered": len(ok),
+        "errors": len(errors),
+        "lost": len(answers) - len(ok) - len(errors),
+        "error_messages": sorted({str(e) for e in errors})[:5],
+        "p50_ms": round(float(np.percentile(e2e, 50)), 2) if e2e else None,
+        "p95_ms": round(float(np.percentile(e2e, 95)), 2) if e2e else None,
+        "per_hop_ms": breakdown,
+        "bytes_per_frame": round(statistics.mean(a.bytes_sent for a, _ in ok)) if ok else None,
+        "agreement": round(sum(a.top1 == ref for a, ref in ok) / len(ok), 4) if ok else None,
+        "by_tier": dict(Counter(a.tier for a, _ in ok)),
+        "retried": sum(a.attempts > 1 for a, _ in ok),
+        "wall_s": round(wall_s, 2),
+        "fps": round(len(ok) / wall_s, 2) if wall_s else None,
+    }

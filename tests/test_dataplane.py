@@ -1,0 +1,313 @@
+"""The MQTT data plane end to end: real mosquitto, real models, every split shape.
+
+Each answer is checked against the unsplit model run locally on the same frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from splitmq.cloud.worker import cloud_worker
+from splitmq.device.runtime import Device, InferenceFailed
+from splitmq.edge.worker import edge_worker
+from splitmq.shared.codecs import encode
+from splitmq.shared.datasets import mnist_digits, photos
+from splitmq.shared.exits import softmax
+from splitmq.shared.onnx_graph import make_session
+from splitmq.shared.plan import make_plan
+from splitmq.shared.preprocess import normalize, to_pixels
+from splitmq.shared.wire import (
+    DeviceTiming,
+    Hop,
+    Request,
+    Timing,
+    pack_request,
+    unpack_error,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cfg(settings, real_pool):
+    return settings.model_copy(update={"pool": real_pool.root})
+
+
+@pytest.fixture
+def workers(cfg):
+    """One edge and one cloud worker, in-process, on this test's topics."""
+    with edge_worker(cfg, "t-edge") as edge, cloud_worker(cfg, "t-cloud") as cloud:
+        yield edge, cloud
+
+
+def unsplit_probs(mv, frame) -> np.ndarray:
+    pre = mv.manifest.preprocess
+    x = normalize(to_pixels(frame, pre), pre)
+    out = make_session(mv.model_bytes).run([mv.graph.output_names[-1]], {"input": x})[0][0]
+    return softmax(out.astype(np.float64))
+
+
+def assert_matches(answer, probs, tol):
+    top = np.argsort(-probs)[: len(answer.top)]
+    assert [t.index for t in answer.top][:3] == list(top[:3])
+    for t in answer.top:
+        assert abs(t.score - probs[t.index]) <= tol
+
+
+def digits(n):
+    images, _ = mnist_digits()
+    return [images[i] for i in range(n)]
+
+
+def test_device_only_never_touches_the_network(cfg, real_pool):
+    mv = real_pool.get("mnist-cnn")
+    plan = make_plan(mv, mv.last_cut)
+    with Device(cfg, "dev-local", plan) as dev:
+        for frame in digits(3):
+            answer = dev.infer(frame)
+            assert answer.tier == "device" and answer.bytes_sent == 0
+            assert_matches(answer, unsplit_probs(mv, frame), 1e-5)
+
+
+@pytest.mark.parametrize("codec", ["u8", "jpeg:95"])
+def test_edge_only_from_the_compressed_input(cfg, real_pool, workers, codec):
+    mv = real_pool.get("efficientnet-lite0")
+    plan = make_plan(mv, 0, codec)
+    frame = photos(1, seed=0)[0]  # the cat
+    with Device(cfg, "dev-input", plan) as dev:
+        answer = dev.infer(frame)
+    assert answer.tier == "edge" and answer.exit == "logits"
+    # u8 is the exact pixels; JPEG at q95 moves scores a little, not the ranking
+    assert_matches(answer, unsplit_probs(mv, frame), 1e-4 if codec == "u8" else 0.05)
+    assert answer.bytes_sent < (224 * 224 * 3 + 1000 if codec == "u8" else 40_000)
+
+
+@pytest.mark.parametrize(("codec", "tol"), [("raw", 1e-4), ("fp16", 2e-3), ("int8", 0.05)])
+def test_device_to_edge(cfg, real_pool, workers, codec, tol):
+    mv = real_pool.get("mnist-cnn")
+    plan = make_plan(mv, 4, codec)
+    with Device(cfg, "dev-edge", plan, window=4) as dev:
+        frames = digits(12)
+        answers = [f.result(timeout=30) for f in [dev.submit(f) for f in frames]]
+    for frame, answer in zip(frames, answers):
+        assert answer.tier == "edge"
+        assert_matches(answer, unsplit_probs(mv, frame), tol)
+        device_hop, edge_hop = answer.latency
+        assert device_hop.tier == "device" and edge_hop.id == "t-edge"
+        assert edge_hop.compute_ms > 0 and edge_hop.bytes == answer.bytes_sent
+
+
+def test_device_edge_cloud_escalates_unless_the_exit_is_confident(cfg, real_pool, workers):
+    mv = real_pool.get("efficientnet-lite0-ee")
+    names = [c.name for c in mv.cuts]
+    cut, cloud_cut = names.index("/_blocks.4/Add_output_0"), names.index("/_blocks.10/Add_output_0")
+    frames = photos(4, seed=3)
+    never_exit = make_plan(mv, cut, "raw", "edge", cloud_cut, exit_threshold=1.0)
+    always_exit = make_plan(mv, cut, "raw", "edge", cloud_cut, exit_threshold=0.0)
+    with Device(cfg, "dev-ee", never_exit) as dev:
+        escalated = [dev.infer(f) for f in frames]
+    with Device(cfg, "dev-ee2", always_exit) as dev:
+        exited = [dev.infer(f) for f in frames]
+    for frame, answer in zip(frames, escalated):
+        assert (answer.tier, answer.exit) == ("cloud", "logits")
+        assert [h.tier for h in answer.latency] == ["device", "edge", "cloud"]
+        assert_matches(answer, unsplit_probs(mv, frame), 1e-4)
+    assert {(a.tier, a.exit) for a in exited} == {("edge", "exit_logits")}
+
+
+def test_results_and_errors_are_plain_json_for_mosquitto_sub(
+    cfg, real_pool, workers, broker, topics, make_client
+):
+    """A malformed payload from mosquitto_pub gets an error; the next good request is served."""
+    if not shutil.which("mosquitto_pub"):
+        pytest.fail("mosquitto-clients missing: make test installs it")
+    port = str(broker.port)
+    marker = topics.telemetry("device", "marker")
+    make_client("marker").publish(marker, b"{}", retain=True, wait=5)
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-p",
+            port,
+            "-V",
+            "mqttv5",
+            "-v",
+            "-C",
+            "3",
+            "-t",
+            marker,
+            "-t",
+            topics.error("dev-pub"),
+            "-t",
+            topics.result("dev-pub"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sub.stdout.readline().startswith(marker)  # retained: it is subscribed now
+        bad = topics.request("edge", "mnist-cnn", 4, "dev-pub")
+        subprocess.run(
+            ["mosquitto_pub", "-p", port, "-q", "1", "-t", bad, "-m", "not msgpack"],
+            check=True,
+            timeout=10,
+        )
+        error_line = sub.stdout.readline()
+        mv = real_pool.get("mnist-cnn")
+        with Device(cfg, "dev-pub", make_plan(mv, 4, "raw")) as dev:
+            answer = dev.infer(digits(1)[0])
+        result_line = sub.stdout.readline()
+    finally:
+        sub.kill()
+    topic, payload = error_line.split(" ", 1)
+    assert topic == topics.error("dev-pub")
+    report = unpack_error(payload.strip().encode())
+    assert report.code == "bad_payload" and "payload" in report.message
+    topic, payload = result_line.split(" ", 1)
+    assert topic == topics.result("dev-pub")
+    assert json.loads(payload)["id"] == answer.id and answer.tier == "edge"
+
+
+def _request(mv, cut, tensor, route, model=None):
+    t = time.time()
+    return Request(
+        id=uuid.uuid4().hex,
+        device="dev-bad",
+        model=model or mv.name,
+        version=mv.version,
+        cut=cut,
+        route=route,
+        hop=0,
+        tensor=tensor,
+        deadline=t + 30,
+        timing=Timing(DeviceTiming(t, t, t, t)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "words"),
+    [
+        ("tensor_shape", "bad_tensor", "takes [N, 64, 14, 14] float32"),
+        ("unknown_model", "unknown_model", "no model 'no-such-model'"),
+        ("cut_past_end", "unknown_cut", "cannot run"),
+        ("wrong_tier", "bad_route", "hop 0 is for cloud"),
+        ("expired", "expired", "expired"),
+    ],
+)
+def test_bad_requests_get_specific_errors_and_the_worker_keeps_serving(
+    cfg, real_pool, workers, topics, make_client, inbox, case, code, words
+):
+    mv = real_pool.get("mnist-cnn")
+    good = encode(np.zeros((1, 64, 14, 14), np.float32), "raw")
+    request = {
+        "tensor_shape": lambda: _request(
+            mv, 4, encode(np.zeros((1, 3, 5, 5), np.float32), "raw"), (Hop("edge"),)
+        ),
+        "unknown_model": lambda: _request(mv, 4, good, (Hop("edge"),), model="no-such-model"),
+        "cut_past_end": lambda: _request(mv, 4, good, (Hop("edge", 99, None), Hop("cloud"))),
+        "wrong_tier": lambda: _request(mv, 4, good, (Hop("cloud"),)),
+        "expired": lambda: replace(_request(mv, 4, good, (Hop("edge"),)), deadline=time.time()),
+    }[case]()
+    client = make_client("bad-sender")
+    errors = inbox()
+    client.subscribe(topics.error("dev-bad"), errors)
+    client.publish(topics.request("edge", request.model, 4, "dev-bad"), pack_request(request))
+    report = unpack_error(errors.wait(1, timeout=20)[0].payload)
+    assert (report.code, report.id) == (code, request.id)
+    assert words in report.message
+    with Device(cfg, "dev-good", make_plan(mv, 4, "raw")) as dev:
+        assert dev.infer(digits(1)[0]).tier == "edge"
+
+
+def test_two_edge_workers_share_the_load(cfg, real_pool):
+    mv = real_pool.get("mnist-cnn")
+    with (
+        edge_worker(cfg, "share-a", threads=1, queue_size=1) as a,
+        edge_worker(cfg, "share-b", threads=1, queue_size=1) as b,
+        Device(cfg, "dev-share", make_plan(mv, 4, "raw"), window=8) as dev,
+    ):
+        answers = [f.result(timeout=30) for f in [dev.submit(f) for f in digits(40)]]
+    served = {w.id: w.stats.snapshot_counts().get("served", 0) for w in (a, b)}
+    assert sum(served.values()) == 40 and min(served.values()) >= 5, served
+    assert {ans.latency[1].id for ans in answers} == {"share-a", "share-b"}
+
+
+def test_killing_an_edge_worker_mid_stream_loses_nothing(cfg, real_pool, workers):
+    """SIGKILL one of two edge workers: every request ends as a result or a visible failure."""
+    mv = real_pool.get("efficientnet-lite0")
+    env = {
+        **os.environ,
+        "SPLITMQ_BROKER": cfg.broker,
+        "SPLITMQ_POOL": str(cfg.pool),
+        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
+    }
+    victim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "splitmq",
+            "edge",
+            "--id",
+            "victim",
+            "--workers",
+            "1",
+            "--queue",
+            "4",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_online(cfg, "victim")
+        frames = photos(30, seed=11)
+        with Device(cfg, "dev-kill", make_plan(mv, 21, "raw"), window=6, timeout_s=3.0) as dev:
+            futures = []
+            for i, frame in enumerate(frames):
+                futures.append(dev.submit(frame))
+                if i == 10:
+                    victim.send_signal(signal.SIGKILL)
+            outcomes = []
+            for fut in futures:
+                try:
+                    outcomes.append(fut.result(timeout=30))
+                except InferenceFailed as exc:
+                    outcomes.append(exc)
+        retries = dev.stats.snapshot_counts().get("retries", 0)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert len(outcomes) == 30  # none vanished: every future finished
+    answered = [o for o in outcomes if not isinstance(o, InferenceFailed)]
+    assert len(answered) >= 28, [str(o) for o in outcomes if isinstance(o, InferenceFailed)]
+    assert {a.latency[1].id for a in answered} >= {"t-edge"}
+    assert retries >= 1  # what the victim held was sent again and answered by the survivor
+
+
+def _wait_online(cfg, worker_id, timeout=60.0):
+    """Block until a worker's retained telemetry says online."""
+    import threading
+
+    from splitmq.shared.mqtt import MqttClient
+    from splitmq.shared.topics import Topics
+
+    online = threading.Event()
+
+    def seen(msg):
+        if json.loads(msg.payload).get("status") == "online":
+            online.set()
+
+    with MqttClient(cfg, f"watch-{worker_id}") as client:
+        client.subscribe(Topics.from_settings(cfg).telemetry("edge", worker_id), seen)
+        assert online.wait(timeout), f"{worker_id} never came online"
