@@ -39,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
 from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
 from splitmq.shared.settings import Settings
 

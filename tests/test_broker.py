@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from splitmq.broker import launcher
 from splitmq.broker.launcher import DEFAULT_CONFIG, Broker, find_mosquitto, render_config
 from splitmq.shared.errors import BrokerError

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Inbox
+
 from splitmq.broker.launcher import DEFAULT_CONFIG, Broker, free_port
 from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
 from splitmq.shared.mqtt import JSON_CONTENT_TYPE, Message, MqttClient, Will

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from splitmq.shared.errors import UserError, WireError
 from splitmq.shared.settings import Settings
 from splitmq.shared.topics import RequestTopic, Topics
