@@ -7,15 +7,16 @@ profiles and (after `splitmq calibrate`) clip ranges and codec fidelity.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from splitmq.shared.cuts import Cut
 
+log = logging.getLogger(__name__)
+
 MANIFEST_FORMAT = 1
-# Partitions this many segments long or longer are predicted from heads and tails alone.
-BLEND_SEGMENTS = 4
 
 
 class Frozen(BaseModel):
@@ -46,17 +47,30 @@ class HostInfo(Frozen):
     threads: int
 
 
+class Boundary(Frozen):
+    """Fitted cost of a partition's boundaries: input at cut a, output at cut b."""
+
+    input_ms_per_mb: float
+    output_ms_per_mb: float
+    fixed_ms: float
+    cut_mb: list[float]  # fp32 megabytes at each cut
+
+    def ms(self, a: int, b: int) -> float:
+        return (self.input_ms_per_mb * self.cut_mb[a] + self.output_ms_per_mb * self.cut_mb[b]
+                + self.fixed_ms)
+
+
 class Profile(Frozen):
     """Measured latency of partitions of one model on one host.
 
     Heads (input -> cut), tails (cut -> outputs) and single segments (cut ->
-    next cut) are measured whole. A longer partition a -> b is not the sum of
-    its segments: every run pays for reading its input and writing its output,
-    and fusions across a boundary are lost. With F the full model and o the
-    run overhead, ``head(b) + tail(a) - F - o`` counts the work a -> b plus
-    exactly one input and one output boundary, as the real partition does; it
-    is a difference of large numbers, so for partitions of a few segments it
-    is blended with the segment sum (see ``bench/bench_profile_accuracy.py``).
+    next cut) are measured whole, and are used as measured. Any other
+    partition a -> b is predicted with an additive model fitted to all those
+    measurements by least squares: the work of each segment, plus the cost of
+    reading the input at a and writing the output at b (linear in their
+    bytes: what a split adds), plus one run overhead. Summing raw segment
+    times instead would count a boundary at every cut in between and miss the
+    fusions across them (see ``bench/bench_profile_accuracy.py``).
     """
 
     host: HostInfo
@@ -64,6 +78,8 @@ class Profile(Frozen):
     tails_ms: list[float]  # tails_ms[a]: cut a -> outputs (tails_ms[last] = 0)
     segments_ms: list[float]  # segments_ms[a]: cut a -> cut a + 1
     overhead_ms: float  # cost of a session run that does no work
+    work_ms: list[float]  # fitted: work of segment a -> a + 1 inside a longer run
+    boundary: Boundary  # fitted: cost of a partition's input and output
     measured_at: float
 
     def predict_ms(self, a: int, b: int, speed: float = 1.0) -> float:
@@ -80,11 +96,8 @@ class Profile(Frozen):
         elif b == last:
             ms = self.tails_ms[a]
         else:
-            full = self.heads_ms[last]
-            whole = self.heads_ms[b] + self.tails_ms[a] - full - self.overhead_ms
-            summed = sum(self.segments_ms[a:b]) - (b - a - 1) * self.overhead_ms
-            weight = min(1.0, (b - a - 1) / BLEND_SEGMENTS)
-            ms = max((1 - weight) * summed + weight * whole, self.overhead_ms)
+            ms = self.boundary.ms(a, b) + sum(self.work_ms[a:b]) + self.overhead_ms
+            ms = max(ms, self.overhead_ms)
         return ms / speed
 
 
@@ -104,6 +117,20 @@ class Manifest(Frozen):
     cuts: list[Cut]
     profiles: list[Profile] = []
     calibration: dict[str, Any] = {}
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _drop_stale_profiles(cls, value: Any) -> Any:
+        """Profiles from an older splitmq are dropped (re-run `splitmq profile`), not fatal."""
+        if not isinstance(value, list):
+            return value
+        kept = []
+        for item in value:
+            try:
+                kept.append(Profile.model_validate(item))
+            except ValidationError:
+                log.warning("dropping a stale profile (re-run `splitmq profile` to replace it)")
+        return kept
 
     def profile_for(self, host: HostInfo) -> Profile | None:
         return next((p for p in self.profiles if p.host == host), None)

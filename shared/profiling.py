@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from splitmq.shared.manifest import HostInfo, Profile
+from splitmq.shared.manifest import Boundary, HostInfo, Profile
 from splitmq.shared.onnx_graph import make_session
 from splitmq.shared.partition import DTYPE_TO_ONNX, extract_segment
 from splitmq.shared.pool import ModelVersion
@@ -106,14 +106,49 @@ def profile(
                 segments[a] = scaled
         if progress:
             progress(cuts[-1], last)
+    heads, tails = _monotonic(heads), _monotonic(tails[::-1])[::-1]
+    overhead = run_overhead_ms(values[0], threads)
+    work, boundary = fit_additive(heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts],
+                                  overhead)
     return Profile(
         host=host_info(threads),
-        heads_ms=_monotonic(heads),
-        tails_ms=_monotonic(tails[::-1])[::-1],
+        heads_ms=heads,
+        tails_ms=tails,
         segments_ms=segments,
-        overhead_ms=run_overhead_ms(values[0], threads),
+        overhead_ms=overhead,
+        work_ms=work,
+        boundary=boundary,
         measured_at=time.time(),
     )
+
+
+def fit_additive(
+    heads: list[float], tails: list[float], segments: list[float], cut_mb: list[float],
+    overhead: float,
+) -> tuple[list[float], Boundary]:
+    """Least-squares fit of per-segment work and boundary costs (see ``Profile``).
+
+    Every measured run is ``input(a) + work[a:b] + output(b) + overhead`` with
+    input/output linear in the bytes at the cut; relative errors are
+    minimised, so short runs count as much as long ones.
+    """
+    last = len(heads) - 1
+    mb = np.asarray(cut_mb)
+    runs = ([(0, b, heads[b]) for b in range(1, last + 1)]
+            + [(a, last, tails[a]) for a in range(last)]
+            + [(a, a + 1, segments[a]) for a in range(last)])
+    design = np.zeros((len(runs), last + 3))
+    target = np.zeros(len(runs))
+    for row, (a, b, ms) in enumerate(runs):
+        design[row, a:b] = 1.0
+        design[row, last:] = mb[a], mb[b], 1.0
+        target[row] = ms - overhead
+    weight = 1 / np.maximum(target, 0.01)
+    solution, *_ = np.linalg.lstsq(design * weight[:, None], target * weight, rcond=None)
+    work = [float(w) for w in solution[:last]]
+    k_in, k_out, fixed = (float(v) for v in solution[last:])
+    return work, Boundary(input_ms_per_mb=k_in, output_ms_per_mb=k_out, fixed_ms=fixed,
+                          cut_mb=[float(m) for m in mb])
 
 
 def round_robin_ms(runs: list[Callable[[], object]], repeats: int, burst: int = 3) -> list[float]:

@@ -1,0 +1,158 @@
+"""Roles as operators see them: telemetry and presence, duplicates, the CLI, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from splitmq.cloud.worker import cloud_worker
+from splitmq.device.runtime import Device
+from splitmq.edge.worker import edge_worker
+from splitmq.shared.codecs import encode
+from splitmq.shared.plan import make_plan
+from splitmq.shared.wire import DeviceTiming, Hop, Request, Timing, pack_request, unpack_result
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cfg(settings, real_pool):
+    return settings.model_copy(update={"pool": real_pool.root})
+
+
+def env_for(cfg) -> dict[str, str]:
+    return {**os.environ, "SPLITMQ_BROKER": cfg.broker, "SPLITMQ_POOL": str(cfg.pool),
+            "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix, "COLUMNS": "200"}
+
+
+def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(cfg, topics, make_client,
+                                                                   inbox):
+    proc = subprocess.Popen([sys.executable, "-m", "splitmq", "edge", "--id", "tele"],
+                            env=env_for(cfg))
+    docs = inbox()
+    try:
+        make_client("watch").subscribe(topics.telemetry("edge", "tele"),
+                                       lambda m: docs(json.loads(m.payload)))
+        online = docs.wait(1, timeout=60)[0]
+        assert online["status"] == "online" and online["role"] == "edge"
+        assert {"id", "ts", "models", "queue", "in_flight", "rps", "latency",
+                "errors"} <= set(online)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        offline = docs.wait(2, timeout=60)[-1]  # the broker publishes the Last Will
+        assert offline == {"status": "offline"}
+    finally:
+        proc.kill()
+        proc.wait()
+    late = inbox()  # a planner starting now still sees it: retained
+    make_client("late").subscribe(topics.telemetry("edge", "tele"),
+                                  lambda m: late(json.loads(m.payload)))
+    assert late.wait(1)[0] == {"status": "offline"}
+
+
+def test_device_telemetry_reports_link_estimates(cfg, real_pool, topics, make_client, inbox):
+    mv = real_pool.get("mnist-cnn")
+    docs = inbox()
+    make_client("watch").subscribe(topics.telemetry("device", "dev-tele"),
+                                   lambda m: docs(json.loads(m.payload)))
+    with edge_worker(cfg, "tele-edge"), Device(cfg, "dev-tele", make_plan(mv, 4, "raw"),
+                                                telemetry_period_s=0.2) as dev:
+        images = np.zeros((10, 28, 28), np.uint8)
+        for f in [dev.submit(im) for im in images]:
+            f.result(timeout=20)
+        assert docs.arrived(1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and docs.items[-1].get("rtt_ms") is None:
+            docs.arrived(len(docs.items) + 1, timeout=1)
+    doc = [d for d in docs.items if d.get("status") == "online"][-1]
+    assert doc["role"] == "device" and doc["speed"] == 1.0 and 0 < doc["battery"] <= 1
+    assert doc["rtt_ms"] is not None and doc["uplink_bps"] is not None
+    assert doc["plan"]["cut"] == 4
+
+
+def test_a_duplicate_request_is_answered_once(cfg, real_pool, topics, make_client, inbox):
+    mv = real_pool.get("mnist-cnn")
+    t = time.time()
+    request = Request(id=uuid.uuid4().hex, device="dev-dup", model=mv.name, version=mv.version,
+                      cut=4, route=(Hop("edge"),), hop=0,
+                      tensor=encode(np.zeros((1, 64, 14, 14), np.float32), "raw"),
+                      deadline=t + 30, timing=Timing(DeviceTiming(t, t, t, t)))
+    results = inbox()
+    client = make_client("dup-sender")
+    client.subscribe(topics.result("dev-dup"), results)
+    with edge_worker(cfg, "dup-edge") as worker:
+        for _ in range(3):  # QoS 1 redelivery or a device retry looks like this
+            client.publish(topics.request("edge", mv.name, 4, "dev-dup"), pack_request(request))
+        assert unpack_result(results.wait(1)[0].payload).id == request.id
+        deadline = time.monotonic() + 10
+        while worker.stats.snapshot_counts().get("duplicates", 0) < 2:
+            assert time.monotonic() < deadline, "the duplicates never arrived"
+            results.arrived(2, timeout=0.1)
+    assert len(results.items) == 1
+
+
+def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
+    mv = real_pool.get("mnist-cnn")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan(mv, 4, "int8").to_json("cli-dev")))
+    images = tmp_path / "digits.npy"
+    from splitmq.shared.datasets import mnist_digits
+
+    np.save(images, mnist_digits()[0][:5])
+    with edge_worker(cfg, "cli-edge"):
+        r = subprocess.run([sys.executable, "-m", "splitmq", "device", "--plan", str(plan),
+                            "--source", str(images), "--id", "cli-dev", "--json"],
+                           env=env_for(cfg), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    labels = mnist_digits()[1][:5]
+    assert [row["tier"] for row in rows] == ["edge"] * 5
+    assert [int(row["top1"]) for row in rows] == list(labels)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["device", "--link", "fast"], "bad link 'fast'"),
+        (["device", "--codec", "q7"], "unknown codec 'q7'"),
+        (["device", "--cut", "5", "--codec", "jpeg:80"], "needs cut 0"),
+        (["device", "--plan", "/no/such/plan.json"], "cannot read the plan"),
+        (["device", "--model", "mnist-cnn", "--speed", "3"], "speed must be in (0, 1]"),
+    ],
+)
+def test_device_command_mistakes_are_one_line(cfg, args, message):
+    r = subprocess.run([sys.executable, "-m", "splitmq", *args], env=env_for(cfg),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cloud_results_store(cfg, real_pool, tmp_path):
+    mv = real_pool.get("mnist-cnn")
+    store = tmp_path / "results.jsonl"
+    with cloud_worker(cfg, "store-cloud", results=store), Device(
+            cfg, "dev-store", make_plan(mv, 4, "raw", tier="cloud")) as dev:
+        answers = [dev.infer(np.zeros((28, 28), np.uint8)) for _ in range(3)]
+    lines = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [a.id for a in answers]
+
+
+def test_demo_from_the_readme(real_pool):
+    """`splitmq demo --json`: its own broker, real photos, nothing lost, both tiers answer."""
+    env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
+    r = subprocess.run([sys.executable, "-m", "splitmq", "demo", "--json", "--frames", "40"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
+    assert s["agreement"] >= 0.97
+    assert s["by_tier"].get("edge", 0) > 0 and s["by_tier"].get("cloud", 0) > 0
+    assert s["p50_ms"] > 0 and s["bytes_per_frame"] > 0
