@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test lint bench models mosquitto venv clean
 
 demo: venv mosquitto models
-	$(BIN)/splitmq inspect efficientnet-lite0
+	$(BIN)/splitmq demo
 
 test: venv mosquitto models
 	$(BIN)/python -m pytest -q
@@ -23,9 +23,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: venv models
+bench: venv mosquitto models
 	$(BIN)/python bench/bench_profile_accuracy.py
 	$(BIN)/python bench/bench_codecs.py
+	$(BIN)/python bench/bench_overhead.py
 
 venv: $(VENV)/.installed
 
