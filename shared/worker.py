@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -29,7 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitmq.shared.codecs import decode, encode, parse_codec
-from splitmq.shared.errors import CodecError, PayloadTooLarge, SplitMQError, WireError
+from splitmq.shared.errors import (
+    CodecError,
+    ModelError,
+    PayloadTooLarge,
+    PoolError,
+    SplitMQError,
+    WireError,
+)
 from splitmq.shared.exits import softmax
 from splitmq.shared.mqtt import Message, MqttClient
 from splitmq.shared.pool import ModelPool, ModelVersion
@@ -58,6 +66,7 @@ from splitmq.shared.wire import (
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # request ids, as the wire format allows
 INPUT_CODECS = ("u8", "jpeg")
 
 
@@ -384,18 +393,15 @@ class Worker:
 
 
 def _correlation_id(msg: Message) -> str | None:
+    """The request id from the MQTT correlation data, if it is a valid id."""
     try:
         cid = (msg.correlation_data or b"").decode()
     except UnicodeDecodeError:
         return None
-    return (
-        cid if cid and len(cid) <= 64 and cid.replace("-", "").replace("_", "").isalnum() else None
-    )
+    return cid if _ID.fullmatch(cid) else None
 
 
 def _code_of(exc: SplitMQError) -> str:
-    from splitmq.shared.errors import ModelError, PoolError
-
     if isinstance(exc, PoolError):
         return "unknown_model"
     if isinstance(exc, ModelError):
