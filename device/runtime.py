@@ -23,6 +23,7 @@ import numpy as np
 
 from splitmq.device.estimates import LinkEstimator
 from splitmq.device.link import DelayLine, LinkSpec
+from splitmq.shared.calibration import codec_params
 from splitmq.shared.codecs import encode, parse_codec
 from splitmq.shared.errors import SplitMQError, UserError, WireError
 from splitmq.shared.exits import softmax
@@ -214,7 +215,7 @@ class Device:
                 return
             x = outputs[mv.cuts[plan.cut].name]
         t_head = time.time()
-        tensor = encode(x, plan.codec)
+        tensor = encode(x, plan.codec, codec_params(mv, plan.cut, plan.codec))
         t_encoded = time.time()
         request = Request(
             id=uuid.uuid4().hex,

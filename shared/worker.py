@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from splitmq.shared.calibration import codec_params
 from splitmq.shared.codecs import decode, encode, parse_codec
 from splitmq.shared.errors import (
     CodecError,
@@ -272,7 +273,8 @@ class Worker:
                     t_sent=record.t_sent,
                 )
             )
-        tensor = encode(outputs[mv.cuts[end].name], hop.codec or request.tensor.codec)
+        codec = hop.codec or request.tensor.codec
+        tensor = encode(outputs[mv.cuts[end].name], codec, codec_params(mv, end, codec))
         record = HopTiming(self.tier, self.id, t_recv, t_start, t_done, time.time(), nbytes)
         return Outcome(forward=request.forwarded(end, tensor, record))
 
@@ -325,7 +327,8 @@ class Worker:
         now = time.time()
         corr = request.id.encode()
         if outcome.result is not None:
-            topic = msg.response_topic or self.topics.result(request.device)
+            # Never msg.response_topic: replies go only where the ACL-checked device id says.
+            topic = self.topics.result(request.device)
             self.client.publish(
                 topic,
                 pack_result(outcome.result),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -147,7 +148,8 @@ def export_onnx(net: Any, input_shape: tuple[int, ...], path: Path) -> None:
     """TorchScript export, opset 17, symbolic batch: the graph names users see."""
     torch = _torch()
     sample = torch.zeros(input_shape)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on constant folding
         torch.onnx.export(
             net,
             (sample,),
