@@ -183,6 +183,10 @@ class Broker:
                     self.close()  # nobody gets a handle to clean up after a failed start
                     raise
                 log.info("port %d was taken meanwhile; trying another", self._port)
+            except BaseException:  # Ctrl-C or SIGTERM while starting: leave no orphan
+                self._terminate()
+                self.close()
+                raise
         log.info(
             "mosquitto (pid %s) listening on %s, data in %s", self.pid, self.address, self._dir
         )

@@ -7,6 +7,7 @@ line and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Annotated
 
@@ -50,13 +51,21 @@ def _root(
 
 def _register() -> None:
     # Importing registers each module's commands on `app`.
-    from splitmq import commands_models, commands_runtime  # noqa: F401
+    from splitmq import commands_calibrate, commands_models, commands_runtime  # noqa: F401
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so `kill`/`docker stop` unwind like Ctrl-C: brokers, workers stop
 
 
 def main() -> None:
     _register()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except SplitMQError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

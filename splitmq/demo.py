@@ -37,6 +37,7 @@ DEFAULT_MODEL = "efficientnet-lite0-ee"
 DEFAULT_CUT = "/_blocks.4/Add_output_0"  # 40x28x28: 3% of the input's MACs behind it
 DEFAULT_CLOUD_CUT = "/_blocks.10/Add_output_0"  # where the exit head reads
 DEMO_SEED = 7  # photo crops; the exit head was distilled on seed 1000
+DISTINCT_FRAMES = 240  # longer demos cycle through these: memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,10 @@ def run_demo(
         build(pool, opts.model)
     mv = pool.get(opts.model)
     plan = demo_plan(mv, opts)
-    frames = photos(opts.frames, seed=DEMO_SEED)
-    reference = _reference_top1(mv, frames)
+    distinct = photos(min(opts.frames, DISTINCT_FRAMES), seed=DEMO_SEED)
+    frames = [distinct[i % len(distinct)] for i in range(opts.frames)]  # references, no copies
+    distinct_top1 = _reference_top1(mv, distinct)
+    reference = [distinct_top1[i % len(distinct)] for i in range(opts.frames)]
 
     with ExitStack() as stack:
         if opts.broker:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,37 @@ def test_demo_from_the_readme(real_pool):
     assert s["agreement"] >= 0.97
     assert s["by_tier"].get("edge", 0) > 0 and s["by_tier"].get("cloud", 0) > 0
     assert s["p50_ms"] > 0 and s["bytes_per_frame"] > 0
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the direct children of ``pid``, from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name = fields[0].split("(", 1)[1]
+            if int(fields[1].split()[1]) == pid:
+                kids.append((int(stat.parent.name), name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_demo_stops_everything_it_started(real_pool, sig):
+    env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
+    proc = subprocess.Popen([sys.executable, "-m", "splitmq", "demo", "--frames", "100000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (brokers := [p for p, name in _children(proc.pid) if name == "mosquitto"]):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the demo never started its broker"
+            time.sleep(0.1)  # polling /proc: there is no event to wait on
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert not Path(f"/proc/{brokers[0]}").exists() or \
+        Path(f"/proc/{brokers[0]}/stat").read_text().split()[2] == "Z"
