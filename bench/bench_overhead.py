@@ -49,8 +49,18 @@ class BareEcho:
         self.got = threading.Event()
         self.req, self.rsp = f"bench/{uuid.uuid4().hex}/req", f"bench/{uuid.uuid4().hex}/rsp"
         self.server = subprocess.Popen(
-            [sys.executable, __file__, "--echo", settings.broker, self.req, self.rsp,
-             str(reply_bytes)], stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--echo",
+                settings.broker,
+                self.req,
+                self.rsp,
+                str(reply_bytes),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.server.stdout and self.server.stdout.readline().strip() == "ready"
         self.client = MqttClient(settings, "bare-client").connect()
         self.client.subscribe(self.rsp, lambda m: self.got.set())
@@ -81,10 +91,27 @@ def echo_server(broker: str, req: str, rsp: str, reply_bytes: int) -> None:
 
 def start_worker(cfg: Settings, threads: int) -> subprocess.Popen:
     """`splitmq edge` in its own process, as deployed; returns once it serves."""
-    env = {**os.environ, "SPLITMQ_BROKER": cfg.broker, "SPLITMQ_POOL": str(cfg.pool),
-           "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix}
-    proc = subprocess.Popen([sys.executable, "-m", "splitmq", "edge", "--id", "bench-edge",
-                             "--workers", str(threads), "--queue", "8"], env=env)
+    env = {
+        **os.environ,
+        "SPLITMQ_BROKER": cfg.broker,
+        "SPLITMQ_POOL": str(cfg.pool),
+        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "splitmq",
+            "edge",
+            "--id",
+            "bench-edge",
+            "--workers",
+            str(threads),
+            "--queue",
+            "8",
+        ],
+        env=env,
+    )
     online = threading.Event()
     topic = Topics.from_settings(cfg).telemetry("edge", "bench-edge")
     with MqttClient(cfg, "bench-watch") as watch:
@@ -99,8 +126,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="edge inference threads, and local ORT threads to compare with")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="edge inference threads, and local ORT threads to compare with",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pool_dir = Path(os.environ.get("SPLITMQ_POOL") or Settings().pool)
@@ -110,8 +141,12 @@ def main() -> None:
     full = cache.segment(mv, 0, mv.last_cut)
 
     with Broker() as broker:
-        cfg = Settings(_env_file=None, broker=broker.address, pool=pool_dir,
-                       topic_prefix=f"bench/{uuid.uuid4().hex[:8]}/splitmq/v1")
+        cfg = Settings(
+            _env_file=None,
+            broker=broker.address,
+            pool=pool_dir,
+            topic_prefix=f"bench/{uuid.uuid4().hex[:8]}/splitmq/v1",
+        )
         plan = make_plan(mv, 0, "raw")
         worker = start_worker(cfg, args.workers)
         try:
@@ -139,24 +174,42 @@ def main() -> None:
 
     p50_split, p50_bare = statistics.median(split_ms), statistics.median(bare_ms)
     summary = {
-        "model": MODEL, "requests": args.requests, "payload_bytes": frame.nbytes,
-        "splitmq_p50_ms": round(p50_split, 3), "bare_p50_ms": round(p50_bare, 3),
-        "latency_ratio": round(p50_split / p50_bare, 3), "latency_target": 1.15,
-        "worker_rps": round(worker_rps, 2), "local_rps": round(local_rps, 2),
-        "throughput_ratio": round(worker_rps / local_rps, 3), "throughput_target": 0.8,
+        "model": MODEL,
+        "requests": args.requests,
+        "payload_bytes": frame.nbytes,
+        "splitmq_p50_ms": round(p50_split, 3),
+        "bare_p50_ms": round(p50_bare, 3),
+        "latency_ratio": round(p50_split / p50_bare, 3),
+        "latency_target": 1.15,
+        "worker_rps": round(worker_rps, 2),
+        "local_rps": round(local_rps, 2),
+        "throughput_ratio": round(worker_rps / local_rps, 3),
+        "throughput_target": 0.8,
         "threads": args.workers,
     }
     if args.json:
         print(json.dumps(summary, indent=1))
         return
-    table = Table(title=f"splitmq overhead, {MODEL} fully offloaded (cut 0, raw, "
-                  f"{frame.nbytes:,} B), loopback")
+    table = Table(
+        title=f"splitmq overhead, {MODEL} fully offloaded (cut 0, raw, "
+        f"{frame.nbytes:,} B), loopback"
+    )
     for col in ("measure", "splitmq", "baseline", "ratio", "target"):
         table.add_column(col, justify="right" if col != "measure" else "left")
-    table.add_row("p50 latency ms (vs bare paho + local ORT)", f"{p50_split:.2f}",
-                  f"{p50_bare:.2f}", f"{summary['latency_ratio']:.3f}", "≤ 1.15")
-    table.add_row(f"requests/s, {args.workers} threads (vs local ORT)", f"{worker_rps:.1f}",
-                  f"{local_rps:.1f}", f"{summary['throughput_ratio']:.3f}", "≥ 0.8")
+    table.add_row(
+        "p50 latency ms (vs bare paho + local ORT)",
+        f"{p50_split:.2f}",
+        f"{p50_bare:.2f}",
+        f"{summary['latency_ratio']:.3f}",
+        "≤ 1.15",
+    )
+    table.add_row(
+        f"requests/s, {args.workers} threads (vs local ORT)",
+        f"{worker_rps:.1f}",
+        f"{local_rps:.1f}",
+        f"{summary['throughput_ratio']:.3f}",
+        "≥ 0.8",
+    )
     Console().print(table)
 
 

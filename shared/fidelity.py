@@ -44,6 +44,12 @@ STAGED = {
     "clip4+zstd": "clip4",
     "u8+zstd": "u8",
 }
+#: Row order: each codec followed by its lossless-stage variant.
+_ORDER = [
+    name
+    for base in (*INPUT_CODECS, *FEATURE_CODECS)
+    for name in (base, *(staged for staged, of in STAGED.items() if of == base))
+]
 #: Disjoint sample sets: photo crops from seeds in 100..999 (1000+ trains exit heads,
 #: demos use small seeds); MNIST digits from two separate index ranges of the 5,000.
 CALIBRATION_SEED = 101
@@ -86,6 +92,12 @@ def _is_mnist(pre: Preprocess) -> bool:
 def _from_images(images: list[np.ndarray], pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     pixels = np.concatenate([to_pixels(image, pre) for image in images])
     return pixels, normalize(pixels, pre)
+
+
+def default_counts(mv: ModelVersion) -> tuple[int, int]:
+    """How many (calibration, evaluation) samples to use unless told otherwise."""
+    pre = mv.manifest.preprocess
+    return (1000, 2000) if pre is not None and _is_mnist(pre) else (100, 200)
 
 
 def real_samples(mv: ModelVersion, calibration: int, evaluation: int) -> tuple[Samples, Samples]:
@@ -213,6 +225,7 @@ class _Measurement:
     mv: ModelVersion
     taps: Taps
     params: ParamsFor
+    only: frozenset[str] | None
     sizes: dict[tuple[int, str], int] = field(default_factory=dict)
     outcomes: dict[tuple[int, str], _Outcome] = field(default_factory=dict)
     reference_correct: int = 0
@@ -222,6 +235,9 @@ class _Measurement:
         source = samples.pixels if pixels else x
         assert source is not None
         codecs, staged = codecs_at(self.mv, cut, pixels)
+        if self.only is not None:
+            codecs = [c for c in codecs if c in self.only]
+            staged = [c for c in staged if c in self.only and STAGED[c] in codecs]
         for codec in codecs:
             decoded = [self._send(cut, codec, one[None]) for one in source]
             tensor = np.concatenate(decoded)
@@ -258,7 +274,7 @@ class _Measurement:
                     outcome.correct / outcome.count if labelled else None,
                 )
             )
-        return rows
+        return sorted(rows, key=lambda row: (row.cut, _ORDER.index(row.codec)))
 
 
 def measure(
@@ -268,10 +284,12 @@ def measure(
     params: ParamsFor,
     threads: int = 1,
     progress: Progress | None = None,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[FidelityRow], float | None]:
-    """Fidelity rows for every codec at ``cuts``, and the uncompressed model's accuracy."""
+    """Fidelity rows for every codec (or those in ``only``) at ``cuts``, and the
+    uncompressed model's accuracy."""
     taps = Taps(mv, cuts, threads)
-    state = _Measurement(mv, taps, params)
+    state = _Measurement(mv, taps, params, only)
     total, done = -(-len(samples) // BATCH) * len(cuts), 0
     for batch in samples.batches(BATCH):
         final, tensors = taps.run(batch.inputs)

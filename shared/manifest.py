@@ -56,8 +56,11 @@ class Boundary(Frozen):
     cut_mb: list[float]  # fp32 megabytes at each cut
 
     def ms(self, a: int, b: int) -> float:
-        return (self.input_ms_per_mb * self.cut_mb[a] + self.output_ms_per_mb * self.cut_mb[b]
-                + self.fixed_ms)
+        return (
+            self.input_ms_per_mb * self.cut_mb[a]
+            + self.output_ms_per_mb * self.cut_mb[b]
+            + self.fixed_ms
+        )
 
 
 class Profile(Frozen):

@@ -108,8 +108,9 @@ def profile(
             progress(cuts[-1], last)
     heads, tails = _monotonic(heads), _monotonic(tails[::-1])[::-1]
     overhead = run_overhead_ms(values[0], threads)
-    work, boundary = fit_additive(heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts],
-                                  overhead)
+    work, boundary = fit_additive(
+        heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts], overhead
+    )
     return Profile(
         host=host_info(threads),
         heads_ms=heads,
@@ -123,7 +124,10 @@ def profile(
 
 
 def fit_additive(
-    heads: list[float], tails: list[float], segments: list[float], cut_mb: list[float],
+    heads: list[float],
+    tails: list[float],
+    segments: list[float],
+    cut_mb: list[float],
     overhead: float,
 ) -> tuple[list[float], Boundary]:
     """Least-squares fit of per-segment work and boundary costs (see ``Profile``).
@@ -134,9 +138,11 @@ def fit_additive(
     """
     last = len(heads) - 1
     mb = np.asarray(cut_mb)
-    runs = ([(0, b, heads[b]) for b in range(1, last + 1)]
-            + [(a, last, tails[a]) for a in range(last)]
-            + [(a, a + 1, segments[a]) for a in range(last)])
+    runs = (
+        [(0, b, heads[b]) for b in range(1, last + 1)]
+        + [(a, last, tails[a]) for a in range(last)]
+        + [(a, a + 1, segments[a]) for a in range(last)]
+    )
     design = np.zeros((len(runs), last + 3))
     target = np.zeros(len(runs))
     for row, (a, b, ms) in enumerate(runs):
@@ -147,8 +153,9 @@ def fit_additive(
     solution, *_ = np.linalg.lstsq(design * weight[:, None], target * weight, rcond=None)
     work = [float(w) for w in solution[:last]]
     k_in, k_out, fixed = (float(v) for v in solution[last:])
-    return work, Boundary(input_ms_per_mb=k_in, output_ms_per_mb=k_out, fixed_ms=fixed,
-                          cut_mb=[float(m) for m in mb])
+    return work, Boundary(
+        input_ms_per_mb=k_in, output_ms_per_mb=k_out, fixed_ms=fixed, cut_mb=[float(m) for m in mb]
+    )
 
 
 def round_robin_ms(runs: list[Callable[[], object]], repeats: int, burst: int = 3) -> list[float]:

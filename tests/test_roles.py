@@ -30,22 +30,31 @@ def cfg(settings, real_pool):
 
 
 def env_for(cfg) -> dict[str, str]:
-    return {**os.environ, "SPLITMQ_BROKER": cfg.broker, "SPLITMQ_POOL": str(cfg.pool),
-            "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix, "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "SPLITMQ_BROKER": cfg.broker,
+        "SPLITMQ_POOL": str(cfg.pool),
+        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
+        "COLUMNS": "200",
+    }
 
 
-def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(cfg, topics, make_client,
-                                                                   inbox):
-    proc = subprocess.Popen([sys.executable, "-m", "splitmq", "edge", "--id", "tele"],
-                            env=env_for(cfg))
+def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(
+    cfg, topics, make_client, inbox
+):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitmq", "edge", "--id", "tele"], env=env_for(cfg)
+    )
     docs = inbox()
     try:
-        make_client("watch").subscribe(topics.telemetry("edge", "tele"),
-                                       lambda m: docs(json.loads(m.payload)))
+        make_client("watch").subscribe(
+            topics.telemetry("edge", "tele"), lambda m: docs(json.loads(m.payload))
+        )
         online = docs.wait(1, timeout=60)[0]
         assert online["status"] == "online" and online["role"] == "edge"
-        assert {"id", "ts", "models", "queue", "in_flight", "rps", "latency",
-                "errors"} <= set(online)
+        assert {"id", "ts", "models", "queue", "in_flight", "rps", "latency", "errors"} <= set(
+            online
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         offline = docs.wait(2, timeout=60)[-1]  # the broker publishes the Last Will
@@ -54,18 +63,22 @@ def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(cfg, topics,
         proc.kill()
         proc.wait()
     late = inbox()  # a planner starting now still sees it: retained
-    make_client("late").subscribe(topics.telemetry("edge", "tele"),
-                                  lambda m: late(json.loads(m.payload)))
+    make_client("late").subscribe(
+        topics.telemetry("edge", "tele"), lambda m: late(json.loads(m.payload))
+    )
     assert late.wait(1)[0] == {"status": "offline"}
 
 
 def test_device_telemetry_reports_link_estimates(cfg, real_pool, topics, make_client, inbox):
     mv = real_pool.get("mnist-cnn")
     docs = inbox()
-    make_client("watch").subscribe(topics.telemetry("device", "dev-tele"),
-                                   lambda m: docs(json.loads(m.payload)))
-    with edge_worker(cfg, "tele-edge"), Device(cfg, "dev-tele", make_plan(mv, 4, "raw"),
-                                                telemetry_period_s=0.2) as dev:
+    make_client("watch").subscribe(
+        topics.telemetry("device", "dev-tele"), lambda m: docs(json.loads(m.payload))
+    )
+    with (
+        edge_worker(cfg, "tele-edge"),
+        Device(cfg, "dev-tele", make_plan(mv, 4, "raw"), telemetry_period_s=0.2) as dev,
+    ):
         images = np.zeros((10, 28, 28), np.uint8)
         for f in [dev.submit(im) for im in images]:
             f.result(timeout=20)
@@ -82,10 +95,18 @@ def test_device_telemetry_reports_link_estimates(cfg, real_pool, topics, make_cl
 def test_a_duplicate_request_is_answered_once(cfg, real_pool, topics, make_client, inbox):
     mv = real_pool.get("mnist-cnn")
     t = time.time()
-    request = Request(id=uuid.uuid4().hex, device="dev-dup", model=mv.name, version=mv.version,
-                      cut=4, route=(Hop("edge"),), hop=0,
-                      tensor=encode(np.zeros((1, 64, 14, 14), np.float32), "raw"),
-                      deadline=t + 30, timing=Timing(DeviceTiming(t, t, t, t)))
+    request = Request(
+        id=uuid.uuid4().hex,
+        device="dev-dup",
+        model=mv.name,
+        version=mv.version,
+        cut=4,
+        route=(Hop("edge"),),
+        hop=0,
+        tensor=encode(np.zeros((1, 64, 14, 14), np.float32), "raw"),
+        deadline=t + 30,
+        timing=Timing(DeviceTiming(t, t, t, t)),
+    )
     results = inbox()
     client = make_client("dup-sender")
     client.subscribe(topics.result("dev-dup"), results)
@@ -109,9 +130,25 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
 
     np.save(images, mnist_digits()[0][:5])
     with edge_worker(cfg, "cli-edge"):
-        r = subprocess.run([sys.executable, "-m", "splitmq", "device", "--plan", str(plan),
-                            "--source", str(images), "--id", "cli-dev", "--json"],
-                           env=env_for(cfg), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "splitmq",
+                "device",
+                "--plan",
+                str(plan),
+                "--source",
+                str(images),
+                "--id",
+                "cli-dev",
+                "--json",
+            ],
+            env=env_for(cfg),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     labels = mnist_digits()[1][:5]
@@ -130,8 +167,13 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     ],
 )
 def test_device_command_mistakes_are_one_line(cfg, args, message):
-    r = subprocess.run([sys.executable, "-m", "splitmq", *args], env=env_for(cfg),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "splitmq", *args],
+        env=env_for(cfg),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
 
@@ -139,8 +181,10 @@ def test_device_command_mistakes_are_one_line(cfg, args, message):
 def test_cloud_results_store(cfg, real_pool, tmp_path):
     mv = real_pool.get("mnist-cnn")
     store = tmp_path / "results.jsonl"
-    with cloud_worker(cfg, "store-cloud", results=store), Device(
-            cfg, "dev-store", make_plan(mv, 4, "raw", tier="cloud")) as dev:
+    with (
+        cloud_worker(cfg, "store-cloud", results=store),
+        Device(cfg, "dev-store", make_plan(mv, 4, "raw", tier="cloud")) as dev,
+    ):
         answers = [dev.infer(np.zeros((28, 28), np.uint8)) for _ in range(3)]
     lines = [json.loads(line) for line in store.read_text().splitlines()]
     assert [line["id"] for line in lines] == [a.id for a in answers]
@@ -149,8 +193,13 @@ def test_cloud_results_store(cfg, real_pool, tmp_path):
 def test_demo_from_the_readme(real_pool):
     """`splitmq demo --json`: its own broker, real photos, nothing lost, both tiers answer."""
     env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
-    r = subprocess.run([sys.executable, "-m", "splitmq", "demo", "--json", "--frames", "40"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "splitmq", "demo", "--json", "--frames", "40"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
@@ -176,9 +225,13 @@ def _children(pid: int) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_demo_stops_everything_it_started(real_pool, sig):
     env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "splitmq", "demo", "--frames", "100000"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitmq", "demo", "--frames", "100000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (brokers := [p for p, name in _children(proc.pid) if name == "mosquitto"]):
@@ -189,5 +242,7 @@ def test_the_demo_stops_everything_it_started(real_pool, sig):
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
-    assert not Path(f"/proc/{brokers[0]}").exists() or \
-        Path(f"/proc/{brokers[0]}/stat").read_text().split()[2] == "Z"
+    assert (
+        not Path(f"/proc/{brokers[0]}").exists()
+        or Path(f"/proc/{brokers[0]}/stat").read_text().split()[2] == "Z"
+    )
