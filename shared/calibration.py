@@ -107,7 +107,6 @@ def collect(
     if not cuts:
         return {}
     taps = Taps(mv, cuts, threads)
-    rng = np.random.default_rng(0)
     picks: dict[int, np.ndarray | None] = {}
     parts: dict[int, list[CutValues]] = {c: [] for c in cuts}
     total = -(-len(samples) // BATCH)
@@ -116,8 +115,9 @@ def collect(
         for cut in cuts:
             x = tensors[cut]
             view = x.reshape(len(x), x.shape[1] if x.ndim > 1 else 1, -1)
-            if cut not in picks:
+            if cut not in picks:  # seeded by the cut: the same ranges whatever else is calibrated
                 keep, size = max(1, _KEEP_PER_SAMPLE // view.shape[1]), view.shape[2]
+                rng = np.random.default_rng(cut)
                 picks[cut] = np.sort(rng.choice(size, keep, replace=False)) if size > keep else None
             kept = view if picks[cut] is None else view[:, :, picks[cut]]
             parts[cut].append(CutValues(kept, view.min(axis=2), view.max(axis=2)))

@@ -38,13 +38,13 @@ def progress_bar() -> Progress:
     )
 
 
-def _open(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:
+def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:
     cfg = settings(pool=pool)
     with Console(stderr=True).status(f"loading {ref} …"):
         return cfg, open_model(ModelPool(cfg.pool), ref)
 
 
-def _human(n: float) -> str:
+def human(n: float) -> str:
     for unit in ("", "K", "M", "G"):
         if abs(n) < 1000:
             return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
@@ -52,17 +52,17 @@ def _human(n: float) -> str:
     return f"{n:.1f}T"
 
 
-def _print_json(obj: object) -> None:
+def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=1))
 
 
 @app.command()
 def inspect(model: ModelArg, pool: PoolOption = None, as_json: JsonOption = False) -> None:
     """Show every cut of a model: tensor, shape, bytes, MACs and parameters on each side."""
-    _, mv = _open(model, pool)
+    _, mv = open_ref(model, pool)
     inp = mv.manifest.input
     if as_json:
-        _print_json(
+        print_json(
             {
                 "model": mv.name,
                 "version": mv.version,
@@ -73,7 +73,7 @@ def inspect(model: ModelArg, pool: PoolOption = None, as_json: JsonOption = Fals
         return
     table = Table(
         title=f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts "
-        f"(input {inp.name} {inp.shape}, {_human(inp.bytes)}B)"
+        f"(input {inp.name} {inp.shape}, {human(inp.bytes)}B)"
     )
     for col in (
         "cut",
@@ -91,11 +91,11 @@ def inspect(model: ModelArg, pool: PoolOption = None, as_json: JsonOption = Fals
             str(c.index),
             c.name,
             str(c.shape),
-            _human(c.bytes),
-            _human(c.macs_before),
-            _human(c.macs_after),
-            _human(c.params_before) + "B",
-            _human(c.params_after) + "B",
+            human(c.bytes),
+            human(c.macs_before),
+            human(c.macs_after),
+            human(c.params_before) + "B",
+            human(c.params_after) + "B",
         )
     out.print(table)
 
@@ -119,7 +119,7 @@ def split_cmd(
 
     if not 1 <= len(cut) <= 2:
         raise UserError("give --cut once (device/edge) or twice (device/edge/cloud)")
-    _, mv = _open(model, pool)
+    _, mv = open_ref(model, pool)
     parts = split(mv, cut[0], cut[1] if len(cut) == 2 else None)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def split_cmd(
     deviation = max_deviation(mv, parts, mv.graph.sample_input())
     ok = deviation <= 1e-4
     if as_json:
-        _print_json(
+        print_json(
             {
                 "model": mv.name,
                 "version": mv.version,
@@ -152,7 +152,7 @@ def split_cmd(
         for p in parts:
             out.print(
                 f"{p.tier:>6}: cuts {p.a} → {p.b}  {output / (p.tier + '.onnx')} "
-                f"({_human(len(p.onnx))}B)"
+                f"({human(len(p.onnx))}B)"
             )
         verdict = "[green]equivalent[/]" if ok else "[red]NOT equivalent[/]"
         out.print(f"{verdict} to the full model on a sample: max |Δ| = {deviation:.2e}")
@@ -173,7 +173,7 @@ def profile(
     """Measure segment latencies on this host and store the profile in the pool."""
     from splitmq.shared.profiling import profile as measure
 
-    cfg, mv = _open(model, pool)
+    cfg, mv = open_ref(model, pool)
     threads = threads or cfg.threads
     with progress_bar() as bar:
         task = bar.add_task(f"profiling {mv.name}", total=mv.last_cut)
@@ -202,7 +202,7 @@ def profile(
         for c in mv.cuts
     ]
     if as_json:
-        _print_json(
+        print_json(
             {
                 "model": mv.name,
                 "version": mv.version,
@@ -246,7 +246,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
                 }
             )
     if as_json:
-        _print_json({"pool": str(mp.root), "models": rows})
+        print_json({"pool": str(mp.root), "models": rows})
         return
     table = Table(title=f"pool {mp.root}")
     for col in ("name", "version", "cuts", "size", "sha256", "profiles", "source"):
@@ -256,7 +256,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
             r["name"],
             str(r["version"]),
             str(r["cuts"]),
-            _human(r["bytes"]) + "B",
+            human(r["bytes"]) + "B",
             r["sha256"][:12],
             str(r["profiles"]),
             r["source"],
@@ -267,7 +267,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
 @pool_app.command("show")
 def pool_show(model: ModelArg, pool: PoolOption = None) -> None:
     """Print a model version's manifest (JSON)."""
-    _, mv = _open(model, pool)
+    _, mv = open_ref(model, pool)
     mv.model_bytes  # noqa: B018  (verifies the file against the manifest)
     print(mv.manifest.model_dump_json(indent=1))
 
@@ -284,7 +284,7 @@ def pool_add(
     with Console(stderr=True).status(f"analysing {path} …"):
         mv = ModelPool(cfg.pool).add(path, name)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "name": mv.name,
                 "version": mv.version,

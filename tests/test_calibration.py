@@ -1,0 +1,209 @@
+"""Calibration and fidelity: clip ranges in the manifest, codec_params, held-out measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from graphs import chain
+
+from splitmq.shared.calibration import (
+    calibrate,
+    check_cuts,
+    codec_params,
+    default_cuts,
+    parse_cuts,
+    save,
+)
+from splitmq.shared.clipping import CALIBRATED, CutValues, choose_range, static_range
+from splitmq.shared.codecs import decode, encode
+from splitmq.shared.errors import UserError
+from splitmq.shared.fidelity import FidelityRow, Samples, Taps, pareto, real_samples
+from splitmq.shared.pool import ModelPool, ModelVersion
+
+ROW_KEYS = {"cut", "codec", "bytes", "ratio", "agreement", "accuracy"}
+CUTS = [0, 1, 10]  # the input, a (32, 28, 28) feature map, a (256,) vector
+
+
+def _copy(real_pool: ModelPool, name: str, root: Path) -> ModelVersion:
+    """The real model in a pool of its own, so calibrating it leaves the shared pool alone."""
+    mv = real_pool.get(name)
+    return ModelPool(root).add(
+        mv.dir / "model.onnx", name, preprocess=mv.manifest.preprocess, labels=mv.labels
+    )
+
+
+@pytest.fixture(scope="module")
+def mnist(real_pool: ModelPool, tmp_path_factory: pytest.TempPathFactory) -> ModelVersion:
+    return _copy(real_pool, "mnist-cnn", tmp_path_factory.mktemp("pool"))
+
+
+@pytest.fixture(scope="module")
+def calibrated(mnist: ModelVersion) -> ModelVersion:
+    """mnist-cnn calibrated on 200 digits and measured on 300 others, saved."""
+    calibration, evaluation = real_samples(mnist, 200, 300)
+    save(mnist, calibrate(mnist, calibration, evaluation, CUTS))
+    return ModelPool(mnist.dir.parent.parent).get(mnist.name)
+
+
+def test_calibration_writes_ranges_per_tensor_and_per_channel(calibrated: ModelVersion) -> None:
+    cal = json.loads((calibrated.dir / "manifest.json").read_text())["calibration"]
+    # Cut 0 travels as u8 or JPEG pixels: nothing to calibrate there.
+    assert sorted(cal["cuts"]) == ["1", "10"]
+    ranges = cal["cuts"]["1"]
+    assert set(ranges) == set(CALIBRATED)
+    for codec in ("q4", "q2"):
+        assert isinstance(ranges[codec]["lo"], float)
+        assert ranges[codec]["lo"] < ranges[codec]["hi"]
+    for codec in ("q4c", "q2c"):
+        lo, hi = np.array(ranges[codec]["lo"]), np.array(ranges[codec]["hi"])
+        assert lo.shape == hi.shape == (32,) and (lo < hi).all()
+    # One value per channel: a message's own per-channel range is exact, so no static one.
+    assert cal["cuts"]["10"]["q4c"] is None and cal["cuts"]["10"]["q2c"] is None
+    assert cal["samples"]["calibration"] == 200 and cal["samples"]["evaluation"] == 300
+    assert all(set(row) == ROW_KEYS for row in cal["fidelity"])
+
+
+def test_codec_params_gives_the_calibrated_ranges(calibrated: ModelVersion) -> None:
+    per_channel = codec_params(calibrated, 1, "q4c")
+    assert per_channel is not None and len(per_channel["lo"]) == len(per_channel["hi"]) == 32
+    assert codec_params(calibrated, 1, "q4c+zstd") == per_channel
+    per_tensor = codec_params(calibrated, 1, "q4")
+    assert per_tensor is not None and isinstance(per_tensor["hi"], float)
+    for codec in ("raw", "fp16", "int8", "int8c", "clip4", "u8", "jpeg:85"):
+        assert codec_params(calibrated, 1, codec) is None, codec
+    assert codec_params(calibrated, 10, "q4c") is None  # the message's own range is better
+    assert codec_params(calibrated, 5, "q4c") is None  # a cut not calibrated
+    assert codec_params(calibrated, 0, "q4") is None
+
+
+def test_calibrated_ranges_beat_min_max_on_held_out_digits(calibrated: ModelVersion) -> None:
+    _, held_out = real_samples(calibrated, 10, 200)  # digits 1000.. never calibrated on
+    _, tensors = Taps(calibrated, [1]).run(held_out.inputs)
+    x = tensors[1]
+    for codec in CALIBRATED:
+        errors = []
+        for params in (codec_params(calibrated, 1, codec), None):
+            decoded = np.concatenate([decode(encode(one[None], codec, params)) for one in x])
+            errors.append(float(np.mean((decoded - x) ** 2)))
+        assert errors[0] < 0.8 * errors[1], (codec, errors)
+
+
+def test_mnist_fidelity_has_sane_accuracy(calibrated: ModelVersion) -> None:
+    cal = calibrated.manifest.calibration
+    assert cal["accuracy"] >= 0.97
+    rows = {(row["cut"], row["codec"]): row for row in cal["fidelity"]}
+    assert rows[(1, "raw")]["agreement"] == 1.0 and rows[(10, "raw")]["agreement"] == 1.0
+    assert rows[(0, "u8")]["ratio"] == pytest.approx(4.0, rel=0.01)
+    for row in cal["fidelity"]:
+        assert row["accuracy"] is not None and 0.9 <= row["accuracy"] <= 1.0, row
+        assert row["bytes"] > 0 and row["ratio"] == pytest.approx(
+            calibrated.cuts[row["cut"]].bytes / row["bytes"], rel=1e-3
+        )
+    # 8 bits keep the digits; the lossless stage changes bytes, never the outcome.
+    assert rows[(1, "int8")]["agreement"] >= 0.99
+    assert rows[(1, "q4c+zstd")]["agreement"] == rows[(1, "q4c")]["agreement"]
+    assert rows[(1, "q4c+zstd")]["bytes"] < rows[(1, "q4c")]["bytes"]
+
+
+def test_calibration_and_evaluation_digits_are_disjoint(mnist: ModelVersion) -> None:
+    calibration, evaluation = real_samples(mnist, 1000, 4000)
+    assert calibration.pixels is not None and evaluation.pixels is not None
+    seen = {image.tobytes() for image in calibration.pixels}
+    assert not any(image.tobytes() in seen for image in evaluation.pixels)
+    with pytest.raises(UserError, match="MNIST has"):
+        real_samples(mnist, 10, 4001)
+
+
+def test_cut_choice(mnist: ModelVersion) -> None:
+    # The (256,) features are the only maps smaller than the input; the logits are the end.
+    assert default_cuts(mnist) == [0, 10]
+    assert parse_cuts(mnist, "10,3,3") == [3, 10]
+    assert parse_cuts(mnist, "all") == list(range(mnist.last_cut))
+    with pytest.raises(UserError, match="device-only"):
+        check_cuts(mnist, [mnist.last_cut])
+    with pytest.raises(UserError, match="cut indices"):
+        parse_cuts(mnist, "3;4")
+
+
+def test_static_range_clips_outliers_and_keeps_dead_channels_exact() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((50, 3, 64)).astype(np.float32)
+    values[:, 1] = 0.0  # a dead channel
+    values[0, 2, 0] = 40.0  # one outlier: min/max would spend most codes on it
+    lo, hi = static_range(values, 2, per_channel=True)
+    assert lo.shape == hi.shape == (3,) and (lo < hi).all()
+    assert lo[1] == 0.0 and hi[2] < 40.0
+    lo, hi = static_range(values, 4, per_channel=False, clip="minmax")
+    assert lo.shape == () and hi == 40.0
+    # 2 bits over each message's own extremes waste codes on the tails: a static clip wins.
+    large = rng.standard_normal((20, 4, 256)).astype(np.float32)
+    assert choose_range(CutValues.of(large), 2, per_channel=False) is not None
+
+
+def test_auto_uses_each_message_range_where_that_is_exact() -> None:
+    values = np.random.default_rng(1).standard_normal((50, 16, 1)).astype(np.float32)
+    assert choose_range(CutValues.of(values), 4, per_channel=True) is None
+    assert choose_range(CutValues.of(values), 4, per_channel=True, clip="mse") is not None
+    assert choose_range(CutValues.of(values), 4, per_channel=False, clip="none") is None
+
+
+def test_a_model_without_preprocessing_calibrates_on_given_samples(tmp_path: Path) -> None:
+    onnx.save(chain(), tmp_path / "chain.onnx")
+    mv = ModelPool(tmp_path / "pool").add(tmp_path / "chain.onnx", "chain")
+    with pytest.raises(UserError, match="no preprocessing"):
+        real_samples(mv, 10, 10)
+    rng = np.random.default_rng(1)
+    inputs = rng.standard_normal((60, 4, 8, 8)).astype(np.float32)
+    result = calibrate(mv, Samples(inputs[:30]), Samples(inputs[30:]), [0, 2])
+    assert sorted(result.ranges) == ["0", "2"]  # a float input is a feature map too
+    assert {row.codec for row in result.rows if row.cut == 0} >= {"raw", "q4c", "q2c+zstd"}
+    assert all(row.accuracy is None for row in result.rows)
+    assert all(row.agreement == 1.0 for row in result.rows if row.codec in ("raw", "fp16"))
+
+
+def test_pareto_keeps_rows_nothing_beats() -> None:
+    rows = [
+        FidelityRow(1, "a", 100, 1, 0.90, None),
+        FidelityRow(1, "b", 200, 1, 0.95, None),
+        FidelityRow(2, "c", 150, 1, 0.99, None),
+        FidelityRow(2, "d", 300, 1, 0.99, None),
+        FidelityRow(0, "e", 50, 1, 0.50, None),
+    ]
+    assert [row.codec for row in pareto(rows)] == ["e", "a", "c"]
+
+
+def _splitmq(*args: str, pool: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPLITMQ_POOL": str(pool), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "splitmq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_json_rows_and_manifest(
+    real_pool: ModelPool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("cli")
+    _copy(real_pool, "mnist-cnn", root)
+    args = ("calibrate", "mnist-cnn", "--samples", "100", "--calibration-samples", "50")
+    r = _splitmq(*args, "--cuts", "0,10", "--json", pool=root)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["rows"] and all(set(row) == ROW_KEYS for row in doc["rows"])
+    assert {row["cut"] for row in doc["rows"]} == {0, 10}
+    assert doc["accuracy"] is not None and doc["samples"]["evaluation"] == 100
+    stored = ModelPool(root).get("mnist-cnn").manifest.calibration
+    assert stored["fidelity"] == doc["rows"]
+    bad = _splitmq(*args, "--cuts", "12", pool=root)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: cut 12 is the output")
