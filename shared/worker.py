@@ -191,9 +191,8 @@ class Worker:
                 self._in_flight += 1
             try:
                 self._handle(msg, t_recv)
-            except Exception:  # a bug must not kill the worker thread
-                log.exception("unexpected failure on %s", msg.topic)
-                self.stats.count("internal")
+            except Exception:  # even reporting failed (e.g. disconnected): keep serving
+                log.exception("cannot report a failure on %s", msg.topic)
             finally:
                 msg.ack()
                 with self._lock:
@@ -230,6 +229,9 @@ class Worker:
             self._fail(device, request_id, "bad_tensor", str(exc))
         except SplitMQError as exc:
             self._fail(device, request_id, _code_of(exc), str(exc))
+        except Exception as exc:  # a bug or a runtime failure: the device must still hear
+            log.exception("unexpected failure on %s", msg.topic)
+            self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}")
 
     def run_hop(self, request: Request, t_recv: float, nbytes: int) -> Outcome:
         """Run this tier's part of ``request``; the core, without any MQTT."""

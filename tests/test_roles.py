@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from splitmq.cloud.worker import cloud_worker
+from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
@@ -69,26 +70,30 @@ def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(
     assert late.wait(1)[0] == {"status": "offline"}
 
 
-def test_device_telemetry_reports_link_estimates(cfg, real_pool, topics, make_client, inbox):
+def test_device_telemetry_estimates_its_link(cfg, real_pool, topics, make_client, inbox):
+    """Over an emulated 20 Mbit/s, 10 ms link the device's own estimates come out near both."""
     mv = real_pool.get("mnist-cnn")
     docs = inbox()
     make_client("watch").subscribe(
         topics.telemetry("device", "dev-tele"), lambda m: docs(json.loads(m.payload))
     )
+    link = LinkSpec.parse("20mbit/10ms")
     with (
         edge_worker(cfg, "tele-edge"),
-        Device(cfg, "dev-tele", make_plan(mv, 4, "raw"), telemetry_period_s=0.2) as dev,
+        Device(
+            cfg, "dev-tele", make_plan(mv, 4, "raw"), link=link, window=1, telemetry_period_s=0.2
+        ) as dev,
     ):
-        images = np.zeros((10, 28, 28), np.uint8)
-        for f in [dev.submit(im) for im in images]:
-            f.result(timeout=20)
-        assert docs.arrived(1)
+        for im in np.zeros((10, 28, 28), np.uint8):
+            dev.infer(im)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and docs.items[-1].get("rtt_ms") is None:
+        while not (docs.items and docs.items[-1].get("uplink_bps")):
+            assert time.monotonic() < deadline, "no telemetry with an uplink estimate"
             docs.arrived(len(docs.items) + 1, timeout=1)
     doc = [d for d in docs.items if d.get("status") == "online"][-1]
     assert doc["role"] == "device" and doc["speed"] == 1.0 and 0 < doc["battery"] <= 1
-    assert doc["rtt_ms"] is not None and doc["uplink_bps"] is not None
+    assert 5 <= doc["rtt_ms"] <= 40, doc["rtt_ms"]
+    assert 8e6 <= doc["uplink_bps"] <= 40e6, doc["uplink_bps"]  # 50 kB requests at 20 Mbit/s
     assert doc["plan"]["cut"] == 4
 
 
