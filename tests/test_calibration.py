@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from clitools import cli_env, run_cli
 from graphs import chain
 
 from splitmq.shared.calibration import (
@@ -180,14 +179,7 @@ def test_pareto_keeps_rows_nothing_beats() -> None:
 
 
 def _splitmq(*args: str, pool: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPLITMQ_POOL": str(pool), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "splitmq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=cli_env(pool=pool))
 
 
 def test_cli_json_rows_and_manifest(

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import onnx
 import pytest
+from clitools import cli_env, run_cli
 from graphs import residual
 
 
 def splitmq(*args: str, pool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPLITMQ_POOL": str(pool), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "splitmq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=cli_env(pool=pool))
 
 
 @pytest.fixture(scope="module")

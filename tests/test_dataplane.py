@@ -6,17 +6,16 @@ Each answer is checked against the unsplit model run locally on the same frame.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from clitools import cli_env, start_cli, wait_online
 
 from splitmq.cloud.worker import cloud_worker
 from splitmq.device.runtime import Device, InferenceFailed
@@ -246,31 +245,20 @@ def test_two_edge_workers_share_the_load(cfg, real_pool):
 def test_killing_an_edge_worker_mid_stream_loses_nothing(cfg, real_pool, workers):
     """SIGKILL one of two edge workers: every request ends as a result or a visible failure."""
     mv = real_pool.get("efficientnet-lite0")
-    env = {
-        **os.environ,
-        "SPLITMQ_BROKER": cfg.broker,
-        "SPLITMQ_POOL": str(cfg.pool),
-        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
-    }
-    victim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitmq",
-            "edge",
-            "--id",
-            "victim",
-            "--workers",
-            "1",
-            "--queue",
-            "4",
-        ],
-        env=env,
+    victim = start_cli(
+        "edge",
+        "--id",
+        "victim",
+        "--workers",
+        "1",
+        "--queue",
+        "4",
+        env=cli_env(cfg),
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        _wait_online(cfg, "victim")
+        wait_online(cfg, "edge", "victim")
         frames = photos(30, seed=11)
         # Frozen first, so that it surely holds requests (about half: the shared
         # subscription deals them out in turn) when it dies.
@@ -297,21 +285,3 @@ def test_killing_an_edge_worker_mid_stream_loses_nothing(cfg, real_pool, workers
     assert {a.latency[1].id for a in answered} == {"t-edge"}  # the survivor answered all
     assert retries >= 1  # what the victim held was sent again and answered by the survivor
     assert sum(a.attempts > 1 for a in answered) == retries
-
-
-def _wait_online(cfg, worker_id, timeout=60.0):
-    """Block until a worker's retained telemetry says online."""
-    import threading
-
-    from splitmq.shared.mqtt import MqttClient
-    from splitmq.shared.topics import Topics
-
-    online = threading.Event()
-
-    def seen(msg):
-        if json.loads(msg.payload).get("status") == "online":
-            online.set()
-
-    with MqttClient(cfg, f"watch-{worker_id}") as client:
-        client.subscribe(Topics.from_settings(cfg).telemetry("edge", worker_id), seen)
-        assert online.wait(timeout), f"{worker_id} never came online"

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import cli_env, run_cli, start_cli
 
 from splitmq.cloud.worker import cloud_worker
 from splitmq.device.link import LinkSpec
@@ -30,22 +29,10 @@ def cfg(settings, real_pool):
     return settings.model_copy(update={"pool": real_pool.root})
 
 
-def env_for(cfg) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SPLITMQ_BROKER": cfg.broker,
-        "SPLITMQ_POOL": str(cfg.pool),
-        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
-        "COLUMNS": "200",
-    }
-
-
 def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(
     cfg, topics, make_client, inbox
 ):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "splitmq", "edge", "--id", "tele"], env=env_for(cfg)
-    )
+    proc = start_cli("edge", "--id", "tele", env=cli_env(cfg))
     docs = inbox()
     try:
         make_client("watch").subscribe(
@@ -135,24 +122,16 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
 
     np.save(images, mnist_digits()[0][:5])
     with edge_worker(cfg, "cli-edge"):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "splitmq",
-                "device",
-                "--plan",
-                str(plan),
-                "--source",
-                str(images),
-                "--id",
-                "cli-dev",
-                "--json",
-            ],
-            env=env_for(cfg),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        r = run_cli(
+            "device",
+            "--plan",
+            str(plan),
+            "--source",
+            str(images),
+            "--id",
+            "cli-dev",
+            "--json",
+            env=cli_env(cfg),
         )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -172,13 +151,7 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     ],
 )
 def test_device_command_mistakes_are_one_line(cfg, args, message):
-    r = subprocess.run(
-        [sys.executable, "-m", "splitmq", *args],
-        env=env_for(cfg),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli(*args, env=cli_env(cfg), timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
 
@@ -197,14 +170,7 @@ def test_cloud_results_store(cfg, real_pool, tmp_path):
 
 def test_demo_from_the_readme(real_pool):
     """`splitmq demo --json`: its own broker, real photos, nothing lost, both tiers answer."""
-    env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
-    r = subprocess.run(
-        [sys.executable, "-m", "splitmq", "demo", "--json", "--frames", "40"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_cli("demo", "--json", "--frames", "40", env=cli_env(pool=real_pool.root), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
@@ -229,10 +195,11 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_demo_stops_everything_it_started(real_pool, sig):
-    env = {**os.environ, "SPLITMQ_POOL": str(real_pool.root)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "splitmq", "demo", "--frames", "100000"],
-        env=env,
+    proc = start_cli(
+        "demo",
+        "--frames",
+        "100000",
+        env=cli_env(pool=real_pool.root),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
