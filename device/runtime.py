@@ -261,7 +261,7 @@ class Device:
     def _answer_locally(
         self, outputs: dict[str, np.ndarray], t_start: float, future: Future
     ) -> None:
-        final = self.mv.graph.output_names[-1]
+        final = self.mv.output_names[-1]
         logits = outputs[final][0].astype(np.float64)
         probs = softmax(logits)
         order = np.argsort(-probs)[:5]

@@ -85,6 +85,11 @@ class ModelVersion:
         return self.manifest.cuts
 
     @property
+    def output_names(self) -> list[str]:
+        """Model outputs from the manifest: exit heads first, the final output last."""
+        return [o.name for o in self.manifest.outputs]
+
+    @property
     def last_cut(self) -> int:
         return len(self.manifest.cuts) - 1
 

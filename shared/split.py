@@ -46,7 +46,7 @@ def run_chain(mv: ModelVersion, parts: list[Part], x: np.ndarray) -> dict[str, n
         session = make_session(part.onnx)
         names = [o.name for o in session.get_outputs()]
         results = dict(zip(names, session.run(None, {mv.cuts[part.a].name: value})))
-        outputs.update({k: v for k, v in results.items() if k in mv.graph.output_names})
+        outputs.update({k: v for k, v in results.items() if k in mv.output_names})
         if part.b != mv.last_cut:
             value = results[mv.cuts[part.b].name]
     return outputs

@@ -315,12 +315,12 @@ class Worker:
         mv: ModelVersion, outputs: dict[str, np.ndarray], threshold: float | None
     ) -> tuple[str, np.ndarray] | None:
         """The output to answer with: a confident exit head, or the final output."""
-        final = mv.graph.output_names[-1]
+        final = mv.output_names[-1]
         if final in outputs:
             return final, outputs[final][0]
         if threshold is None:
             return None
-        for name in mv.graph.output_names[:-1]:
+        for name in mv.output_names[:-1]:
             if name in outputs and softmax(outputs[name][0]).max() >= threshold:
                 return name, outputs[name][0]
         return None

@@ -59,7 +59,7 @@ def cut_index(mv: ModelVersion, name: str, fallback: int) -> int:
 def demo_plan(mv: ModelVersion, opts: DemoOptions) -> Plan:
     cut = opts.cut if opts.cut is not None else cut_index(mv, DEFAULT_CUT, mv.last_cut // 3)
     cloud_cut = opts.cloud_cut
-    if cloud_cut is None and len(mv.graph.output_names) > 1:
+    if cloud_cut is None and len(mv.output_names) > 1:
         cloud_cut = cut_index(mv, DEFAULT_CLOUD_CUT, (cut + mv.last_cut) // 2)
     return make_plan(
         mv,
@@ -135,7 +135,7 @@ def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
     """Top-1 of the unsplit model, run locally: what every answer is checked against."""
     session = make_session(mv.model_bytes)
     pre = mv.manifest.preprocess
-    final = mv.graph.output_names[-1]
+    final = mv.output_names[-1]
     return [
         int(session.run([final], {mv.cuts[0].name: normalize(to_pixels(f, pre), pre)})[0].argmax())
         for f in frames
