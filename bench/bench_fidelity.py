@@ -1,7 +1,7 @@
 """Feature-map fidelity: the Pareto frontier of bytes vs top-1 agreement for EfficientNet-Lite0.
 
 Calibrates clip ranges on 100 photo crops, then measures every codec at the
-candidate cuts on 200 held-out crops (``splitmq.shared.calibration``), with
+candidate cuts on 200 held-out crops (``splitmq.shared.offline.calibration``), with
 ``jpeg:85`` of the same input as the reference line. Prints the frontier and
 checks the issue's two claims: a (cut, codec) with >= 99% agreement sending
 fewer bytes than ``jpeg:85``, and one with >= 10x fewer bytes than fp32 at
@@ -14,7 +14,7 @@ Default cuts: those ``splitmq calibrate`` picks (each smaller in fp32 than all
 before it) plus every cut of the last two stages (41-55), whose tails are
 cheap to run; ``--cuts all`` sweeps every cut, several times longer.
 ``--compare-clips`` also measures the calibrated codecs under every way of
-picking their clip range (``splitmq.shared.clipping.CLIPS``).
+picking their clip range (``splitmq.shared.offline.clipping.CLIPS``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
-from splitmq.shared.calibration import (
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.offline.calibration import (
     calibrate,
     collect,
     cut_ranges,
@@ -40,9 +41,8 @@ from splitmq.shared.calibration import (
     params_for,
     parse_cuts,
 )
-from splitmq.shared.clipping import CALIBRATED, CLIPS
-from splitmq.shared.fidelity import FidelityRow, Samples, measure, pareto, real_samples
-from splitmq.shared.pool import ModelPool, ModelVersion
+from splitmq.shared.offline.clipping import CALIBRATED, CLIPS
+from splitmq.shared.offline.fidelity import FidelityRow, Samples, measure, pareto, real_samples
 from splitmq.shared.settings import Settings
 
 REFERENCE = "jpeg:85"

@@ -32,12 +32,12 @@ from rich.table import Table
 
 from splitmq.broker.launcher import Broker
 from splitmq.device.runtime import Device
-from splitmq.shared.mqtt import MqttClient
-from splitmq.shared.plan import make_plan
-from splitmq.shared.pool import ModelPool
-from splitmq.shared.sessions import SessionCache
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.protocol.plan import make_plan
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.settings import Settings
-from splitmq.shared.topics import Topics
+from splitmq.shared.transport.mqtt import MqttClient
 
 MODEL = "efficientnet-lite0"
 

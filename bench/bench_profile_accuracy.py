@@ -23,8 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from splitmq.shared.pool import ModelPool
-from splitmq.shared.profiling import cut_values, partition_runner, profile, round_robin_ms
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.offline.profiling import cut_values, partition_runner, profile, round_robin_ms
 from splitmq.shared.settings import Settings
 
 

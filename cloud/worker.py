@@ -1,6 +1,6 @@
 """The cloud worker: runs the final segments and keeps a store of its answers.
 
-The mechanics are :class:`splitmq.shared.worker.Worker`, shared with the edge.
+The mechanics are :class:`splitmq.shared.runtime.worker.Worker`, shared with the edge.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from splitmq.cloud.results import ResultsStore
+from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
-from splitmq.shared.worker import Worker
 
 
 def cloud_worker(

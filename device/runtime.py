@@ -23,20 +23,15 @@ import numpy as np
 
 from splitmq.device.estimates import LinkEstimator
 from splitmq.device.link import DelayLine, LinkSpec
-from splitmq.shared.calibration import codec_params
 from splitmq.shared.codecs import encode, parse_codec
 from splitmq.shared.errors import SplitMQError, UserError, WireError
-from splitmq.shared.exits import softmax
-from splitmq.shared.mqtt import Message, MqttClient
-from splitmq.shared.plan import Plan
-from splitmq.shared.pool import ModelPool
-from splitmq.shared.preprocess import normalize, to_pixels
-from splitmq.shared.sessions import SessionCache
-from splitmq.shared.settings import Settings
-from splitmq.shared.stats import Stats
-from splitmq.shared.telemetry import Telemetry
-from splitmq.shared.topics import Topics
-from splitmq.shared.wire import (
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.offline.calibration import codec_params
+from splitmq.shared.offline.exits import softmax
+from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
     DeviceTiming,
     HopLatency,
@@ -48,6 +43,11 @@ from splitmq.shared.wire import (
     unpack_error,
     unpack_result,
 )
+from splitmq.shared.runtime.sessions import SessionCache
+from splitmq.shared.runtime.stats import Stats
+from splitmq.shared.settings import Settings
+from splitmq.shared.transport.mqtt import Message, MqttClient
+from splitmq.shared.transport.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ def frames(
 
 
 def synthetic(count: int, channels: str = "RGB", seed: int = 0) -> list[np.ndarray]:
-    from splitmq.shared.datasets import mnist_digits, photos
+    from splitmq.shared.offline.datasets import mnist_digits, photos
 
     if channels == "L":
         images, _ = mnist_digits()

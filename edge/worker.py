@@ -1,13 +1,13 @@
 """The edge worker: continues requests from devices, answers early, escalates the rest.
 
-All the mechanics live in :class:`splitmq.shared.worker.Worker`, shared with
+All the mechanics live in :class:`splitmq.shared.runtime.worker.Worker`, shared with
 the cloud tier; the edge is the tier whose hops may end at an early-exit head.
 """
 
 from __future__ import annotations
 
+from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
-from splitmq.shared.worker import Worker
 
 
 def edge_worker(

@@ -18,10 +18,10 @@ from splitmq.commands_models import (
     print_json,
     progress_bar,
 )
-from splitmq.shared.calibration import Calibration, parse_cuts, save
-from splitmq.shared.calibration import calibrate as run_calibration
-from splitmq.shared.clipping import CLIPS, check_clip
-from splitmq.shared.fidelity import default_counts, real_samples
+from splitmq.shared.offline.calibration import Calibration, parse_cuts, save
+from splitmq.shared.offline.calibration import calibrate as run_calibration
+from splitmq.shared.offline.clipping import CLIPS, check_clip
+from splitmq.shared.offline.fidelity import default_counts, real_samples
 
 
 @app.command()

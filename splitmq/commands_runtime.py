@@ -148,8 +148,8 @@ def device(
     from splitmq.device.link import LinkSpec
     from splitmq.device.runtime import Device
     from splitmq.device.sources import frames as frame_source
-    from splitmq.shared.plan import load_plan_file, make_plan
-    from splitmq.shared.pool import ModelPool
+    from splitmq.shared.model.pool import ModelPool
+    from splitmq.shared.protocol.plan import load_plan_file, make_plan
 
     cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
     if plan_file:

@@ -23,12 +23,12 @@ import numpy as np
 
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Answer, Device
-from splitmq.shared.datasets import photos
 from splitmq.shared.errors import SplitMQError, UserError
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.plan import Plan, make_plan
-from splitmq.shared.pool import ModelPool, ModelVersion
-from splitmq.shared.preprocess import normalize, to_pixels
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.offline.datasets import photos
+from splitmq.shared.protocol.plan import Plan, make_plan
 from splitmq.shared.settings import Settings
 
 # Device profiles: (link, speed vs this host). Cycled over the devices.
@@ -81,7 +81,7 @@ def run_demo(
     from splitmq.broker.launcher import Broker
     from splitmq.cloud.worker import cloud_worker
     from splitmq.edge.worker import edge_worker
-    from splitmq.shared.zoo import ZOO, build
+    from splitmq.shared.offline.zoo import ZOO, build
 
     if opts.devices < 1 or opts.frames < 1:
         raise UserError("--devices and --frames must be at least 1")

@@ -9,9 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-from splitmq.shared.mqtt import MqttClient
+from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
-from splitmq.shared.topics import Topics
+from splitmq.shared.transport.mqtt import MqttClient
 
 
 def cli_env(settings: Settings | None = None, pool: Path | None = None) -> dict[str, str]:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from splitmq.broker.launcher import Broker
-from splitmq.shared.mqtt import MqttClient
-from splitmq.shared.pool import ModelPool
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.offline.zoo import ZOO, build
+from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
-from splitmq.shared.topics import Topics
-from splitmq.shared.zoo import ZOO, build
+from splitmq.shared.transport.mqtt import MqttClient
 
 
 class Inbox:

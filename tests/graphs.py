@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from splitmq.shared.onnx_graph import checked
+from splitmq.shared.model.graph import checked
 
 RNG = np.random.default_rng(7)
 C = 4  # channels everywhere: small, but enough to catch layout mistakes

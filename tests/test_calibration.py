@@ -12,7 +12,10 @@ import pytest
 from clitools import cli_env, run_cli
 from graphs import chain
 
-from splitmq.shared.calibration import (
+from splitmq.shared.codecs import decode, encode
+from splitmq.shared.errors import UserError
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.offline.calibration import (
     calibrate,
     check_cuts,
     codec_params,
@@ -20,11 +23,8 @@ from splitmq.shared.calibration import (
     parse_cuts,
     save,
 )
-from splitmq.shared.clipping import CALIBRATED, CutValues, choose_range, static_range
-from splitmq.shared.codecs import decode, encode
-from splitmq.shared.errors import UserError
-from splitmq.shared.fidelity import FidelityRow, Samples, Taps, pareto, real_samples
-from splitmq.shared.pool import ModelPool, ModelVersion
+from splitmq.shared.offline.clipping import CALIBRATED, CutValues, choose_range, static_range
+from splitmq.shared.offline.fidelity import FidelityRow, Samples, Taps, pareto, real_samples
 
 ROW_KEYS = {"cut", "codec", "bytes", "ratio", "agreement", "accuracy"}
 CUTS = [0, 1, 10]  # the input, a (32, 28, 28) feature map, a (256,) vector

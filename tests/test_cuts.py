@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from graphs import MODELS, early_exit, inception, residual
 
-from splitmq.shared.cuts import find_cuts
-from splitmq.shared.onnx_graph import Graph
+from splitmq.shared.model.cuts import find_cuts
+from splitmq.shared.model.graph import Graph
 
 
 def names(model) -> list[str]:

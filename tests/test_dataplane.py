@@ -21,12 +21,12 @@ from splitmq.cloud.worker import cloud_worker
 from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
-from splitmq.shared.datasets import mnist_digits, photos
-from splitmq.shared.exits import softmax
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.plan import make_plan
-from splitmq.shared.preprocess import normalize, to_pixels
-from splitmq.shared.wire import (
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.offline.datasets import mnist_digits, photos
+from splitmq.shared.offline.exits import softmax
+from splitmq.shared.protocol.plan import make_plan
+from splitmq.shared.protocol.wire import (
     DeviceTiming,
     Hop,
     Request,

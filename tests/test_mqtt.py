@@ -14,9 +14,9 @@ from conftest import Inbox
 
 from splitmq.broker.launcher import DEFAULT_CONFIG, Broker, free_port
 from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
-from splitmq.shared.mqtt import JSON_CONTENT_TYPE, Message, MqttClient, Will
+from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
-from splitmq.shared.topics import Topics
+from splitmq.shared.transport.mqtt import JSON_CONTENT_TYPE, Message, MqttClient, Will
 
 MakeClient = Callable[..., MqttClient]
 
@@ -171,7 +171,7 @@ def test_shared_subscription_splits_the_load(make_client: MakeClient, topics: To
 DYING_CLIENT = textwrap.dedent(
     """
     import sys
-    from splitmq.shared.mqtt import MqttClient, Will
+    from splitmq.shared.transport.mqtt import MqttClient, Will
     client = MqttClient.at("127.0.0.1", int(sys.argv[1]), "dying", will=Will(sys.argv[2]))
     client.connect(timeout=5)
     client.publish_json(sys.argv[2], {"status": "online"}, retain=True, wait=5)

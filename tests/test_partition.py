@@ -10,8 +10,8 @@ import pytest
 from graphs import MODELS
 
 from splitmq.shared.errors import ModelError
-from splitmq.shared.pool import ModelPool
-from splitmq.shared.split import max_deviation, run_chain, split
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.model.split import max_deviation, run_chain, split
 
 
 @pytest.fixture(scope="module")

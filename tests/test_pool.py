@@ -9,7 +9,7 @@ import pytest
 from graphs import chain, residual
 
 from splitmq.shared.errors import ModelError, PoolError
-from splitmq.shared.pool import ModelPool, open_model
+from splitmq.shared.model.pool import ModelPool, open_model
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from splitmq.shared.datasets import mnist_digits, photos
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.preprocess import normalize, to_pixels
-from splitmq.shared.split import max_deviation, split
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.model.split import max_deviation, split
+from splitmq.shared.offline.datasets import mnist_digits, photos
 
 pytestmark = pytest.mark.slow
 

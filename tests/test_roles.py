@@ -18,8 +18,15 @@ from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
-from splitmq.shared.plan import make_plan
-from splitmq.shared.wire import DeviceTiming, Hop, Request, Timing, pack_request, unpack_result
+from splitmq.shared.protocol.plan import make_plan
+from splitmq.shared.protocol.wire import (
+    DeviceTiming,
+    Hop,
+    Request,
+    Timing,
+    pack_request,
+    unpack_result,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +125,7 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(make_plan(mv, 4, "int8").to_json("cli-dev")))
     images = tmp_path / "digits.npy"
-    from splitmq.shared.datasets import mnist_digits
+    from splitmq.shared.offline.datasets import mnist_digits
 
     np.save(images, mnist_digits()[0][:5])
     with edge_worker(cfg, "cli-edge"):

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from splitmq.shared.errors import UserError, WireError
+from splitmq.shared.protocol.topics import RequestTopic, Topics
 from splitmq.shared.settings import Settings
-from splitmq.shared.topics import RequestTopic, Topics
 
 IDS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 MODELS = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", fullmatch=True)

@@ -12,7 +12,7 @@ import pytest
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode
 from splitmq.shared.errors import CodecError, WireError
-from splitmq.shared.wire import (
+from splitmq.shared.protocol.wire import (
     DeviceTiming,
     ErrorReport,
     Hop,

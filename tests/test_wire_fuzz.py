@@ -24,7 +24,7 @@ from PIL import Image
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode
 from splitmq.shared.errors import CodecError, WireError
-from splitmq.shared.wire import (
+from splitmq.shared.protocol.wire import (
     DeviceTiming,
     Hop,
     HopTiming,

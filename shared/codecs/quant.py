@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from splitmq.shared.codecs_base import (
+from splitmq.shared.codecs.base import (
     FLOAT32_MAX,
     FLOAT32_TINY,
     FLOAT_DTYPES,

@@ -15,8 +15,8 @@ from typing import Any
 
 from splitmq.shared.codecs import parse_codec
 from splitmq.shared.errors import CodecError, UserError, WireError
-from splitmq.shared.pool import ModelVersion
-from splitmq.shared.wire import Hop
+from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.protocol.wire import Hop
 
 TIERS = ("edge", "cloud")
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import onnx
 from pydantic import ValidationError
 
-from splitmq.shared.cuts import Cut, find_cuts
 from splitmq.shared.errors import ModelError, PoolError
-from splitmq.shared.manifest import Manifest, Preprocess, TensorSpec
-from splitmq.shared.onnx_graph import Graph, load_model
-from splitmq.shared.partition import extract_segment
+from splitmq.shared.model.cuts import Cut, find_cuts
+from splitmq.shared.model.graph import Graph, load_model
+from splitmq.shared.model.manifest import Manifest, Preprocess, TensorSpec
+from splitmq.shared.model.partition import extract_segment
 
 log = logging.getLogger(__name__)
 

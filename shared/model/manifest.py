@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from splitmq.shared.cuts import Cut
+from splitmq.shared.model.cuts import Cut
 
 log = logging.getLogger(__name__)
 

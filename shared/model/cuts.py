@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from splitmq.shared.onnx_graph import Graph
+from splitmq.shared.model.graph import Graph
 
 # Ops that only relabel memory: a cut right after one is the same boundary.
 RELABEL_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})

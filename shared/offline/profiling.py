@@ -22,10 +22,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from splitmq.shared.manifest import Boundary, HostInfo, Profile
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.partition import DTYPE_TO_ONNX, extract_segment
-from splitmq.shared.pool import ModelVersion
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.manifest import Boundary, HostInfo, Profile
+from splitmq.shared.model.partition import DTYPE_TO_ONNX, extract_segment
+from splitmq.shared.model.pool import ModelVersion
 
 
 @cache

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from splitmq.shared.clipping import CALIBRATED, CutValues, check_clip, cut_ranges
 from splitmq.shared.codecs import parse_codec
-from splitmq.shared.codecs_base import FLOAT_DTYPES
+from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.errors import UserError
-from splitmq.shared.fidelity import BATCH, FidelityRow, Samples, Taps, measure
-from splitmq.shared.pool import ModelVersion
+from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.offline.clipping import CALIBRATED, CutValues, check_clip, cut_ranges
+from splitmq.shared.offline.fidelity import BATCH, FidelityRow, Samples, Taps, measure
 
 CALIBRATION_FORMAT = 1
 #: Values kept per sample and cut, at most (spatial positions subsampled).

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from splitmq.shared.codecs_base import DTYPES, FLOAT_DTYPES, Params, expect_keys, num_elements
+from splitmq.shared.codecs.base import DTYPES, FLOAT_DTYPES, Params, expect_keys, num_elements
 
 _NO_KEYS: frozenset[str] = frozenset()
 _F16_MAX = float(np.finfo(np.float16).max)

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.pool import ModelPool, ModelVersion
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.pool import ModelPool, ModelVersion
 
 
 class Segment:

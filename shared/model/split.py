@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitmq.shared.errors import ModelError
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.pool import ModelVersion
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.pool import ModelVersion
 
 
 @dataclass(frozen=True)

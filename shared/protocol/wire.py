@@ -21,7 +21,7 @@ import msgpack
 
 from splitmq.shared.codecs import DEFAULT_MAX_BYTES, MAX_RANK, EncodedTensor, check, parse_codec
 from splitmq.shared.errors import CodecError, WireError
-from splitmq.shared.topics import MAX_CUT, TIERS, Tier
+from splitmq.shared.protocol.topics import MAX_CUT, TIERS, Tier
 
 __all__ = [
     "CONTENT_TYPE_JSON",

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from splitmq.shared.cuts import Cut
 from splitmq.shared.errors import ModelError
-from splitmq.shared.onnx_graph import SHAPE_OPS, Graph
+from splitmq.shared.model.cuts import Cut
+from splitmq.shared.model.graph import SHAPE_OPS, Graph
 
 DTYPE_TO_ONNX = {
     "float32": onnx.TensorProto.FLOAT,

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
-from splitmq.shared.onnx_graph import make_session
+from splitmq.shared.model.graph import make_session
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

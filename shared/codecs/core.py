@@ -15,7 +15,7 @@ import lz4.frame
 import numpy as np
 import zstandard
 
-from splitmq.shared.codecs_base import (
+from splitmq.shared.codecs.base import (
     DTYPES,
     MAX_ELEMENTS,
     MAX_RANK,
@@ -23,9 +23,9 @@ from splitmq.shared.codecs_base import (
     ParamValue,
     num_elements,
 )
-from splitmq.shared.codecs_image import Jpeg
-from splitmq.shared.codecs_plain import Fp16, Plain
-from splitmq.shared.codecs_quant import AffineInt8, Uniform
+from splitmq.shared.codecs.image import Jpeg
+from splitmq.shared.codecs.plain import Fp16, Plain
+from splitmq.shared.codecs.quant import AffineInt8, Uniform
 from splitmq.shared.errors import CodecError
 from splitmq.shared.settings import Settings
 

@@ -1,7 +1,7 @@
 """What every codec module shares: the codec protocol, the dtype table and param checks.
 
 Kept apart from ``codecs`` so the codec implementations can import it without a
-cycle; users import ``splitmq.shared.codecs`` only.
+cycle; users import ``splitmq.shared.codecs.core`` only.
 """
 
 import math

@@ -21,13 +21,13 @@ import onnx
 import onnxruntime as ort
 
 from splitmq.shared.codecs import decode, encode
-from splitmq.shared.codecs_base import FLOAT_DTYPES
-from splitmq.shared.datasets import mnist_digits, photos
+from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.errors import UserError
-from splitmq.shared.manifest import Preprocess
-from splitmq.shared.onnx_graph import make_session
-from splitmq.shared.pool import ModelVersion
-from splitmq.shared.preprocess import normalize, to_pixels
+from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.manifest import Preprocess
+from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.offline.datasets import mnist_digits, photos
 
 #: Codecs whose decoded values differ, so each needs its own tail run.
 FEATURE_CODECS = ("raw", "fp16", "int8", "int8c", "q4", "q4c", "q2", "q2c", "clip4")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
-from splitmq.shared.codecs_base import Params, expect_keys
+from splitmq.shared.codecs.base import Params, expect_keys
 from splitmq.shared.errors import CodecError
 
 _MODES = {1: "L", 3: "RGB"}

@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from splitmq.shared.mqtt import MqttClient, Will
-from splitmq.shared.topics import Topics
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.transport.mqtt import MqttClient, Will
 
 log = logging.getLogger(__name__)
 

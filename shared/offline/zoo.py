@@ -22,8 +22,8 @@ from typing import Any
 import onnx
 
 from splitmq.shared.errors import UserError
-from splitmq.shared.manifest import Preprocess
-from splitmq.shared.pool import ModelPool, ModelVersion
+from splitmq.shared.model.manifest import Preprocess
+from splitmq.shared.model.pool import ModelPool, ModelVersion
 
 _TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
 
@@ -83,7 +83,8 @@ def _mnist_cnn() -> Any:
 
 
 def imagenet_labels() -> list[str]:
-    text = resources.files("splitmq.shared").joinpath("data/imagenet_classes.txt").read_text()
+    data = resources.files("splitmq.shared.offline").joinpath("data")
+    text = data.joinpath("imagenet_classes.txt").read_text()
     return text.splitlines()
 
 
@@ -99,9 +100,9 @@ def _export_torch(load: Callable[[], Any], input_shape: tuple[int, ...]) -> Call
 
 
 def _export_efficientnet_ee(pool: ModelPool, path: Path) -> None:
-    from splitmq.shared.datasets import photos
-    from splitmq.shared.exits import attach_exit_head, distill, pooled_features
-    from splitmq.shared.preprocess import normalize, to_pixels
+    from splitmq.shared.model.preprocess import normalize, to_pixels
+    from splitmq.shared.offline.datasets import photos
+    from splitmq.shared.offline.exits import attach_exit_head, distill, pooled_features
 
     base = build(pool, "efficientnet-lite0")
     frames = [

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from splitmq.shared.calibration import codec_params
 from splitmq.shared.codecs import decode, encode, parse_codec
 from splitmq.shared.errors import (
     CodecError,
@@ -39,16 +38,12 @@ from splitmq.shared.errors import (
     SplitMQError,
     WireError,
 )
-from splitmq.shared.exits import softmax
-from splitmq.shared.mqtt import Message, MqttClient
-from splitmq.shared.pool import ModelPool, ModelVersion
-from splitmq.shared.preprocess import normalize
-from splitmq.shared.sessions import SessionCache
-from splitmq.shared.settings import Settings
-from splitmq.shared.stats import Stats
-from splitmq.shared.telemetry import Telemetry
-from splitmq.shared.topics import Topics
-from splitmq.shared.wire import (
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.model.preprocess import normalize
+from splitmq.shared.offline.calibration import codec_params
+from splitmq.shared.offline.exits import softmax
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
     ERROR_CODES,
     ErrorReport,
@@ -63,6 +58,11 @@ from splitmq.shared.wire import (
     pack_result,
     unpack_request,
 )
+from splitmq.shared.runtime.sessions import SessionCache
+from splitmq.shared.runtime.stats import Stats
+from splitmq.shared.settings import Settings
+from splitmq.shared.transport.mqtt import Message, MqttClient
+from splitmq.shared.transport.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

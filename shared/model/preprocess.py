@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from splitmq.shared.errors import UserError
-from splitmq.shared.manifest import Preprocess
+from splitmq.shared.model.manifest import Preprocess
 
 
 def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
