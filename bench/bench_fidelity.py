@@ -32,17 +32,11 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
+from splitmq.shared.model.calibration import CALIBRATED, FidelityRow, params_for
 from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.offline.calibration import (
-    calibrate,
-    collect,
-    cut_ranges,
-    default_cuts,
-    params_for,
-    parse_cuts,
-)
-from splitmq.shared.offline.clipping import CALIBRATED, CLIPS
-from splitmq.shared.offline.fidelity import FidelityRow, Samples, measure, pareto, real_samples
+from splitmq.shared.offline.calibration import calibrate, collect, default_cuts, parse_cuts
+from splitmq.shared.offline.clipping import CLIPS, cut_ranges
+from splitmq.shared.offline.fidelity import Samples, measure, pareto, real_samples
 from splitmq.shared.settings import Settings
 
 REFERENCE = "jpeg:85"

@@ -32,9 +32,8 @@ from rich.table import Table
 
 from splitmq.broker.launcher import Broker
 from splitmq.device.runtime import Device
+from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.protocol.plan import make_plan
-from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
@@ -113,7 +112,7 @@ def start_worker(cfg: Settings, threads: int) -> subprocess.Popen:
         env=env,
     )
     online = threading.Event()
-    topic = Topics.from_settings(cfg).telemetry("edge", "bench-edge")
+    topic = cfg.topics.telemetry("edge", "bench-edge")
     with MqttClient(cfg, "bench-watch") as watch:
         watch.subscribe(topic, lambda m: m.json().get("status") == "online" and online.set())
         if not online.wait(60):

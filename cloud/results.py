@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from splitmq.shared.errors import UserError
-from splitmq.shared.protocol.wire import Result, pack_result
+from splitmq.shared.protocol.results import Result, pack_result
 
 
 class ResultsStore:

@@ -21,63 +21,39 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from splitmq.device.answers import Answer, InferenceFailed
+from splitmq.device.battery import Battery
 from splitmq.device.estimates import LinkEstimator
 from splitmq.device.link import DelayLine, LinkSpec
 from splitmq.shared.codecs import encode, parse_codec
 from splitmq.shared.errors import SplitMQError, UserError, WireError
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.model.preprocess import normalize, to_pixels
-from splitmq.shared.offline.calibration import codec_params
-from splitmq.shared.offline.exits import softmax
 from splitmq.shared.protocol.plan import Plan
-from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.protocol.results import HopLatency, unpack_error, unpack_result
+from splitmq.shared.protocol.telemetry import (
+    DeviceTelemetry,
+    LatencySummary,
+    Link,
+    ModelRef,
+    Wants,
+)
 from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
     DeviceTiming,
-    HopLatency,
     Request,
     Timing,
-    TopK,
     expiry_interval,
     pack_request,
-    unpack_error,
-    unpack_result,
 )
+from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import Message, MqttClient
-from splitmq.shared.transport.telemetry import Telemetry
+from splitmq.shared.transport.telemetry import TelemetryPublisher
 
 log = logging.getLogger(__name__)
-
-INPUT_CODECS = ("u8", "jpeg")
-
-
-class InferenceFailed(SplitMQError):
-    """A request ended without a result: a worker's error, or no answer in time."""
-
-    def __init__(self, request_id: str, code: str, message: str) -> None:
-        super().__init__(f"request {request_id}: {code}: {message}")
-        self.request_id, self.code = request_id, code
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A result as the device sees it: the worker's answer plus end-to-end facts."""
-
-    id: str
-    top: tuple[TopK, ...]
-    tier: str  # "device", "edge" or "cloud"
-    exit: str | int
-    latency: tuple[HopLatency, ...]
-    bytes_sent: int
-    e2e_ms: float
-    attempts: int
-
-    @property
-    def top1(self) -> int:
-        return self.top[0].index
 
 
 @dataclass
@@ -105,28 +81,32 @@ class Device:
         timeout_s: float = 10.0,
         retries: int = 1,
         battery: float | None = 1.0,
+        wants: Wants | None = None,
         telemetry_period_s: float = 5.0,
     ) -> None:
         if not 0 < speed <= 1:
             raise UserError(f"speed must be in (0, 1] (1 = this host), got {speed}")
         self.settings, self.id = settings, device_id
-        self.topics = Topics.from_settings(settings)
+        self.topics = settings.topics
         self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
+        self.executor = HopExecutor(self.sessions, settings.max_payload_bytes)
         self.plan = plan
         self.mv = self.sessions.model(plan.model, plan.version)
         self.mv.check_cut(plan.cut)
         self.link, self.speed = link, speed
         self.timeout_s, self.retries = timeout_s, retries
-        self.stats = Stats()
+        self.stats: Stats[str] = Stats()
         self.estimates = LinkEstimator()
-        self.battery = battery
+        self.battery = None if battery is None else Battery(battery, speed)
+        self.wants = wants or Wants()
         self._window = threading.BoundedSemaphore(window)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Condition()
         self._closed = False
-        self._uplink = self._downlink = None
+        self._uplink: DelayLine | None = None
+        self._downlink: DelayLine | None = None
         self.client: MqttClient | None = None
-        self.telemetry: Telemetry | None = None
+        self.telemetry: TelemetryPublisher | None = None
         self._reaper = threading.Thread(
             target=self._reap, name=f"{device_id}-timeouts", daemon=True
         )
@@ -142,12 +122,12 @@ class Device:
             self._uplink = DelayLine(self.link.bits_per_s, one_way, f"{self.id}-uplink")
             self._downlink = DelayLine(self.link.bits_per_s, one_way, f"{self.id}-downlink")
         self.client = MqttClient(
-            self.settings, self.id, will=Telemetry.will(self.topics, "device", self.id)
+            self.settings, self.id, will=TelemetryPublisher.will(self.topics, "device", self.id)
         )
         self.client.connect()
         self.client.subscribe(self.topics.result(self.id), self._on_result, qos=1)
         self.client.subscribe(self.topics.error(self.id), self._on_error, qos=1)
-        self.telemetry = Telemetry(
+        self.telemetry = TelemetryPublisher(
             self.client, self.topics, "device", self.id, self._telemetry, self._period
         )
         self.telemetry.start()
@@ -206,17 +186,22 @@ class Device:
         plan, mv = self.plan, self.mv
         t_start = time.time()
         x = self._model_input(frame)
-        if plan.cut > 0:
-            head = self.sessions.segment(mv, 0, plan.cut)
-            outputs = head.run(x)
-            self._emulate_speed(time.time() - t_start)
-            if plan.device_only:
-                self._answer_locally(outputs, t_start, future)
+        if plan.cut == 0:  # nothing to run here: send the input
+            t_head = time.time()
+            tensor = encode(x, plan.codec, mv.codec_params(0, plan.codec))
+            t_encoded = time.time()
+        else:
+            to = None if plan.device_only else plan.cut
+            job = Job(mv.name, mv.version, 0, to, x, forward_codec=plan.codec)
+            outcome = self.executor.execute([job])[0]
+            if outcome.error is not None:
+                raise outcome.error
+            slower = self._emulate_speed(outcome.compute_ms / 1000)
+            if outcome.forward is None:
+                self._answer_locally(outcome, t_start, future)
                 return
-            x = outputs[mv.cuts[plan.cut].name]
-        t_head = time.time()
-        tensor = encode(x, plan.codec, codec_params(mv, plan.cut, plan.codec))
-        t_encoded = time.time()
+            tensor = outcome.forward
+            t_head, t_encoded = outcome.t_done + slower, outcome.t_end + slower
         request = Request(
             id=uuid.uuid4().hex,
             device=self.id,
@@ -242,7 +227,7 @@ class Device:
         spec = self.mv.manifest.input
         if frame.dtype == np.uint8 and pre is not None:
             pixels = to_pixels(frame, pre)
-            if self.plan.cut == 0 and parse_codec(self.plan.codec).base in INPUT_CODECS:
+            if self.plan.cut == 0 and parse_codec(self.plan.codec).is_input:
                 return pixels  # the receiving tier normalises
             return normalize(pixels, pre)
         shape = tuple(frame.shape) if frame.ndim == len(spec.shape) else (1, *frame.shape)
@@ -253,22 +238,15 @@ class Device:
             )
         return frame.reshape(shape)
 
-    def _emulate_speed(self, elapsed_s: float) -> None:
-        """A device ``speed`` times as fast as this host takes 1/speed as long."""
-        if self.speed < 1:
-            time.sleep(elapsed_s * (1 / self.speed - 1))
+    def _emulate_speed(self, elapsed_s: float) -> float:
+        """A device ``speed`` times as fast as this host takes 1/speed as long: the extra s."""
+        extra = elapsed_s * (1 / self.speed - 1)
+        if extra > 0:
+            time.sleep(extra)
+        return extra
 
-    def _answer_locally(
-        self, outputs: dict[str, np.ndarray], t_start: float, future: Future
-    ) -> None:
-        final = self.mv.output_names[-1]
-        logits = outputs[final][0].astype(np.float64)
-        probs = softmax(logits)
-        order = np.argsort(-probs)[:5]
-        labels = self.mv.labels
-        top = tuple(
-            TopK(int(i), labels[i] if labels else None, round(float(probs[i]), 6)) for i in order
-        )
+    def _answer_locally(self, outcome: Outcome, t_start: float, future: Future) -> None:
+        assert outcome.answer is not None
         ms = (time.time() - t_start) * 1000
         self.stats.latency("e2e", ms)
         self.stats.finished()
@@ -276,9 +254,9 @@ class Device:
         future.set_result(
             Answer(
                 uuid.uuid4().hex,
-                top,
+                outcome.answer.top,
                 "device",
-                final,
+                outcome.answer.output,
                 (HopLatency("device", self.id, None, None, ms, 0.0, None),),
                 0,
                 ms,
@@ -294,9 +272,11 @@ class Device:
         pending.sizes.append(len(payload))
         topic = self.topics.request(hop.tier, request.model, request.cut, self.id)
 
+        client = self.client
+
         def send() -> None:
             try:
-                self.client.publish(
+                client.publish(
                     topic,
                     payload,
                     qos=1,
@@ -339,7 +319,7 @@ class Device:
             return
         if report.id is None:
             log.warning("worker error without request id: %s: %s", report.code, report.message)
-            self.stats.count(report.code)
+            self.stats.fail(report.code)
             return
         self._finish(report.id, error=InferenceFailed(report.id, report.code, report.message))
 
@@ -351,7 +331,7 @@ class Device:
             self.stats.count("late_or_duplicate")  # already answered, retried or timed out
             return
         if error is not None:
-            self.stats.count(error.code)
+            self.stats.fail(error.code)
             pending.future.set_exception(error)
             return
         e2e = (time.time() - pending.t0) * 1000
@@ -388,7 +368,8 @@ class Device:
                     nxt = min((p.deadline for p in self._pending.values()), default=now + 1)
                     self._lock.wait(max(0.01, nxt - now))
                     continue
-                retry, fail = [], []
+                retry: list[_Pending] = []
+                fail: list[_Pending] = []
                 for p in due:
                     (retry if p.attempts <= self.retries else fail).append(p)
                     if p.attempts > self.retries:
@@ -408,7 +389,7 @@ class Device:
                 log.info("request %s timed out; sending it again", p.request.id)
                 self._publish(p)
             for p in fail:
-                self.stats.count("timeout")
+                self.stats.fail("timeout")
                 p.future.set_exception(
                     InferenceFailed(
                         p.request.id, "timeout", f"no answer after {p.attempts} attempt(s)"
@@ -418,45 +399,31 @@ class Device:
     # --- energy and telemetry -----------------------------------------------------------
 
     def _spend(self, compute_s: float, nbytes: int) -> None:
-        """Simulated battery: 2 W while computing, 1 W per second of radio time."""
-        if self.battery is None:
-            return
-        radio_s = nbytes * 8 / (self.link.bits_per_s if self.link else 100e6)
-        joules = 2.0 * compute_s / self.speed + 1.0 * radio_s
-        self.battery = max(0.0, self.battery - joules / BATTERY_JOULES)
+        if self.battery is not None:
+            radio_s = nbytes * 8 / (self.link.bits_per_s if self.link else 100e6)
+            self.battery.spend(compute_s, radio_s)
 
-    def _telemetry(self) -> dict:
-        counts = self.stats.snapshot_counts()
+    def _telemetry(self, ts: float) -> DeviceTelemetry:
+        """The documented telemetry (protocol.telemetry.DeviceTelemetry)."""
         e2e = self.stats.latencies().get("e2e")
         with self._lock:
             in_flight = len(self._pending)
-        return {
-            "models": [{"model": self.mv.name, "version": self.mv.version}],
-            "plan": self.plan.to_json(self.id),
-            "queue": 0,
-            "in_flight": in_flight,
-            "rps": self.stats.rate(),
-            "latency": [
-                {
-                    "model": self.mv.name,
-                    "version": self.mv.version,
-                    "from": 0,
-                    "to": self.plan.cut,
-                    **e2e,
-                }
-            ]
-            if e2e
-            else [],
-            "errors": {
-                k: v
-                for k, v in counts.items()
-                if k not in ("served", "retries") and not k.startswith("answered")
-            },
-            "uplink_bps": self.estimates.uplink_bps(),
-            "rtt_ms": self.estimates.rtt_ms(),
-            "speed": self.speed,
-            "battery": None if self.battery is None else round(self.battery, 4),
-        }
-
-
-BATTERY_JOULES = 20_000.0  # a small 1.5 Ah, 3.7 V cell
+        return DeviceTelemetry(
+            id=self.id,
+            ts=ts,
+            rps=self.stats.rate(),
+            in_flight=in_flight,
+            errors=self.stats.failures(),
+            model=ModelRef(model=self.mv.name, version=self.mv.version),
+            plan=self.plan.for_device(self.id),
+            link=Link(
+                uplink_bps=self.estimates.uplink_bps(),
+                rtt_ms=self.estimates.rtt_ms(),
+                age_s=self.estimates.age_s(),
+            ),
+            speed=self.speed,
+            battery=None if self.battery is None else round(self.battery.level, 4),
+            wants=self.wants,
+            e2e=None if e2e is None else LatencySummary.model_validate(e2e),
+            answered=self.stats.by_prefix("answered_"),
+        )

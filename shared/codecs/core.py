@@ -27,12 +27,12 @@ from splitmq.shared.codecs.image import Jpeg
 from splitmq.shared.codecs.plain import Fp16, Plain
 from splitmq.shared.codecs.quant import AffineInt8, Uniform
 from splitmq.shared.errors import CodecError
-from splitmq.shared.settings import Settings
 
 __all__ = [
     "CODECS",
     "DEFAULT_MAX_BYTES",
     "DTYPES",
+    "INPUT_CODECS",
     "MAX_ELEMENTS",
     "MAX_RANK",
     "STAGES",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Largest decoded tensor (and encoded message) accepted unless the caller says otherwise.
-DEFAULT_MAX_BYTES: int = Settings.model_fields["max_payload_bytes"].default
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 CODECS: dict[str, Codec] = {
     "raw": Plain("raw", frozenset(DTYPES), "elements as they are, little-endian; any dtype"),
@@ -63,6 +63,8 @@ CODECS: dict[str, Codec] = {
     "u8": Plain("u8", frozenset({"uint8"}), "uint8 input pixels as they are (cut 0)"),
     "jpeg": Jpeg(),
 }
+#: Codecs that carry the uint8 input image rather than a feature map.
+INPUT_CODECS = frozenset({"u8", "jpeg"})
 #: Codecs whose name carries an argument ``:N``, with its range.
 _LEVELS = {"jpeg": (1, 100)}
 _NAME = re.compile(r"([a-z0-9]+)(?::([0-9]+))?(?:\+([a-z0-9]+))?")
@@ -131,6 +133,11 @@ class CodecName:
     @property
     def codec(self) -> Codec:
         return CODECS[self.base]
+
+    @property
+    def is_input(self) -> bool:
+        """Whether it carries the input image (cut 0 of a model with preprocessing)."""
+        return self.base in INPUT_CODECS
 
 
 def parse_codec(name: str) -> CodecName:

@@ -147,8 +147,8 @@ class AffineInt8:
             scale = array_param(params, "scale", "float32", count)
             zp = array_param(params, "zp", "int8", count)
         else:
-            scale = np.float32(float_param(params, "scale"))
-            zp = np.int8(int_param(params, "zp", -128, 127))
+            scale = np.asarray(float_param(params, "scale"), np.float32)
+            zp = np.asarray(int_param(params, "zp", -128, 127), np.int8)
         _positive(np.asarray(scale))
         return scale, zp
 

@@ -13,30 +13,11 @@ cost O(n²/64) word operations whatever the node order in the file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from splitmq.shared.model.graph import Graph
+from splitmq.shared.model.manifest import Cut
 
 # Ops that only relabel memory: a cut right after one is the same boundary.
 RELABEL_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
-
-
-@dataclass(frozen=True)
-class Cut:
-    """One row of a model version's cut table (the contract of `inspect --json`)."""
-
-    index: int
-    name: str
-    shape: list[int]
-    dtype: str
-    bytes: int
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def find_cuts(graph: Graph) -> list[Cut]:

@@ -158,7 +158,7 @@ class Graph:
         dtype = ORT_DTYPES.get(vi.type.tensor_type.elem_type)
         if dtype is None:
             raise ModelError(f"input {self.input_name!r} has an unsupported element type")
-        shape = (1, *dims[1:])
+        shape = (1, *(int(d) for d in dims[1:]))
         rng = rng or np.random.default_rng(0)
         if dtype.kind == "f":
             return rng.standard_normal(shape).astype(dtype)

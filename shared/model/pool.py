@@ -29,10 +29,12 @@ import onnx
 from pydantic import ValidationError
 
 from splitmq.shared.errors import ModelError, PoolError
-from splitmq.shared.model.cuts import Cut, find_cuts
+from splitmq.shared.model.calibration import CalibrationTable
+from splitmq.shared.model.cuts import find_cuts
 from splitmq.shared.model.graph import Graph, load_model
-from splitmq.shared.model.manifest import Manifest, Preprocess, TensorSpec
+from splitmq.shared.model.manifest import Cut, Manifest, Preprocess, TensorSpec
 from splitmq.shared.model.partition import extract_segment
+from splitmq.shared.model.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,26 @@ class ModelVersion:
         write_atomic(path, data)
         write_atomic(digest_path, sha256_bytes(data).encode())
         return data
+
+    def save_profile(self, profile: Profile) -> Manifest:
+        """Store ``profile``, replacing any earlier one measured on the same host."""
+        host = profile.host.model_dump()
+        doc = profile.model_dump()
+        return self.update(
+            lambda raw: raw.__setitem__(
+                "profiles", [p for p in raw["profiles"] if p.get("host") != host] + [doc]
+            )
+        )
+
+    def save_calibration(self, table: CalibrationTable) -> Manifest:
+        """Store ``table`` as the calibration, replacing any earlier one."""
+        doc = table.model_dump()
+        return self.update(lambda raw: raw.__setitem__("calibration", doc))
+
+    def codec_params(self, cut: int, codec: str) -> dict[str, object] | None:
+        """What ``encode`` needs for ``codec`` at ``cut`` (calibrated clip range or None)."""
+        table = self.manifest.calibration
+        return None if table is None else table.params(cut, codec)
 
     def update(self, change: Callable[[dict], None]) -> Manifest:
         """Apply ``change`` to the manifest's JSON under the pool lock and save it."""

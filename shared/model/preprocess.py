@@ -24,12 +24,12 @@ def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
         scale = pre.resize / min(img.size)
         img = img.resize(
             (max(width, round(img.width * scale)), max(height, round(img.height * scale))),
-            Image.BILINEAR,
+            Image.Resampling.BILINEAR,
         )
         left, top = (img.width - width) // 2, (img.height - height) // 2
         img = img.crop((left, top, left + width, top + height))
     elif img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])

@@ -1,27 +1,16 @@
-"""Calibrated clip ranges for the quantising codecs, and where the planner finds them.
+"""Calibration: pick clip ranges on real samples and measure every (cut, codec).
 
 `splitmq calibrate` runs real samples through a model, picks a clip range at
 each candidate cut for ``q4``/``q2`` (one per tensor) and ``q4c``/``q2c`` (one
 per channel, axis 1) (``clipping.choose_range``), then measures every (cut,
 codec) pair on held-out samples (``fidelity.measure``). Both go into the model
-version's manifest, replacing any earlier calibration, under ``calibration``::
-
-    {"format": 1, "clip": "auto", "created_at": <unix time>,
-     "samples": {"calibration": 100, "evaluation": 200,
-                 "calibration_data": "...", "evaluation_data": "..."},
-     "accuracy": <uncompressed top-1 accuracy on the evaluation samples, or null>,
-     "cuts": {"13": {"q4": {"lo": -3.1, "hi": 4.2},
-                     "q4c": {"lo": [...], "hi": [...]},   # one float per channel
-                     "q2": {...},
-                     "q2c": null},   # null: each message's own min/max does better
-              ...},
-     "fidelity": [{"cut", "codec", "bytes", "ratio", "agreement", "accuracy"}, ...]}
+version's manifest as its ``CalibrationTable`` (``model.calibration``, where
+the stored format is shown), replacing any earlier calibration.
 
 Each codec gets its own range because the best clip depends on the bit width.
-Devices and workers call ``codec_params`` when they encode. ``clip4`` keeps its
-fixed default range [0, 32] (it is the codec that needs no calibration), and
-cut 0 of a model with preprocessing travels as ``u8``/``jpeg:Q`` pixels, so
-neither is calibrated.
+``clip4`` keeps its fixed default range [0, 32] (it is the codec that needs no
+calibration), and cut 0 of a model with preprocessing travels as
+``u8``/``jpeg:Q`` pixels, so neither is calibrated.
 """
 
 from __future__ import annotations
@@ -32,14 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from splitmq.shared.codecs import parse_codec
 from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.errors import UserError
+from splitmq.shared.model.calibration import (
+    CalibrationSamples,
+    CalibrationTable,
+    ClipRange,
+    FidelityRow,
+    params_for,
+)
 from splitmq.shared.model.pool import ModelVersion
-from splitmq.shared.offline.clipping import CALIBRATED, CutValues, check_clip, cut_ranges
-from splitmq.shared.offline.fidelity import BATCH, FidelityRow, Samples, Taps, measure
+from splitmq.shared.offline.clipping import CutValues, check_clip, cut_ranges
+from splitmq.shared.offline.fidelity import BATCH, Samples, Taps, measure
 
-CALIBRATION_FORMAT = 1
 #: Values kept per sample and cut, at most (spatial positions subsampled).
 _KEEP_PER_SAMPLE = 1 << 15
 
@@ -126,44 +120,25 @@ def collect(
     return {cut: CutValues.join(parts[cut]) for cut in cuts}
 
 
-def params_for(ranges: dict, cut: int, codec: str) -> dict | None:
-    """The params to encode ``codec`` with at ``cut``, from a ``cuts`` map as stored."""
-    base = parse_codec(codec).base
-    entry = ranges.get(str(cut), {}).get(base) if base in CALIBRATED else None
-    return None if entry is None else {"lo": entry["lo"], "hi": entry["hi"]}
-
-
-def codec_params(mv: ModelVersion, cut: int, codec: str) -> dict | None:
-    """Params (``lo``, ``hi``) to pass to ``encode`` for ``codec`` at ``cut`` of ``mv``.
-
-    Per-channel lists for ``q4c``/``q2c``, floats for ``q4``/``q2``. None when the
-    codec takes no calibration (``clip4`` keeps its fixed range), the cut was not
-    calibrated, or calibration found each message's own min/max reconstructs
-    better there: the codec then uses the tensor's own min/max.
-    """
-    return params_for(mv.manifest.calibration.get("cuts", {}), cut, codec)
-
-
 @dataclass(frozen=True)
 class Calibration:
-    """Ranges and fidelity of one calibration run, as ``save`` stores them."""
+    """Ranges and fidelity of one calibration run; ``table()`` is what the manifest keeps."""
 
     clip: str
-    ranges: dict[str, dict[str, dict | None]]  # cut (a JSON key) -> codec -> params or None
+    ranges: dict[str, dict[str, ClipRange | None]]  # cut (a JSON key) -> codec -> range
     rows: list[FidelityRow]
     accuracy: float | None  # of the uncompressed model on the evaluation samples
-    samples: dict[str, int | str]
+    samples: CalibrationSamples
 
-    def to_json(self) -> dict:
-        return {
-            "format": CALIBRATION_FORMAT,
-            "clip": self.clip,
-            "created_at": time.time(),
-            "samples": self.samples,
-            "accuracy": self.accuracy,
-            "cuts": self.ranges,
-            "fidelity": [row.to_json() for row in self.rows],
-        }
+    def table(self) -> CalibrationTable:
+        return CalibrationTable(
+            clip=self.clip,
+            created_at=time.time(),
+            samples=self.samples,
+            accuracy=self.accuracy,
+            cuts=self.ranges,
+            fidelity=self.rows,
+        )
 
 
 def calibrate(
@@ -191,16 +166,15 @@ def calibrate(
         threads,
         progress and (lambda d, t: progress("measuring", d, t)),
     )
-    samples: dict[str, int | str] = {
-        "calibration": len(calibration),
-        "evaluation": len(evaluation),
-        "calibration_data": calibration.source,
-        "evaluation_data": evaluation.source,
-    }
+    samples = CalibrationSamples(
+        calibration=len(calibration),
+        evaluation=len(evaluation),
+        calibration_data=calibration.source,
+        evaluation_data=evaluation.source,
+    )
     return Calibration(clip, ranges, rows, accuracy, samples)
 
 
 def save(mv: ModelVersion, result: Calibration) -> None:
     """Store ``result`` as the manifest's calibration, replacing any earlier one."""
-    doc = result.to_json()
-    mv.update(lambda raw: raw.__setitem__("calibration", doc))
+    mv.save_calibration(result.table())

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitmq.shared.errors import UserError
+from splitmq.shared.model.calibration import CALIBRATED, ClipRange
 
 #: Codec -> (bits, per channel): the codecs whose clip range is calibrated.
-CALIBRATED = {"q4": (4, False), "q4c": (4, True), "q2": (2, False), "q2c": (2, True)}
 #: auto: the better of mse and none; mse: the static range with the least squared error;
 #: minmax, p99.9, p99.99: static ranges at fixed quantiles; none: each message's own min/max.
 CLIPS = ("auto", "mse", "minmax", "p99.9", "p99.99", "none")
@@ -151,12 +151,12 @@ def _floats(array: np.ndarray) -> float | list[float]:
     return values if np.ndim(array) else values[0]
 
 
-def cut_ranges(seen: CutValues, clip: str = "auto") -> dict[str, dict | None]:
-    """``{"lo", "hi"}`` params for every calibrated codec at one cut; None: no static range."""
-    ranges: dict[str, dict | None] = {}
+def cut_ranges(seen: CutValues, clip: str = "auto") -> dict[str, ClipRange | None]:
+    """The clip range of every calibrated codec at one cut; None: no static range."""
+    ranges: dict[str, ClipRange | None] = {}
     for codec, (bits, per_channel) in CALIBRATED.items():
         chosen = choose_range(seen, bits, per_channel, clip)
         ranges[codec] = (
-            None if chosen is None else {"lo": _floats(chosen[0]), "hi": _floats(chosen[1])}
+            None if chosen is None else ClipRange(lo=_floats(chosen[0]), hi=_floats(chosen[1]))
         )
     return ranges

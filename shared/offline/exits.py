@@ -17,11 +17,7 @@ from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
 from splitmq.shared.model.graph import make_session
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+from splitmq.shared.model.outputs import softmax
 
 
 def pooled_features(

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.errors import UserError
+from splitmq.shared.model.calibration import FidelityRow
 from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.manifest import Preprocess
 from splitmq.shared.model.pool import ModelVersion
@@ -171,28 +172,6 @@ class Taps:
         return self._tails[cut].run([self.final], {self.mv.cuts[cut].name: x})[0]
 
 
-@dataclass(frozen=True)
-class FidelityRow:
-    """One (cut, codec) pair measured on held-out samples (contract of `calibrate --json`)."""
-
-    cut: int
-    codec: str
-    bytes: float  # mean per sample: codec data plus its params as msgpack
-    ratio: float  # fp32 bytes at the cut / bytes
-    agreement: float  # top-1 equal to the uncompressed model's
-    accuracy: float | None  # top-1 equal to the label; None without labels
-
-    def to_json(self) -> dict:
-        return {
-            "cut": self.cut,
-            "codec": self.codec,
-            "bytes": round(self.bytes, 1),
-            "ratio": round(self.ratio, 3),
-            "agreement": round(self.agreement, 4),
-            "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
-        }
-
-
 def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list[str]]:
     """The codecs measured at ``cut``: (those needing a tail run, lossless-stage variants)."""
     if cut == 0 and pixels:
@@ -240,7 +219,7 @@ class _Measurement:
             staged = [c for c in staged if c in self.only and STAGED[c] in codecs]
         for codec in codecs:
             decoded = [self._send(cut, codec, one[None]) for one in source]
-            tensor = np.concatenate(decoded)
+            tensor = np.concatenate([d for d in decoded if d is not None])
             if pixels:
                 assert self.mv.manifest.preprocess is not None
                 tensor = normalize(tensor, self.mv.manifest.preprocess)
@@ -268,10 +247,10 @@ class _Measurement:
                 FidelityRow(
                     cut,
                     codec,
-                    mean,
-                    self.mv.cuts[cut].bytes / mean,
-                    outcome.agree / outcome.count,
-                    outcome.correct / outcome.count if labelled else None,
+                    round(mean, 1),
+                    round(self.mv.cuts[cut].bytes / mean, 3),
+                    round(outcome.agree / outcome.count, 4),
+                    round(outcome.correct / outcome.count, 4) if labelled else None,
                 )
             )
         return sorted(rows, key=lambda row: (row.cut, _ORDER.index(row.codec)))

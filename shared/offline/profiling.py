@@ -23,9 +23,9 @@ import onnxruntime as ort
 from onnx import helper
 
 from splitmq.shared.model.graph import make_session
-from splitmq.shared.model.manifest import Boundary, HostInfo, Profile
 from splitmq.shared.model.partition import DTYPE_TO_ONNX, extract_segment
 from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.model.profile import Boundary, HostInfo, Profile
 
 
 @cache
@@ -56,13 +56,6 @@ def median_ms(run: Callable[[], object], warmup: int = 3, repeats: int = 15) -> 
         run()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
-
-
-def time_partition(
-    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int = 1, repeats: int = 15
-) -> float:
-    """Measured median latency of partition a -> b fed with cut a's tensor ``x``."""
-    return median_ms(partition_runner(mv, a, b, x, threads), repeats=repeats)
 
 
 def cut_values(mv: ModelVersion, x: np.ndarray) -> list[np.ndarray]:

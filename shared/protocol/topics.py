@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 from splitmq.shared.errors import UserError, WireError
-from splitmq.shared.settings import Settings
+from splitmq.shared.protocol.ids import (
+    CUT_RULE,
+    ID_RULE,
+    MODEL_RULE,
+    TIERS,
+    Tier,
+    is_cut,
+    is_cut_text,
+    is_id,
+    is_model_name,
+    is_tier,
+)
 
-__all__ = ["DEFAULT_PREFIX", "TIERS", "RequestTopic", "Tier", "Topics"]
+__all__ = ["DEFAULT_PREFIX", "RequestTopic", "Topics"]
 
 DEFAULT_PREFIX = "splitmq/v1"
-Tier = Literal["edge", "cloud"]
-TIERS: tuple[Tier, ...] = get_args(Tier)
-
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Model names may carry a version ("efficientnet-lite0.v2") but never start
-# with a dot, so a name can't be "." or ".." when it becomes a pool path.
-_MODEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-_CUT = re.compile(r"0|[1-9][0-9]{0,5}")  # canonical: "07" would not round-trip
 _PREFIX_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ID_RULE = "1..64 characters of A-Z a-z 0-9 _ -"
-_MODEL_RULE = "1..64 characters of A-Z a-z 0-9 _ - . (not starting with '.')"
-MAX_CUT = 999_999
 
 
 class RequestTopic(NamedTuple):
@@ -42,27 +42,27 @@ class RequestTopic(NamedTuple):
 
 
 def _check_id(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise UserError(f"invalid {kind} {value!r}: use {_ID_RULE}")
+    if not is_id(value):
+        raise UserError(f"invalid {kind} {value!r}: use {ID_RULE}")
     return value
 
 
 def _check_model(value: str) -> str:
-    if not isinstance(value, str) or not _MODEL.fullmatch(value):
-        raise UserError(f"invalid model name {value!r}: use {_MODEL_RULE}")
+    if not is_model_name(value):
+        raise UserError(f"invalid model name {value!r}: use {MODEL_RULE}")
     return value
 
 
 def _check_cut(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CUT:
-        raise UserError(f"invalid cut {value!r}: use an integer 0..{MAX_CUT} (0 = model input)")
+    if not is_cut(value):
+        raise UserError(f"invalid cut {value!r}: use {CUT_RULE}")
     return value
 
 
 def _check_tier(value: str) -> Tier:
-    if value not in TIERS:
+    if not is_tier(value):
         raise UserError(f"invalid tier {value!r}: use one of {', '.join(TIERS)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +78,6 @@ class Topics:
                 f"invalid topic prefix {self.prefix!r}: use '/'-separated levels of "
                 "A-Z a-z 0-9 _ - . (no wildcards, no leading '$' or '/')"
             )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Topics:
-        return cls(settings.topic_prefix)
 
     # -- topics one publishes to ---------------------------------------------
 
@@ -152,12 +148,12 @@ class Topics:
                 f"request topic {topic!r} must be {self.prefix}/<tier>/<model>/<cut>/<device>"
             )
         tier, model, cut, device = parts
-        if tier not in TIERS:
+        if not is_tier(tier):
             raise WireError(f"request topic {topic!r}: unknown tier {tier!r}")
-        if not _MODEL.fullmatch(model):
-            raise WireError(f"request topic {topic!r}: bad model name {model!r} ({_MODEL_RULE})")
-        if not _CUT.fullmatch(cut):
-            raise WireError(f"request topic {topic!r}: bad cut {cut!r} (integer 0..{MAX_CUT})")
-        if not _ID.fullmatch(device):
-            raise WireError(f"request topic {topic!r}: bad device id {device!r} ({_ID_RULE})")
-        return RequestTopic(tier, model, int(cut), device)  # type: ignore[arg-type]
+        if not is_model_name(model):
+            raise WireError(f"request topic {topic!r}: bad model name {model!r} ({MODEL_RULE})")
+        if not is_cut_text(cut):
+            raise WireError(f"request topic {topic!r}: bad cut {cut!r} ({CUT_RULE})")
+        if not is_id(device):
+            raise WireError(f"request topic {topic!r}: bad device id {device!r} ({ID_RULE})")
+        return RequestTopic(_check_tier(tier), model, int(cut), device)

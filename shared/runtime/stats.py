@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -27,20 +28,34 @@ class LatencyWindow:
         return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "n": len(values)}
 
 
-class Stats:
+K = TypeVar("K", bound=Hashable)
+
+
+class Stats(Generic[K]):
     """Thread-safe counters, per-name latency windows and a requests/s rate."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        self._latency: dict[Hashable, LatencyWindow] = {}
+        self._latency: dict[K, LatencyWindow] = {}
         self._done: deque[float] = deque(maxlen=2048)
+        self._failures: Counter[str] = Counter()
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counts[name] += n
 
-    def latency(self, key: Hashable, ms: float) -> None:
+    def fail(self, code: str) -> None:
+        """One request ended in a failure with this error code."""
+        with self._lock:
+            self._failures[code] += 1
+
+    def failures(self) -> dict[str, int]:
+        """Requests that ended in a failure, by error code (telemetry's ``errors``)."""
+        with self._lock:
+            return dict(self._failures)
+
+    def latency(self, key: K, ms: float) -> None:
         with self._lock:
             self._latency.setdefault(key, LatencyWindow()).add(ms)
 
@@ -56,10 +71,17 @@ class Stats:
             recent = sum(1 for t in self._done if now - t <= window_s)
         return round(recent / window_s, 3)
 
-    def latencies(self) -> dict[Hashable, dict[str, float]]:
+    def latencies(self) -> dict[K, dict[str, float]]:
         with self._lock:
             summaries = {k: v.summary() for k, v in self._latency.items()}
         return {k: v for k, v in summaries.items() if v}
+
+    def by_prefix(self, prefix: str) -> dict[str, int]:
+        """Counts named ``<prefix><key>``, by key (``answered_edge`` -> ``edge``)."""
+        with self._lock:
+            return {
+                k.removeprefix(prefix): n for k, n in self.counts.items() if k.startswith(prefix)
+            }
 
     def snapshot_counts(self) -> dict[str, int]:
         with self._lock:

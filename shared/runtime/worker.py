@@ -1,4 +1,4 @@
-"""The hop executor that edge and cloud workers share.
+"""The worker both tiers run: requests in over MQTT, the hop executor, answers out.
 
 A worker subscribes to its tier's request topics through a shared
 subscription, so any number of workers split the load. paho's network thread
@@ -9,9 +9,9 @@ instead of queueing them here, so a busy worker applies backpressure and
 never drops silently.
 
 Each request is source-routed: the worker runs its hop (the current cut to
-the hop's ``to``), answers when an exit head is confident or the model's
-output is reached, and otherwise forwards the tensor at ``to`` to the next
-tier. Any bad request gets a JSON error on ``error/<device>``; the worker
+the hop's ``to``) through ``HopExecutor``, answers when an exit head is
+confident or the model's output is reached, and otherwise forwards the tensor
+at ``to`` to the next tier. Any bad request gets a JSON error on ``error/<device>``; the worker
 keeps serving.
 """
 
@@ -19,93 +19,39 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
-
-from splitmq.shared.codecs import decode, encode, parse_codec
-from splitmq.shared.errors import (
-    CodecError,
-    ModelError,
-    PayloadTooLarge,
-    PoolError,
-    SplitMQError,
-    WireError,
-)
-from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.model.preprocess import normalize
-from splitmq.shared.offline.calibration import codec_params
-from splitmq.shared.offline.exits import softmax
-from splitmq.shared.protocol.topics import Topics
-from splitmq.shared.protocol.wire import (
-    CONTENT_TYPE_REQUEST,
-    ERROR_CODES,
+from splitmq.shared.errors import PayloadTooLarge, RequestFailed, SplitMQError
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.protocol.ids import Tier, is_id
+from splitmq.shared.protocol.results import (
     ErrorReport,
-    HopTiming,
-    Request,
     Result,
-    TopK,
-    expiry_interval,
     latency_breakdown,
     pack_error,
-    pack_request,
     pack_result,
+)
+from splitmq.shared.protocol.telemetry import ModelRef, ServiceTime, WorkerTelemetry
+from splitmq.shared.protocol.wire import (
+    CONTENT_TYPE_REQUEST,
+    HopTiming,
+    Request,
+    expiry_interval,
+    pack_request,
     unpack_request,
 )
+from splitmq.shared.runtime.dedupe import SeenIds
+from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import Message, MqttClient
-from splitmq.shared.transport.telemetry import Telemetry
+from splitmq.shared.transport.telemetry import TelemetryPublisher
 
 log = logging.getLogger(__name__)
-
-TOP_K = 5
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # request ids, as the wire format allows
-INPUT_CODECS = ("u8", "jpeg")
-
-
-class RequestFailed(SplitMQError):
-    """A request this worker cannot serve; ``code`` is the wire error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class SeenIds:
-    """Request ids seen recently (QoS 1 redelivery, device retries): answer once."""
-
-    def __init__(self, ttl_s: float = 120.0, size: int = 100_000) -> None:
-        self.ttl_s, self.size = ttl_s, size
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def first_time(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            while self._seen and (
-                len(self._seen) > self.size or next(iter(self._seen.values())) < now - self.ttl_s
-            ):
-                self._seen.popitem(last=False)
-            if key in self._seen:
-                return False
-            self._seen[key] = now
-            return True
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a hop produced: an answer, or a tensor for the next hop."""
-
-    result: Result | None = None
-    forward: Request | None = None
 
 
 class Worker:
@@ -114,7 +60,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        tier: str,
+        tier: Tier,
         worker_id: str | None = None,
         threads: int = 2,
         queue_size: int = 8,
@@ -122,11 +68,13 @@ class Worker:
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.tier = tier
+        self.tier: Tier = tier
         self.id = worker_id or f"{tier}-{uuid.uuid4().hex[:8]}"
-        self.topics = Topics.from_settings(settings)
+        self.topics = settings.topics
         self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
-        self.stats = Stats()
+        self.executor = HopExecutor(self.sessions, settings.max_payload_bytes)
+        # Service time per segment: (model, version, from cut, to cut or None).
+        self.stats: Stats[tuple[str, int, int, int | None]] = Stats()
         self.seen = SeenIds()
         self.threads = threads
         self._queue: queue.Queue[tuple[Message, float] | None] = queue.Queue(threads + queue_size)
@@ -135,11 +83,11 @@ class Worker:
         self.client = MqttClient(
             settings,
             self.id,
-            will=Telemetry.will(self.topics, tier, self.id),
+            will=TelemetryPublisher.will(self.topics, tier, self.id),
             receive_maximum=threads + queue_size,
             manual_ack=True,
         )
-        self.telemetry = Telemetry(
+        self.telemetry = TelemetryPublisher(
             self.client, self.topics, tier, self.id, self._telemetry, telemetry_period_s
         )
         self._pool: list[threading.Thread] = []
@@ -218,150 +166,88 @@ class Worker:
                 return
             if request.expired(time.time()):
                 raise RequestFailed("expired", f"request {request.id} expired before it ran")
-            outcome = self.run_hop(request, t_recv, len(msg.payload))
-            self._publish(request, outcome, msg)
+            self._publish(request, self.run_hop(request, t_recv, len(msg.payload)), msg)
             self.stats.finished()
-        except RequestFailed as exc:
-            self._fail(device, request_id, exc.code, str(exc))
-        except WireError as exc:
-            self._fail(device, request_id, "bad_payload", str(exc))
-        except CodecError as exc:
-            self._fail(device, request_id, "bad_tensor", str(exc))
         except SplitMQError as exc:
-            self._fail(device, request_id, _code_of(exc), str(exc))
+            self._fail(device, request_id, exc.code, str(exc))
         except Exception as exc:  # a bug or a runtime failure: the device must still hear
             log.exception("unexpected failure on %s", msg.topic)
             self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}")
 
-    def run_hop(self, request: Request, t_recv: float, nbytes: int) -> Outcome:
-        """Run this tier's part of ``request``; the core, without any MQTT."""
+    def run_hop(self, request: Request, t_recv: float, nbytes: int) -> Result | Request:
+        """This tier's part of ``request``: the answer, or the request for the next hop."""
         hop = request.current
         if hop.tier != self.tier:
             raise RequestFailed(
                 "bad_route", f"hop {request.hop} is for {hop.tier}, this is {self.tier}"
             )
-        mv = self._model(request)
-        end = mv.last_cut if hop.to is None else hop.to
-        if not request.cut < end <= mv.last_cut:
-            raise RequestFailed(
-                "unknown_cut",
-                f"{mv.name} v{mv.version} has cuts 0..{mv.last_cut};"
-                f" cannot run {request.cut} -> {end}",
-            )
-        t_start = time.time()
-        x = self._input(mv, request)
-        seg = self.sessions.segment(mv, request.cut, end)
-        outputs = seg.run(x)
-        t_done = time.time()
-        self.stats.latency((mv.name, mv.version, request.cut, hop.to), (t_done - t_start) * 1000)
-        answer = self._answer(mv, outputs, hop.exit if hop.to is not None else None)
-        if answer is None and hop.to is None:
-            raise RequestFailed("internal", "the last hop produced no model output")
-        if answer is not None:
-            name, logits = answer
-            record = HopTiming(self.tier, self.id, t_recv, t_start, t_done, time.time(), nbytes)
-            timing = request.timing.appended(record)
-            return Outcome(
-                result=Result(
-                    id=request.id,
-                    device=request.device,
-                    model=mv.name,
-                    version=mv.version,
-                    top=_top_k(logits, mv.labels),
-                    tier=self.tier,
-                    exit=name,
-                    latency=latency_breakdown(request.device, timing),
-                    bytes=sum(r.bytes for r in timing.hops),
-                    t_sent=record.t_sent,
-                )
-            )
-        codec = hop.codec or request.tensor.codec
-        tensor = encode(outputs[mv.cuts[end].name], codec, codec_params(mv, end, codec))
-        record = HopTiming(self.tier, self.id, t_recv, t_start, t_done, time.time(), nbytes)
-        return Outcome(forward=request.forwarded(end, tensor, record))
+        job = Job(
+            request.model, request.version, request.cut, hop.to, request.tensor, hop.exit, hop.codec
+        )
+        outcome = self.executor.execute([job])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.mv is not None
+        self.stats.latency(
+            (outcome.mv.name, outcome.mv.version, request.cut, hop.to), outcome.compute_ms
+        )
+        record = HopTiming(
+            self.tier, self.id, t_recv, outcome.t_start, outcome.t_done, outcome.t_end, nbytes
+        )
+        if outcome.forward is not None:
+            return request.forwarded(hop.to or 0, outcome.forward, record)
+        return self._result(request, outcome, record)
+
+    def _result(self, request: Request, outcome: Outcome, record: HopTiming) -> Result:
+        assert outcome.answer is not None and outcome.mv is not None
+        timing = request.timing.appended(record)
+        return Result(
+            id=request.id,
+            device=request.device,
+            model=outcome.mv.name,
+            version=outcome.mv.version,
+            top=outcome.answer.top,
+            tier=self.tier,
+            exit=outcome.answer.output,
+            latency=latency_breakdown(request.device, timing),
+            bytes=sum(r.bytes for r in timing.hops),
+            t_sent=record.t_sent,
+        )
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _model(self, request: Request) -> ModelVersion:
-        try:
-            return self.sessions.model(request.model, request.version)
-        except SplitMQError as exc:
-            raise RequestFailed("unknown_model", str(exc)) from exc
-
-    def _input(self, mv: ModelVersion, request: Request) -> np.ndarray:
-        """Decode the tensor and check it fits the partition (normalising input codecs)."""
-        cut = mv.cuts[request.cut]
-        x = decode(request.tensor, self.settings.max_payload_bytes)
-        if parse_codec(request.tensor.codec).base in INPUT_CODECS:
-            pre = mv.manifest.preprocess
-            if request.cut != 0 or pre is None:
-                raise RequestFailed(
-                    "bad_tensor",
-                    f"codec {request.tensor.codec} is for the input "
-                    "(cut 0) of a model with image preprocessing",
-                )
-            x = normalize(x, pre)
-        if list(x.shape[1:]) != cut.shape[1:] or str(x.dtype) != cut.dtype or x.shape[0] < 1:
-            raise RequestFailed(
-                "bad_tensor",
-                f"cut {cut.index} of {mv.name} takes "
-                f"[N, {', '.join(map(str, cut.shape[1:]))}] {cut.dtype}, got "
-                f"{list(x.shape)} {x.dtype}",
-            )
-        return x
-
-    @staticmethod
-    def _answer(
-        mv: ModelVersion, outputs: dict[str, np.ndarray], threshold: float | None
-    ) -> tuple[str, np.ndarray] | None:
-        """The output to answer with: a confident exit head, or the final output."""
-        final = mv.output_names[-1]
-        if final in outputs:
-            return final, outputs[final][0]
-        if threshold is None:
-            return None
-        for name in mv.output_names[:-1]:
-            if name in outputs and softmax(outputs[name][0]).max() >= threshold:
-                return name, outputs[name][0]
-        return None
-
-    def _publish(self, request: Request, outcome: Outcome, msg: Message) -> None:
-        now = time.time()
+    def _publish(self, request: Request, outcome: Result | Request, msg: Message) -> None:
         corr = request.id.encode()
-        if outcome.result is not None:
+        if isinstance(outcome, Result):
             # Never msg.response_topic: replies go only where the ACL-checked device id says.
-            topic = self.topics.result(request.device)
             self.client.publish(
-                topic,
-                pack_result(outcome.result),
+                self.topics.result(request.device),
+                pack_result(outcome),
                 qos=1,
                 correlation_data=corr,
-                content_type="application/json",
                 json=True,
             )
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
-                self.on_result(outcome.result)
+                self.on_result(outcome)
             return
-        fwd = outcome.forward
-        assert fwd is not None
-        nxt = fwd.current
+        nxt = outcome.current
         try:
             self.client.publish(
-                self.topics.request(nxt.tier, fwd.model, fwd.cut, fwd.device),
-                pack_request(fwd),
+                self.topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
+                pack_request(outcome),
                 qos=1,
                 correlation_data=corr,
                 response_topic=msg.response_topic,
                 content_type=CONTENT_TYPE_REQUEST,
-                expiry_s=expiry_interval(fwd.deadline, now),
+                expiry_s=expiry_interval(outcome.deadline, time.time()),
             )
         except PayloadTooLarge as exc:
             raise RequestFailed("bad_route", f"cannot forward to {nxt.tier}: {exc}") from exc
         self.stats.count(f"forwarded_{nxt.tier}")
 
     def _fail(self, device: str | None, request_id: str | None, code: str, message: str) -> None:
-        self.stats.count(code)
+        self.stats.fail(code)
         log.warning("request %s from %s: %s: %s", request_id, device, code, message)
         if device is None:
             return  # no device to tell: the topic itself was unusable
@@ -371,30 +257,35 @@ class Worker:
             pack_error(report),
             qos=1,
             correlation_data=request_id.encode() if request_id else None,
-            content_type="application/json",
             json=True,
         )
 
-    def _telemetry(self) -> dict:
-        """The documented telemetry fields (docs/wire-format.md, Telemetry)."""
+    def _telemetry(self, ts: float) -> WorkerTelemetry:
+        """The documented telemetry (protocol.telemetry.WorkerTelemetry)."""
         counts = self.stats.snapshot_counts()
         with self._lock:
             in_flight = self._in_flight
-        return {
-            "models": [{"model": n, "version": v} for n, v in self.sessions.loaded()],
-            "queue": self._queue.qsize(),
-            "in_flight": in_flight,
-            "rps": self.stats.rate(),
-            "latency": [
-                {"model": m, "version": v, "from": a, "to": b, **summary}
+        return WorkerTelemetry(
+            role=self.tier,
+            id=self.id,
+            ts=ts,
+            rps=self.stats.rate(),
+            in_flight=in_flight,
+            errors=self.stats.failures(),
+            threads=self.threads,
+            queued=self._queue.qsize(),
+            models=[ModelRef(model=n, version=v) for n, v in self.sessions.loaded()],
+            service=[
+                ServiceTime.model_validate(
+                    {"model": m, "version": v, "from": a, "to": b, **summary}
+                )
                 for (m, v, a, b), summary in self.stats.latencies().items()
             ],
-            "errors": {k: n for k, n in counts.items() if k in ERROR_CODES},
-            "served": counts.get("served", 0),
-            "duplicates": counts.get("duplicates", 0),
-            "answered": {t: counts.get(f"answered_{t}", 0) for t in (self.tier,)},
-            "forwarded": counts.get("forwarded_cloud", 0),
-        }
+            served=counts.get("served", 0),
+            duplicates=counts.get("duplicates", 0),
+            answered=counts.get(f"answered_{self.tier}", 0),
+            forwarded=self.stats.by_prefix("forwarded_"),
+        )
 
 
 def _correlation_id(msg: Message) -> str | None:
@@ -403,21 +294,4 @@ def _correlation_id(msg: Message) -> str | None:
         cid = (msg.correlation_data or b"").decode()
     except UnicodeDecodeError:
         return None
-    return cid if _ID.fullmatch(cid) else None
-
-
-def _code_of(exc: SplitMQError) -> str:
-    if isinstance(exc, PoolError):
-        return "unknown_model"
-    if isinstance(exc, ModelError):
-        return "unknown_cut"
-    return "internal"
-
-
-def _top_k(logits: np.ndarray, labels: list[str] | None, k: int = TOP_K) -> tuple[TopK, ...]:
-    probs = softmax(logits.astype(np.float64))
-    order = np.argsort(-probs)[:k]
-    return tuple(
-        TopK(int(i), labels[i] if labels and i < len(labels) else None, round(float(probs[i]), 6))
-        for i in order
-    )
+    return cid if is_id(cid) else None

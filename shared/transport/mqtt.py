@@ -173,7 +173,7 @@ class MqttClient:
     @classmethod
     def at(cls, host: str, port: int, client_id: str | None = None, **kwargs: Any) -> MqttClient:
         """A client for ``host:port`` with default settings otherwise."""
-        return cls(Settings(_env_file=None, broker=f"{host}:{port}"), client_id, **kwargs)  # type: ignore[call-arg]
+        return cls(Settings(_env_file=None, broker=f"{host}:{port}"), client_id, **kwargs)
 
     def _make_paho(self, reconnect_delay: tuple[float, float]) -> paho.Client:
         client = paho.Client(
@@ -513,7 +513,7 @@ class MqttClient:
             ack = functools.partial(self._ack, _Once(), msg.mid, msg.qos, self._generation)
         return Message(
             topic=msg.topic,
-            payload=msg.payload,
+            payload=bytes(msg.payload),
             qos=msg.qos,
             retain=bool(msg.retain),
             correlation_data=getattr(props, "CorrelationData", None),

@@ -1,0 +1,256 @@
+"""Wire format v1: the JSON result and error documents (spec: docs/wire-format.md).
+
+Human-facing, so JSON that ``mosquitto_sub`` shows as it is; strict on the
+way in (UTF-8, no NaN, no duplicate keys, bounded size, every field checked).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from splitmq.shared.codecs import DEFAULT_MAX_BYTES
+from splitmq.shared.errors import ERROR_CODES, WireError
+from splitmq.shared.protocol.fields import (
+    array,
+    as_map,
+    at,
+    exact_map,
+    free_text,
+    ident,
+    integer,
+    model_name,
+    names,
+    normalise_times,
+    number,
+    tier_field,
+    type_name,
+    unique_map,
+)
+from splitmq.shared.protocol.ids import MAX_VERSION, TIERS, Tier
+from splitmq.shared.protocol.wire import MAX_HOPS, Timing
+
+__all__ = [
+    "ErrorReport",
+    "HopLatency",
+    "Result",
+    "TopK",
+    "latency_breakdown",
+    "pack_error",
+    "pack_result",
+    "unpack_error",
+    "unpack_result",
+]
+
+MAX_MESSAGE = 1000  # characters of an error's human-readable message
+MAX_TOP = 1000  # entries of a result's top-k list
+
+
+@dataclass(frozen=True)
+class TopK:
+    """One class of a result: its index in the model's outputs, label (or None), score."""
+
+    index: int
+    label: str | None
+    score: float
+
+    def __post_init__(self) -> None:
+        integer("index", self.index, 0, 2**31 - 1)
+        if self.label is not None:
+            free_text("label", self.label, 256)
+        object.__setattr__(self, "score", number("score", self.score))
+
+
+@dataclass(frozen=True)
+class HopLatency:
+    """Where one hop's time went, in milliseconds (see docs/wire-format.md, Timing).
+
+    transfer_ms spans two hosts' clocks, so it includes their offset and may be
+    negative; the device's entry has no transfer, queue or bytes (None).
+    """
+
+    tier: str
+    id: str
+    transfer_ms: float | None
+    queue_ms: float | None
+    compute_ms: float
+    encode_ms: float
+    bytes: int | None
+
+    def __post_init__(self) -> None:
+        tier_field("tier", self.tier, ("device", *TIERS))
+        ident("id", self.id)
+        for name in ("compute_ms", "encode_ms"):
+            object.__setattr__(self, name, number(name, getattr(self, name)))
+        if self.tier == "device":
+            for name in ("transfer_ms", "queue_ms", "bytes"):
+                if getattr(self, name) is not None:
+                    raise WireError(f"{name}: must be null for the device's entry")
+            return
+        for name in ("transfer_ms", "queue_ms"):
+            object.__setattr__(self, name, number(name, getattr(self, name)))
+        integer("bytes", self.bytes, 0, 2**63 - 1)
+
+
+def latency_breakdown(device: str, timing: Timing) -> tuple[HopLatency, ...]:
+    """Per-hop compute, queue, transfer and encode times recovered from the ``t`` records."""
+    dev = timing.device
+    out = [
+        HopLatency(
+            "device",
+            device,
+            None,
+            None,
+            _ms(dev.t_head_done - dev.t_start),
+            _ms(dev.t_sent - dev.t_head_done),
+            None,
+        )
+    ]
+    previous_sent = dev.t_sent
+    for record in timing.hops:
+        out.append(
+            HopLatency(
+                record.tier,
+                record.worker,
+                _ms(record.t_recv - previous_sent),
+                _ms(record.t_start - record.t_recv),
+                _ms(record.t_done - record.t_start),
+                _ms(record.t_sent - record.t_done),
+                record.bytes,
+            )
+        )
+        previous_sent = record.t_sent
+    return tuple(out)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the answering worker publishes to ``result/<device>``."""
+
+    id: str
+    device: str
+    model: str
+    version: int
+    top: tuple[TopK, ...]
+    tier: Tier
+    exit: str | int
+    latency: tuple[HopLatency, ...]
+    bytes: int
+    t_sent: float
+
+    def __post_init__(self) -> None:
+        ident("id", self.id)
+        ident("device", self.device)
+        model_name("model", self.model)
+        integer("version", self.version, 1, MAX_VERSION)
+        if not isinstance(self.top, tuple) or not all(isinstance(t, TopK) for t in self.top):
+            raise WireError("top: expected a tuple of TopK")
+        if len(self.top) > MAX_TOP:
+            raise WireError(f"top: {len(self.top)} entries, expected at most {MAX_TOP}")
+        tier_field("tier", self.tier)
+        if isinstance(self.exit, bool) or not isinstance(self.exit, str | int):
+            raise WireError(f"exit: expected an output name or index, got {type_name(self.exit)}")
+        if isinstance(self.exit, int):
+            integer("exit", self.exit, 0, 2**31 - 1)
+        else:
+            free_text("exit", self.exit, 256)
+        if not isinstance(self.latency, tuple) or not all(
+            isinstance(hop, HopLatency) for hop in self.latency
+        ):
+            raise WireError("latency: expected a tuple of HopLatency")
+        if not 1 <= len(self.latency) <= MAX_HOPS + 1:
+            raise WireError(f"latency: {len(self.latency)} entries, expected 1..{MAX_HOPS + 1}")
+        integer("bytes", self.bytes, 0, 2**63 - 1)
+        normalise_times(self, ("t_sent",))
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """What a worker publishes to ``error/<device>`` when it cannot serve a request."""
+
+    id: str | None
+    device: str
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.id is not None:
+            ident("id", self.id)
+        ident("device", self.device)
+        if not isinstance(self.code, str) or self.code not in ERROR_CODES:
+            raise WireError(f"code: {self.code!r} is not one of {', '.join(sorted(ERROR_CODES))}")
+        free_text("message", self.message, MAX_MESSAGE)
+
+
+_TOP_KEYS = names(TopK)
+_LATENCY_KEYS = names(HopLatency)
+_RESULT_KEYS = names(Result)
+_ERROR_KEYS = names(ErrorReport)
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _reject_constant(name: str) -> None:
+    raise WireError(f"payload: {name} is not JSON")
+
+
+def _load(payload: bytes, max_bytes: int) -> object:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded size."""
+    if not isinstance(payload, bytes | bytearray):
+        raise WireError(f"payload: expected bytes, got {type_name(payload)}")
+    if len(payload) > max_bytes:
+        raise WireError(f"payload: {len(payload)} bytes, over the limit of {max_bytes}")
+    try:
+        return json.loads(
+            payload.decode("utf-8"), object_pairs_hook=unique_map, parse_constant=_reject_constant
+        )
+    except WireError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"payload: not a valid UTF-8 JSON document ({exc})") from exc
+
+
+def pack_result(result: Result) -> bytes:
+    doc = {
+        "id": result.id,
+        "device": result.device,
+        "model": result.model,
+        "version": result.version,
+        "top": [as_map(entry, _TOP_KEYS) for entry in result.top],
+        "tier": result.tier,
+        "exit": result.exit,
+        "latency": [as_map(hop, _LATENCY_KEYS) for hop in result.latency],
+        "bytes": result.bytes,
+        "t_sent": result.t_sent,
+    }
+    return _dump(doc)
+
+
+def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
+    doc = exact_map(_load(payload, max_bytes), "result", _RESULT_KEYS)
+    top = []
+    for index, item in enumerate(array(doc["top"], "top", 0, MAX_TOP)):
+        entry = exact_map(item, f"top[{index}]", _TOP_KEYS)
+        with at(f"top[{index}]"):
+            top.append(TopK(**entry))
+    latency = []
+    for index, item in enumerate(array(doc["latency"], "latency", 1, MAX_HOPS + 1)):
+        entry = exact_map(item, f"latency[{index}]", _LATENCY_KEYS)
+        with at(f"latency[{index}]"):
+            latency.append(HopLatency(**entry))
+    return Result(**{**doc, "top": tuple(top), "latency": tuple(latency)})
+
+
+def pack_error(error: ErrorReport) -> bytes:
+    return _dump(as_map(error, _ERROR_KEYS))
+
+
+def unpack_error(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ErrorReport:
+    return ErrorReport(**exact_map(_load(payload, max_bytes), "error", _ERROR_KEYS))

@@ -1,0 +1,141 @@
+"""Typed telemetry documents: what each role publishes, retained, on ``telemetry/<role>/<id>``.
+
+These are the planner's inputs, so each carries exactly what a cost model
+needs and is validated on receipt (``parse_telemetry``): a device's link,
+speed, battery and what it wants; a worker's capacity, queue and measured
+service time per segment. The Last Will replaces a document with
+``{"status": "offline"}``. Examples: docs/topics.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError
+
+from splitmq.shared.errors import WireError
+from splitmq.shared.protocol.document import Document, Frozen, describe
+from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, Tier
+from splitmq.shared.protocol.plan import Plan
+
+Objective = Literal["latency", "energy", "bytes"]
+Count = Annotated[int, Field(ge=0)]
+Ms = Annotated[float, Field(ge=0)]
+
+
+class ModelRef(Frozen):
+    model: str
+    version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class LatencySummary(Frozen):
+    """Median and 95th percentile of the last ``n`` samples."""
+
+    p50_ms: Ms
+    p95_ms: Ms
+    n: int = Field(ge=1)
+
+
+class ServiceTime(LatencySummary):
+    """Measured compute time of one segment (``from`` -> ``to``; ``to`` null: the outputs)."""
+
+    model: str
+    version: int = Field(ge=1, le=MAX_VERSION)
+    from_: int = Field(alias="from", ge=0, le=MAX_CUT)
+    to: int | None = Field(None, ge=0, le=MAX_CUT)
+
+    model_config = Frozen.model_config | {"populate_by_name": True}
+
+
+class Link(Frozen):
+    """The device's own estimate of its uplink, from its requests; null until measured."""
+
+    uplink_bps: float | None = Field(None, gt=0)
+    rtt_ms: Ms | None = None
+    age_s: Ms | None = None  # since the newest sample behind the estimate
+
+
+class Wants(Frozen):
+    """What the device asks of a plan (flags of ``splitmq device``)."""
+
+    objective: Objective = "latency"
+    accuracy: float = Field(0.99, ge=0, le=1)  # top-1 agreement floor with the unsplit model
+    slo_ms: Ms | None = None
+
+
+class Telemetry(Document):
+    role: str
+    id: str
+    status: Literal["online"] = "online"
+    ts: float
+    rps: float = Field(ge=0)  # requests finished per second, over the last 10 s
+    in_flight: Count
+    errors: dict[str, Count]  # requests that ended in a failure, by error code
+
+
+class DeviceTelemetry(Telemetry):
+    role: Literal["device"] = "device"
+    model: ModelRef
+    plan: Plan
+    link: Link
+    speed: float = Field(gt=0, le=1)  # vs the host its profile was measured on
+    battery: float | None = Field(None, ge=0, le=1)  # null: mains powered
+    wants: Wants
+    e2e: LatencySummary | None = None  # end-to-end latency of its answered requests
+    answered: dict[str, Count]  # by tier: device, edge, cloud
+
+
+class WorkerTelemetry(Telemetry):
+    role: Tier
+    threads: int = Field(ge=1)  # inference threads: requests served at once
+    queued: Count  # received, waiting for a thread
+    models: list[ModelRef]
+    service: list[ServiceTime]  # per (model, version, segment)
+    served: Count
+    duplicates: Count
+    answered: Count
+    forwarded: dict[Tier, Count]  # escalated, by the tier forwarded to
+
+
+class PlannerTelemetry(Telemetry):
+    role: Literal["planner"] = "planner"
+    devices: Count  # devices it currently plans for
+    plans: Count  # plans published since it started
+
+
+class Offline(Frozen):
+    """The Last Will (and a clean close): the role is gone."""
+
+    status: Literal["offline"] = "offline"
+
+
+OFFLINE = Offline()
+TelemetryDoc = DeviceTelemetry | WorkerTelemetry | PlannerTelemetry | Offline
+_BY_ROLE: dict[str, type[Telemetry]] = {
+    "device": DeviceTelemetry,
+    "edge": WorkerTelemetry,
+    "cloud": WorkerTelemetry,
+    "planner": PlannerTelemetry,
+}
+
+
+def parse_telemetry(payload: bytes, where: str = "telemetry") -> TelemetryDoc:
+    """A received telemetry payload as its typed document; WireError names the field."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise WireError(f"{where}: expected a JSON object")
+    if raw.get("status") == "offline":
+        try:
+            return Offline.model_validate(raw)
+        except ValidationError as exc:
+            raise WireError(f"{where}: {describe(exc)}") from None
+    kind = _BY_ROLE.get(str(raw.get("role")))
+    if kind is None:
+        raise WireError(f"{where}: role: {raw.get('role')!r} is not one of {', '.join(_BY_ROLE)}")
+    doc = kind.parse(raw, where)
+    assert isinstance(doc, DeviceTelemetry | WorkerTelemetry | PlannerTelemetry)
+    return doc

@@ -1,0 +1,158 @@
+"""The hop executor: run one segment of a model per job and say what came of it.
+
+The shape of Triton's Python backend: ``execute(jobs) -> outcomes``, one
+outcome per job, in order: an answer (the final output, or an exit head that
+was confident enough), a tensor encoded for the next hop, or a failure that
+carries its wire error code. No MQTT and no threads here, so edge and cloud
+workers and the device's own head all run through the same code, and a hop
+is testable without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitmq.shared.codecs import EncodedTensor, decode, encode, parse_codec
+from splitmq.shared.errors import RequestFailed, SplitMQError
+from splitmq.shared.model.outputs import answer, top_k
+from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.model.preprocess import normalize
+from splitmq.shared.protocol.results import TopK
+from splitmq.shared.runtime.sessions import SessionCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Run ``model`` from cut ``cut`` to cut ``to`` (None: to the outputs) on ``tensor``.
+
+    ``tensor`` is what arrived (decoded and checked here) or, on the device, the
+    model input as an array. ``exit_threshold`` lets a confident exit head inside
+    the segment answer; ``forward_codec`` encodes the tensor at ``to`` when
+    nothing answered (None: the codec the tensor arrived in).
+    """
+
+    model: str
+    version: int | None
+    cut: int
+    to: int | None
+    tensor: EncodedTensor | np.ndarray
+    exit_threshold: float | None = None
+    forward_codec: str | None = None
+
+
+@dataclass(frozen=True)
+class Answered:
+    output: str  # the output that answered: an exit head or the final output
+    top: tuple[TopK, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job produced: exactly one of ``answer``, ``forward`` and ``error``.
+
+    Times are unix seconds: compute ran from ``t_start`` to ``t_done``; ``t_end``
+    is after encoding the forwarded tensor.
+    """
+
+    job: Job
+    answer: Answered | None = None
+    forward: EncodedTensor | None = None
+    error: SplitMQError | None = None
+    mv: ModelVersion | None = None
+    t_start: float = 0.0
+    t_done: float = 0.0
+    t_end: float = 0.0
+
+    @property
+    def compute_ms(self) -> float:
+        return (self.t_done - self.t_start) * 1000
+
+
+class HopExecutor:
+    """Runs jobs on the sessions of a ``SessionCache``; see module docstring."""
+
+    def __init__(self, sessions: SessionCache, max_bytes: int) -> None:
+        self.sessions = sessions
+        self.max_bytes = max_bytes
+
+    def execute(self, jobs: Sequence[Job]) -> list[Outcome]:
+        return [self._run(job) for job in jobs]
+
+    def _run(self, job: Job) -> Outcome:
+        try:
+            return self._hop(job)
+        except SplitMQError as exc:
+            return Outcome(job, error=exc)
+        except Exception as exc:  # a bug or a runtime failure: still one outcome per job
+            log.exception("unexpected failure running %s %d -> %s", job.model, job.cut, job.to)
+            return Outcome(job, error=RequestFailed("internal", f"{type(exc).__name__}: {exc}"))
+
+    def _hop(self, job: Job) -> Outcome:
+        mv = self._model(job)
+        end = mv.last_cut if job.to is None else job.to
+        if not job.cut < end <= mv.last_cut:
+            raise RequestFailed(
+                "unknown_cut",
+                f"{mv.name} v{mv.version} has cuts 0..{mv.last_cut}; cannot run {job.cut} -> {end}",
+            )
+        t_start = time.time()
+        x = self._input(mv, job)
+        outputs = self.sessions.segment(mv, job.cut, end).run(x)
+        t_done = time.time()
+        threshold = job.exit_threshold if job.to is not None else None
+        found = answer(mv.output_names, outputs, threshold)
+        if found is not None:
+            name, logits = found
+            answered = Answered(name, top_k(logits, mv.labels))
+            return Outcome(job, answered, mv=mv, t_start=t_start, t_done=t_done, t_end=t_done)
+        if job.to is None:
+            raise RequestFailed("internal", "the last hop produced no model output")
+        codec = job.forward_codec or _codec_of(job.tensor)
+        tensor = encode(outputs[mv.cuts[end].name], codec, mv.codec_params(end, codec))
+        return Outcome(
+            job, forward=tensor, mv=mv, t_start=t_start, t_done=t_done, t_end=time.time()
+        )
+
+    def _model(self, job: Job) -> ModelVersion:
+        try:
+            return self.sessions.model(job.model, job.version)
+        except SplitMQError as exc:
+            raise RequestFailed("unknown_model", str(exc)) from exc
+
+    def _input(self, mv: ModelVersion, job: Job) -> np.ndarray:
+        """Decode the tensor and check it fits the segment (normalising input codecs)."""
+        cut = mv.cuts[job.cut]
+        if isinstance(job.tensor, np.ndarray):
+            x = job.tensor
+        else:
+            x = decode(job.tensor, self.max_bytes)
+            if parse_codec(job.tensor.codec).is_input:
+                pre = mv.manifest.preprocess
+                if job.cut != 0 or pre is None:
+                    raise RequestFailed(
+                        "bad_tensor",
+                        f"codec {job.tensor.codec} is for the input "
+                        "(cut 0) of a model with image preprocessing",
+                    )
+                x = normalize(x, pre)
+        if list(x.shape[1:]) != cut.shape[1:] or str(x.dtype) != cut.dtype or x.shape[0] < 1:
+            raise RequestFailed(
+                "bad_tensor",
+                f"cut {cut.index} of {mv.name} takes "
+                f"[N, {', '.join(map(str, cut.shape[1:]))}] {cut.dtype}, got "
+                f"{list(x.shape)} {x.dtype}",
+            )
+        return x
+
+
+def _codec_of(tensor: EncodedTensor | np.ndarray) -> str:
+    if isinstance(tensor, EncodedTensor):
+        return tensor.codec
+    raise RequestFailed("internal", "a tensor to forward needs a codec")
