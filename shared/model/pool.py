@@ -35,18 +35,14 @@ from splitmq.shared.model.graph import Graph, load_model
 from splitmq.shared.model.manifest import Cut, Manifest, Preprocess, TensorSpec
 from splitmq.shared.model.partition import extract_segment
 from splitmq.shared.model.profile import Profile
+from splitmq.shared.protocol.ids import MODEL_RULE, is_model_name
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise PoolError(
-            f"bad model name {name!r}: use 1-64 letters, digits, '_', '-', '.', starting with a "
-            "letter or digit"
-        )
+    if not is_model_name(name):
+        raise PoolError(f"bad model name {name!r}: use {MODEL_RULE}")
     return name
 
 

@@ -33,7 +33,8 @@ from splitmq.shared.offline.datasets import mnist_digits, photos
 #: Codecs whose decoded values differ, so each needs its own tail run.
 FEATURE_CODECS = ("raw", "fp16", "int8", "int8c", "q4", "q4c", "q2", "q2c", "clip4")
 PER_CHANNEL = frozenset({"int8c", "q4c", "q2c"})
-INPUT_CODECS = ("u8", "jpeg:50", "jpeg:75", "jpeg:85", "jpeg:95")
+#: What a device may send instead of a feature map at cut 0, each measured.
+INPUT_CANDIDATES = ("u8", "jpeg:50", "jpeg:75", "jpeg:85", "jpeg:95")
 #: A lossless stage changes the bytes only: measured as bytes, agreement from the base.
 STAGED = {
     "int8+zstd": "int8",
@@ -48,7 +49,7 @@ STAGED = {
 #: Row order: each codec followed by its lossless-stage variant.
 _ORDER = [
     name
-    for base in (*INPUT_CODECS, *FEATURE_CODECS)
+    for base in (*INPUT_CANDIDATES, *FEATURE_CODECS)
     for name in (base, *(staged for staged, of in STAGED.items() if of == base))
 ]
 #: Disjoint sample sets: photo crops from seeds in 100..999 (1000+ trains exit heads,
@@ -175,7 +176,7 @@ class Taps:
 def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list[str]]:
     """The codecs measured at ``cut``: (those needing a tail run, lossless-stage variants)."""
     if cut == 0 and pixels:
-        return list(INPUT_CODECS), ["u8+zstd"]
+        return list(INPUT_CANDIDATES), ["u8+zstd"]
     if mv.cuts[cut].dtype not in FLOAT_DTYPES:
         return ["raw"], []
     # Per-channel codecs need a channel axis (axis 1) besides the batch.

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json as jsonlib
 import logging
-import math
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec
 
@@ -40,84 +37,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
+from splitmq.shared.errors import BrokerError, PayloadTooLarge
 from splitmq.shared.settings import Settings
+from splitmq.shared.transport.messages import (
+    JSON_CONTENT_TYPE,
+    Handler,
+    Message,
+    Once,
+    PendingSubscribe,
+    Subscription,
+    Will,
+    from_paho,
+    json_payload,
+    matches,
+    noop,
+    packet_size,
+    paho_log,
+    publish_properties,
+)
 
 __all__ = ["JSON_CONTENT_TYPE", "Handler", "Message", "MqttClient", "Will"]
 
 log = logging.getLogger(__name__)
 
-JSON_CONTENT_TYPE = "application/json"
 _P = ParamSpec("_P")
-
-
-def _noop() -> None:
-    """The ``ack`` of a message that needs none (QoS 0, or automatic acks)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A received message, free of paho types. ``ack()`` releases a manual-ack slot."""
-
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-    correlation_data: bytes | None = None
-    response_topic: str | None = None
-    content_type: str | None = None
-    expiry_interval: int | None = None
-    payload_format_indicator: int | None = None
-    ack: Callable[[], None] = field(default=_noop, repr=False, compare=False)
-
-    def json(self) -> Any:
-        """The payload decoded as JSON; WireError if it is not."""
-        try:
-            return jsonlib.loads(self.payload)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise WireError(f"payload on {self.topic!r} is not JSON: {exc}") from exc
-
-
-Handler = Callable[[Message], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """Presence: the broker publishes ``payload`` to ``topic`` if the client dies.
-
-    :meth:`MqttClient.close` publishes the same payload itself, so a clean
-    shutdown and a crash look alike to subscribers.
-    """
-
-    topic: str
-    payload: Mapping[str, Any] = field(default_factory=lambda: {"status": "offline"})
-    retain: bool = True
-    qos: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Subscription:
-    topic_filter: str
-    handler: Handler
-    qos: int
-    sub_id: int  # MQTT v5 subscription identifier: routes a message to its handler
-
-
-@dataclass(slots=True)
-class _PendingSubscribe:
-    done: threading.Event = field(default_factory=threading.Event)
-    codes: list[ReasonCode] = field(default_factory=list)
-
-
-class _DropLastLoopNoise(logging.Filter):
-    """paho 2.2 logs an ERROR from its last loop pass after every clean disconnect."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected.")
-
-
-_paho_log = logging.getLogger(f"{__name__}.paho")
-_paho_log.addFilter(_DropLastLoopNoise())
 
 
 def _logged(
@@ -156,10 +99,10 @@ class MqttClient:
         self._manual_ack = manual_ack
         self._keepalive = keepalive
         self._lock = threading.Lock()  # guards the tables below; never held while waiting
-        self._subs: dict[str, _Subscription] = {}
-        self._by_id: dict[int, _Subscription] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._by_id: dict[int, Subscription] = {}
         self._sub_ids = itertools.count(1)
-        self._pending_subs: dict[int, _PendingSubscribe] = {}
+        self._pending_subs: dict[int, PendingSubscribe] = {}
         self._puback_failures: dict[int, ReasonCode] = {}
         self._state = threading.Condition()
         self._connected = False
@@ -182,7 +125,7 @@ class MqttClient:
             protocol=paho.MQTTv5,
             manual_ack=self._manual_ack,
         )
-        client.enable_logger(_paho_log)
+        client.enable_logger(paho_log)
         client.suppress_exceptions = True  # second line of defence behind @_logged
         client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]  # floats work
         client.on_socket_open = self._on_socket_open
@@ -192,7 +135,7 @@ class MqttClient:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         if self._will is not None:
-            payload, props = _json_payload(
+            payload, props = json_payload(
                 self._will.topic, self._will.payload, PacketTypes.WILLMESSAGE
             )
             client.will_set(
@@ -290,14 +233,14 @@ class MqttClient:
         with self._lock:
             old = self._subs.get(topic_filter)
             sub_id = old.sub_id if old else next(self._sub_ids)
-            sub = _Subscription(topic_filter, handler, qos, sub_id)
+            sub = Subscription(topic_filter, handler, qos, sub_id)
             self._subs[topic_filter] = self._by_id[sub_id] = sub
             if not self._connected:
                 return  # on_connect subscribes it
             rc, mid = self._send_subscribe(sub)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None or not can_wait:
                 return  # if the connection was lost meanwhile, on_connect subscribes it
-            pending = self._pending_subs[mid] = _PendingSubscribe()
+            pending = self._pending_subs[mid] = PendingSubscribe()
         self._await_suback(sub, mid, pending, timeout)
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -308,13 +251,13 @@ class MqttClient:
         if sub is not None and self._connected:
             self._paho.unsubscribe(topic_filter)
 
-    def _send_subscribe(self, sub: _Subscription) -> tuple[MQTTErrorCode, int | None]:
+    def _send_subscribe(self, sub: Subscription) -> tuple[MQTTErrorCode, int | None]:
         props = Properties(PacketTypes.SUBSCRIBE)
         props.SubscriptionIdentifier = sub.sub_id
         return self._paho.subscribe(sub.topic_filter, sub.qos, properties=props)
 
     def _await_suback(
-        self, sub: _Subscription, mid: int, pending: _PendingSubscribe, timeout: float
+        self, sub: Subscription, mid: int, pending: PendingSubscribe, timeout: float
     ) -> None:
         try:
             if not pending.done.wait(timeout):
@@ -357,7 +300,7 @@ class MqttClient:
         Never ``wait`` inside a handler: it runs on the network thread.
         """
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        props = _publish_properties(correlation_data, response_topic, content_type, expiry_s, json)
+        props = publish_properties(correlation_data, response_topic, content_type, expiry_s, json)
         self._check_size(topic, data, props, qos)
         try:
             info = self._paho.publish(topic, data, qos, retain, properties=props)
@@ -376,7 +319,7 @@ class MqttClient:
         self, topic: str, obj: Any, qos: int = 1, retain: bool = False, **kwargs: Any
     ) -> None:
         """Publish ``obj`` as compact JSON (strict: NaN is refused, other languages read it)."""
-        payload, _ = _json_payload(topic, obj, PacketTypes.PUBLISH)
+        payload, _ = json_payload(topic, obj, PacketTypes.PUBLISH)
         self.publish(topic, payload, qos, retain, json=True, **kwargs)
 
     def _check_size(self, topic: str, data: bytes, props: Properties, qos: int) -> None:
@@ -388,7 +331,7 @@ class MqttClient:
                 "max_packet_size in mosquitto.conf"
             )
         broker_limit = self._broker_max_packet
-        size = _packet_size(topic, data, props, qos)
+        size = packet_size(topic, data, props, qos)
         if broker_limit is not None and size > broker_limit:
             raise PayloadTooLarge(
                 f"a packet of {size:,} bytes for {topic!r} exceeds the broker's maximum packet "
@@ -499,94 +442,21 @@ class MqttClient:
                 log.exception("handler for %r failed on %s", sub.topic_filter, message.topic)
                 message.ack()  # the handler did not take it: don't block the flow forever
 
-    def _route(self, topic: str, sub_ids: list[int] | None) -> list[_Subscription]:
+    def _route(self, topic: str, sub_ids: list[int] | None) -> list[Subscription]:
         with self._lock:
             subs = [self._by_id[i] for i in sub_ids or () if i in self._by_id]
             if subs:
                 return subs
-            return [s for s in self._subs.values() if _matches(s.topic_filter, topic)]
+            return [s for s in self._subs.values() if matches(s.topic_filter, topic)]
 
     def _to_message(self, msg: paho.MQTTMessage) -> Message:
-        props = msg.properties
-        ack: Callable[[], None] = _noop
         if self._manual_ack and msg.qos > 0:
-            ack = functools.partial(self._ack, _Once(), msg.mid, msg.qos, self._generation)
-        return Message(
-            topic=msg.topic,
-            payload=bytes(msg.payload),
-            qos=msg.qos,
-            retain=bool(msg.retain),
-            correlation_data=getattr(props, "CorrelationData", None),
-            response_topic=getattr(props, "ResponseTopic", None),
-            content_type=getattr(props, "ContentType", None),
-            expiry_interval=getattr(props, "MessageExpiryInterval", None),
-            payload_format_indicator=getattr(props, "PayloadFormatIndicator", None),
-            ack=ack,
-        )
+            return from_paho(
+                msg, functools.partial(self._ack, Once(), msg.mid, msg.qos, self._generation)
+            )
+        return from_paho(msg, noop)
 
-    def _ack(self, once: _Once, mid: int, qos: int, generation: int) -> None:
+    def _ack(self, once: Once, mid: int, qos: int, generation: int) -> None:
         # A mid from an earlier connection may already name another message.
         if once.take() and generation == self._generation and self._connected:
             self._paho.ack(mid, qos)
-
-
-class _Once:
-    """True the first time only: acking twice could ack a later message with the same mid."""
-
-    __slots__ = ("_lock", "_taken")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._taken = False
-
-    def take(self) -> bool:
-        with self._lock:
-            taken, self._taken = self._taken, True
-            return not taken
-
-
-def _matches(topic_filter: str, topic: str) -> bool:
-    """Filter match, ignoring a ``$share/<group>/`` head (fallback without sub ids)."""
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return paho.topic_matches_sub(topic_filter, topic)
-
-
-def _json_payload(topic: str, obj: Any, packet_type: int) -> tuple[bytes, Properties]:
-    try:
-        text = jsonlib.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise WireError(f"cannot encode the JSON payload for {topic!r}: {exc}") from exc
-    props = Properties(packet_type)
-    props.PayloadFormatIndicator = 1
-    props.ContentType = JSON_CONTENT_TYPE
-    return text.encode(), props
-
-
-def _publish_properties(
-    correlation_data: bytes | None,
-    response_topic: str | None,
-    content_type: str | None,
-    expiry_s: float | None,
-    is_json: bool,
-) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    if correlation_data is not None:
-        props.CorrelationData = correlation_data
-    if response_topic is not None:
-        props.ResponseTopic = response_topic
-    if content_type is not None or is_json:
-        props.ContentType = content_type or JSON_CONTENT_TYPE
-    if expiry_s is not None:
-        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
-    if is_json:
-        props.PayloadFormatIndicator = 1
-    return props
-
-
-def _packet_size(topic: str, data: bytes, props: Properties, qos: int) -> int:
-    """Size of the PUBLISH packet on the wire (what the broker's limit counts)."""
-    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(props.pack()) + len(data)
-    limits = (128, 16384, 2097152, 268435456)
-    length_bytes = next((n for n, top in enumerate(limits, 1) if remaining < top), 5)
-    return 1 + length_bytes + remaining

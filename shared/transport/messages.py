@@ -1,0 +1,172 @@
+"""The values the MQTT client hands out and the packet helpers it uses.
+
+Split from ``mqtt`` so the client module holds only the connection logic;
+nothing outside ``splitmq.shared.transport`` imports paho.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from splitmq.shared.errors import WireError
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+def noop() -> None:
+    """The ``ack`` of a message that needs none (QoS 0, or automatic acks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message, free of paho types. ``ack()`` releases a manual-ack slot."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    correlation_data: bytes | None = None
+    response_topic: str | None = None
+    content_type: str | None = None
+    expiry_interval: int | None = None
+    payload_format_indicator: int | None = None
+    ack: Callable[[], None] = field(default=noop, repr=False, compare=False)
+
+    def json(self) -> Any:
+        """The payload decoded as JSON; WireError if it is not."""
+        try:
+            return jsonlib.loads(self.payload)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise WireError(f"payload on {self.topic!r} is not JSON: {exc}") from exc
+
+
+Handler = Callable[[Message], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Presence: the broker publishes ``payload`` to ``topic`` if the client dies.
+
+    :meth:`MqttClient.close` publishes the same payload itself, so a clean
+    shutdown and a crash look alike to subscribers.
+    """
+
+    topic: str
+    payload: Mapping[str, Any] = field(default_factory=lambda: {"status": "offline"})
+    retain: bool = True
+    qos: int = 1
+
+
+class Once:
+    """True the first time only: acking twice could ack a later message with the same mid."""
+
+    __slots__ = ("_lock", "_taken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def take(self) -> bool:
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Filter match, ignoring a ``$share/<group>/`` head (fallback without sub ids)."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return paho.topic_matches_sub(topic_filter, topic)
+
+
+def json_payload(topic: str, obj: Any, packet_type: int) -> tuple[bytes, Properties]:
+    try:
+        text = jsonlib.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"cannot encode the JSON payload for {topic!r}: {exc}") from exc
+    props = Properties(packet_type)
+    props.PayloadFormatIndicator = 1
+    props.ContentType = JSON_CONTENT_TYPE
+    return text.encode(), props
+
+
+def publish_properties(
+    correlation_data: bytes | None,
+    response_topic: str | None,
+    content_type: str | None,
+    expiry_s: float | None,
+    is_json: bool,
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if content_type is not None or is_json:
+        props.ContentType = content_type or JSON_CONTENT_TYPE
+    if expiry_s is not None:
+        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+    if is_json:
+        props.PayloadFormatIndicator = 1
+    return props
+
+
+def packet_size(topic: str, data: bytes, props: Properties, qos: int) -> int:
+    """Size of the PUBLISH packet on the wire (what the broker's limit counts)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(props.pack()) + len(data)
+    limits = (128, 16384, 2097152, 268435456)
+    length_bytes = next((n for n, top in enumerate(limits, 1) if remaining < top), 5)
+    return 1 + length_bytes + remaining
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    topic_filter: str
+    handler: Handler
+    qos: int
+    sub_id: int  # MQTT v5 subscription identifier: routes a message to its handler
+
+
+@dataclass(slots=True)
+class PendingSubscribe:
+    done: threading.Event = field(default_factory=threading.Event)
+    codes: list[ReasonCode] = field(default_factory=list)
+
+
+class DropLastLoopNoise(logging.Filter):
+    """paho 2.2 logs an ERROR from its last loop pass after every clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected.")
+
+
+paho_log = logging.getLogger("splitmq.shared.transport.mqtt.paho")
+paho_log.addFilter(DropLastLoopNoise())
+
+
+def from_paho(msg: paho.MQTTMessage, ack: Callable[[], None]) -> Message:
+    """A paho message as a :class:`Message` (copying what the v5 properties carry)."""
+    props = msg.properties
+    return Message(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=msg.qos,
+        retain=bool(msg.retain),
+        correlation_data=getattr(props, "CorrelationData", None),
+        response_topic=getattr(props, "ResponseTopic", None),
+        content_type=getattr(props, "ContentType", None),
+        expiry_interval=getattr(props, "MessageExpiryInterval", None),
+        payload_format_indicator=getattr(props, "PayloadFormatIndicator", None),
+        ack=ack,
+    )
