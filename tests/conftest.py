@@ -3,20 +3,27 @@
 Tests never mock the broker and never use port 1883: ``broker`` runs the
 project's mosquitto.conf on a free port. Each test gets its own topic prefix,
 so retained messages and shared subscriptions never leak between tests.
-Synchronise on :class:`Inbox` (a condition with a timeout), never on sleeps.
+Synchronise on :class:`kit.Inbox` (a condition with a timeout) or
+:func:`kit.eventually`, never on sleeps.
+
+Hypothesis runs the ``dev`` profile (fewer examples) unless ``CI`` is set, as CI sets
+it: then ``ci``, the full count. ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``
+picks one by name.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from kit import Inbox
 
 from splitmq.broker.launcher import Broker
 from splitmq.shared.model.pool import ModelPool
@@ -25,29 +32,21 @@ from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
 
-
-class Inbox:
-    """A message handler that records what it gets; tests wait on it with a timeout."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, item: Any) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-    def arrived(self, count: int = 1, timeout: float = 5.0) -> bool:
-        """True once ``count`` items are in, False if the timeout passes first."""
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.items) >= count, timeout)
-
-    def wait(self, count: int = 1, timeout: float = 5.0) -> list[Any]:
-        """The items, once ``count`` arrived; fails the test on timeout."""
-        assert self.arrived(count, timeout), f"{len(self.items)} of {count} within {timeout:g} s"
-        with self._cond:
-            return list(self.items)
+# No deadline: the fuzzers decode tensors and the topic strategies build regexes, whose
+# time per example varies with the machine far more than any deadline would allow.
+# No example database in CI: every run starts clean; locally it replays past failures.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=1500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+hypothesis_settings.register_profile("dev", max_examples=100, deadline=None)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +93,7 @@ def make_client(settings: Settings) -> Iterator[Callable[..., MqttClient]]:
 
 @pytest.fixture
 def inbox() -> type[Inbox]:
-    """The :class:`Inbox` class: ``box = inbox(); client.subscribe(f, box); box.wait(1)``."""
+    """The :class:`kit.Inbox` class: ``box = inbox("results"); client.subscribe(f, box)``."""
     return Inbox
 
 

@@ -65,7 +65,12 @@ class Builder:
         return self.op("Gemm", [flat, w, b], transB=1)
 
     def model(
-        self, outputs: list[str], shuffle: bool = False, inits_as_inputs: bool = False
+        self,
+        outputs: list[str],
+        shuffle: bool = False,
+        inits_as_inputs: bool = False,
+        ir_version: int = 8,
+        opset: int = 17,
     ) -> onnx.ModelProto:
         nodes = list(self.nodes)
         if shuffle:
@@ -77,8 +82,8 @@ class Builder:
             ]
         outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", "K"]) for o in outputs]
         graph = helper.make_graph(nodes, self.name, inputs, outs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = ir_version
         return checked(copy(model)) and model  # valid once sorted; returned as built
 
 
@@ -161,11 +166,36 @@ def batch_reshape() -> onnx.ModelProto:
 
 
 def old_style_inputs() -> onnx.ModelProto:
-    """Weights listed among the graph inputs too (old IR versions)."""
+    """Weights listed among the graph inputs too, as old exporters did, but in an IR 8 file."""
     g = Builder("old_style")
     x = g.relu(g.conv(g.relu(g.conv("x"))))
     model = g.model([g.head(x)], inits_as_inputs=True)
     return model
+
+
+# (IR version, the newest opset of the first ONNX release with it; for IR 3 its last: 8).
+CLASSIC_IR_OPSETS = [(3, 8), (4, 9), (5, 10), (6, 11), (7, 12), (8, 15), (9, 19), (10, 21)]
+
+
+def classic(ir_version: int = 3, opset: int = 8) -> onnx.ModelProto:
+    """A model-zoo-era ResNet: weights as graph inputs (IR 3 requires it), residual blocks,
+    and the head's `x.view(x.size(0), -1)` whose Shape a later partition must rebuild."""
+    g = Builder(f"classic_ir{ir_version}")
+    x = g.relu(g.conv("x"))
+    for _ in range(2):
+        y = g.conv(g.relu(g.conv(x)))
+        x = g.relu(g.add(x, y))
+    pooled = g.op("GlobalAveragePool", [x])
+    batch = g.op("Gather", [g.op("Shape", [x]), g.const(np.array(0, np.int64))], axis=0)
+    if opset < 13:
+        batch = g.op("Unsqueeze", [batch], axes=[0])
+    else:
+        batch = g.op("Unsqueeze", [batch, g.const(np.array([0], np.int64))])
+    target = g.op("Concat", [batch, g.const(np.array([-1], np.int64))], axis=0)
+    flat = g.op("Reshape", [pooled, target])
+    w = g.const(RNG.standard_normal((3, C)).astype(np.float32))
+    logits = g.op("Gemm", [flat, w, g.const(np.zeros(3, np.float32))], transB=1)
+    return g.model([logits], inits_as_inputs=True, ir_version=ir_version, opset=opset)
 
 
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -179,4 +209,5 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "early_exit": early_exit,
     "batch_reshape": batch_reshape,
     "old_style_inputs": old_style_inputs,
+    "classic_ir3": classic,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,16 @@ def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> 
         find_mosquitto()
     with pytest.raises(BrokerError, match="make test"):
         Broker().start()
+
+
+def test_the_default_config_ships_inside_the_package() -> None:
+    assert resources.files("splitmq.broker").joinpath("mosquitto.conf") == DEFAULT_CONFIG
+    assert "listener 1883" in DEFAULT_CONFIG.read_text()
+
+
+def test_a_missing_config_is_a_broker_error(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match=r"cannot read mosquitto config \S*missing\.conf"):
+        Broker(config=tmp_path / "missing.conf").start()
 
 
 def test_startup_failure_shows_the_log_tail(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.offline.calibration import (
     calibrate,
     check_cuts,
-    codec_params,
     default_cuts,
     parse_cuts,
     save,
@@ -38,6 +37,11 @@ def _copy(real_pool: ModelPool, name: str, root: Path) -> ModelVersion:
     )
 
 
+def _stored(mv: ModelVersion) -> dict:
+    """The calibration as the manifest stores it: the on-disk contract."""
+    return json.loads((mv.dir / "manifest.json").read_text())["calibration"]
+
+
 @pytest.fixture(scope="module")
 def mnist(real_pool: ModelPool, tmp_path_factory: pytest.TempPathFactory) -> ModelVersion:
     return _copy(real_pool, "mnist-cnn", tmp_path_factory.mktemp("pool"))
@@ -52,7 +56,7 @@ def calibrated(mnist: ModelVersion) -> ModelVersion:
 
 
 def test_calibration_writes_ranges_per_tensor_and_per_channel(calibrated: ModelVersion) -> None:
-    cal = json.loads((calibrated.dir / "manifest.json").read_text())["calibration"]
+    cal = _stored(calibrated)
     # Cut 0 travels as u8 or JPEG pixels: nothing to calibrate there.
     assert sorted(cal["cuts"]) == ["1", "10"]
     ranges = cal["cuts"]["1"]
@@ -70,16 +74,16 @@ def test_calibration_writes_ranges_per_tensor_and_per_channel(calibrated: ModelV
 
 
 def test_codec_params_gives_the_calibrated_ranges(calibrated: ModelVersion) -> None:
-    per_channel = codec_params(calibrated, 1, "q4c")
+    per_channel = calibrated.codec_params(1, "q4c")
     assert per_channel is not None and len(per_channel["lo"]) == len(per_channel["hi"]) == 32
-    assert codec_params(calibrated, 1, "q4c+zstd") == per_channel
-    per_tensor = codec_params(calibrated, 1, "q4")
+    assert calibrated.codec_params(1, "q4c+zstd") == per_channel
+    per_tensor = calibrated.codec_params(1, "q4")
     assert per_tensor is not None and isinstance(per_tensor["hi"], float)
     for codec in ("raw", "fp16", "int8", "int8c", "clip4", "u8", "jpeg:85"):
-        assert codec_params(calibrated, 1, codec) is None, codec
-    assert codec_params(calibrated, 10, "q4c") is None  # the message's own range is better
-    assert codec_params(calibrated, 5, "q4c") is None  # a cut not calibrated
-    assert codec_params(calibrated, 0, "q4") is None
+        assert calibrated.codec_params(1, codec) is None, codec
+    assert calibrated.codec_params(10, "q4c") is None  # the message's own range is better
+    assert calibrated.codec_params(5, "q4c") is None  # a cut not calibrated
+    assert calibrated.codec_params(0, "q4") is None
 
 
 def test_calibrated_ranges_beat_min_max_on_held_out_digits(calibrated: ModelVersion) -> None:
@@ -88,14 +92,14 @@ def test_calibrated_ranges_beat_min_max_on_held_out_digits(calibrated: ModelVers
     x = tensors[1]
     for codec in CALIBRATED:
         errors = []
-        for params in (codec_params(calibrated, 1, codec), None):
+        for params in (calibrated.codec_params(1, codec), None):
             decoded = np.concatenate([decode(encode(one[None], codec, params)) for one in x])
             errors.append(float(np.mean((decoded - x) ** 2)))
         assert errors[0] < 0.8 * errors[1], (codec, errors)
 
 
 def test_mnist_fidelity_has_sane_accuracy(calibrated: ModelVersion) -> None:
-    cal = calibrated.manifest.calibration
+    cal = _stored(calibrated)
     assert cal["accuracy"] >= 0.97
     rows = {(row["cut"], row["codec"]): row for row in cal["fidelity"]}
     assert rows[(1, "raw")]["agreement"] == 1.0 and rows[(10, "raw")]["agreement"] == 1.0
@@ -194,7 +198,7 @@ def test_cli_json_rows_and_manifest(
     assert doc["rows"] and all(set(row) == ROW_KEYS for row in doc["rows"])
     assert {row["cut"] for row in doc["rows"]} == {0, 10}
     assert doc["accuracy"] is not None and doc["samples"]["evaluation"] == 100
-    stored = ModelPool(root).get("mnist-cnn").manifest.calibration
+    stored = _stored(ModelPool(root).get("mnist-cnn"))
     assert stored["fidelity"] == doc["rows"]
     bad = _splitmq(*args, "--cuts", "12", pool=root)
     assert bad.returncode == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from graphs import MODELS, early_exit, inception, residual
+from graphs import MODELS, classic, early_exit, inception, residual
 
 from splitmq.shared.model.cuts import find_cuts
 from splitmq.shared.model.graph import Graph
@@ -107,3 +107,8 @@ def test_conv_macs_count_groups():
     # conv3: 4->4, 3x3 on 8x8 = 8*8*4*4*9
     assert cuts[1].name == "conv3" and cuts[1].macs_before == 8 * 8 * 4 * 4 * 9
     assert cuts[1].bytes == 4 * 8 * 8 * 4
+
+
+def test_ir3_weights_as_inputs_give_the_cuts_of_the_same_model_in_a_newer_ir():
+    old, new = names(MODELS["classic_ir3"]()), names(classic(7, 12))
+    assert old == new and old[0] == "x" and len(old) > 5

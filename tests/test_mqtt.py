@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Inbox
+from kit import Inbox
 
 from splitmq.broker.launcher import DEFAULT_CONFIG, Broker, free_port
 from splitmq.shared.errors import BrokerError, PayloadTooLarge, WireError
@@ -154,18 +154,24 @@ def test_reconnect_restores_plain_and_shared_subscriptions(tmp_path: Path) -> No
 
 
 def test_shared_subscription_splits_the_load(make_client: MakeClient, topics: Topics) -> None:
-    box = Inbox()
+    box = Inbox("requests and markers at the workers")
+    marker = topics.telemetry("device", "marker")  # a plain topic: both workers get it
     for name in ("w1", "w2"):
-        make_client(name).subscribe(
-            topics.edge_requests_shared(), lambda m, name=name: box((name, m.payload))
-        )
+        worker = make_client(name)
+        worker.subscribe(topics.edge_requests_shared(), lambda m, name=name: box((name, m.payload)))
+        worker.subscribe(marker, lambda m, name=name: box((name, m.payload)))
     device = make_client("cam")
     for i in range(10):
         device.publish(topics.edge_request("m", 3, "cam"), str(i).encode(), wait=5)
-    got = box.wait(10)
-    assert sorted(int(p) for _, p in got) == list(range(10))
-    assert {name for name, _ in got} == {"w1", "w2"}
-    assert not box.arrived(11, timeout=0.2)  # each request went to exactly one worker
+    # The broker routes a client's messages in the order it sent them and delivers each
+    # session's in that order: a second copy of a request would come before the marker.
+    device.publish(marker, b"marker", wait=5)
+    got = box.wait(12)  # the 10 requests, and the marker at each worker
+    for name in ("w1", "w2"):
+        assert [p for n, p in got if n == name][-1] == b"marker", got
+    requests = [(name, p) for name, p in got if p != b"marker"]
+    assert sorted(int(p) for _, p in requests) == list(range(10))  # each to exactly one worker
+    assert {name for name, _ in requests} == {"w1", "w2"}
 
 
 DYING_CLIENT = textwrap.dedent(
@@ -216,17 +222,29 @@ def test_clean_close_publishes_the_offline_status(make_client: MakeClient, topic
 def test_manual_ack_with_receive_maximum_one_holds_the_next_message(
     make_client: MakeClient, topics: Topics
 ) -> None:
-    box = Inbox()
+    box = Inbox("requests and markers at the worker")
     worker = make_client("worker", manual_ack=True, receive_maximum=1)
     worker.subscribe(topics.edge_requests_shared(), box)
+    # Receive Maximum counts only QoS 1 and 2: a QoS 0 marker routed after the requests
+    # still reaches the worker, behind any request the broker did not hold back.
+    marker = topics.telemetry("device", "marker")
+    worker.subscribe(marker, box, qos=0)
     device = make_client("cam")
     for i in range(3):
         device.publish(topics.edge_request("m", 0, "cam"), bytes([i]), wait=5)
-    first = box.wait(1)[0]
-    assert not box.arrived(2, timeout=0.3)  # the broker holds #2 until #1 is acked
+
+    def arrived_after_a_marker(count: int) -> list[bytes]:
+        """The payloads once a marker sent now is in: what the broker let through."""
+        device.publish(marker, b"marker", wait=5)
+        return [m.payload for m in box.wait(count)]
+
+    assert arrived_after_a_marker(2) == [b"\x00", b"marker"]  # #2 held until #1 is acked
+    first = box.items[0]
     first.ack()
     first.ack()  # idempotent: must not ack a later message with the same id
-    second = box.wait(2)[1]
-    assert not box.arrived(3, timeout=0.3)
+    second = box.wait(3)[2]
+    assert second.payload == b"\x01"
+    assert arrived_after_a_marker(4)[3] == b"marker"  # #3 held until #2 is acked
     second.ack()
-    assert [m.payload for m in box.wait(3)] == [b"\x00", b"\x01", b"\x02"]
+    payloads = [m.payload for m in box.wait(5)]
+    assert payloads == [b"\x00", b"marker", b"\x01", b"marker", b"\x02"]

@@ -10,7 +10,7 @@ import pytest
 
 from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.preprocess import normalize, to_pixels
-from splitmq.shared.model.split import max_deviation, split
+from splitmq.shared.model.split import EXACT_ATOL, max_deviation, split
 from splitmq.shared.offline.datasets import mnist_digits, photos
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,10 @@ def test_efficientnet_every_single_cut_and_sampled_pairs_are_exact(real_pool):
     x = mv.graph.sample_input()
     last = mv.last_cut
     for a in range(1, last):
-        assert max_deviation(mv, split(mv, a), x) <= 1e-4, a
+        assert max_deviation(mv, split(mv, a), x) <= EXACT_ATOL, a
     rng = random.Random(0)
     for a, b in (sorted(rng.sample(range(1, last), 2)) for _ in range(12)):
-        assert max_deviation(mv, split(mv, a, b), x) <= 1e-4, (a, b)
+        assert max_deviation(mv, split(mv, a, b), x) <= EXACT_ATOL, (a, b)
 
 
 def test_mnist_every_pair_of_cuts_is_exact(real_pool):
@@ -46,7 +46,7 @@ def test_mnist_every_pair_of_cuts_is_exact(real_pool):
     x = mv.graph.sample_input()
     for a in range(1, mv.last_cut):
         for b in [None, *range(a + 1, mv.last_cut)]:
-            assert max_deviation(mv, split(mv, a, b), x) <= 1e-4, (a, b)
+            assert max_deviation(mv, split(mv, a, b), x) <= EXACT_ATOL, (a, b)
 
 
 def test_mnist_weights_and_preprocessing_are_real(real_pool):

@@ -5,28 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from clitools import cli_env, run_cli, start_cli
+from kit import eventually, make_request
 
 from splitmq.cloud.worker import cloud_worker
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
-from splitmq.shared.codecs import encode
-from splitmq.shared.protocol.plan import make_plan
-from splitmq.shared.protocol.wire import (
-    DeviceTiming,
-    Hop,
-    Request,
-    Timing,
-    pack_request,
-    unpack_result,
-)
+from splitmq.shared.model.plans import make_plan
+from splitmq.shared.protocol.results import unpack_result
+from splitmq.shared.protocol.wire import pack_request
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +39,7 @@ def test_worker_telemetry_is_retained_and_the_will_marks_it_offline(
         )
         online = docs.wait(1, timeout=60)[0]
         assert online["status"] == "online" and online["role"] == "edge"
-        assert {"id", "ts", "models", "queue", "in_flight", "rps", "latency", "errors"} <= set(
+        assert {"id", "ts", "models", "queued", "in_flight", "rps", "service", "errors"} <= set(
             online
         )
         proc.send_signal(signal.SIGKILL)
@@ -80,50 +72,41 @@ def test_device_telemetry_estimates_its_link(cfg, real_pool, topics, make_client
     ):
         for im in np.zeros((10, 28, 28), np.uint8):
             dev.infer(im)
-        deadline = time.monotonic() + 10
-        while not (docs.items and docs.items[-1].get("uplink_bps")):
-            assert time.monotonic() < deadline, "no telemetry with an uplink estimate"
-            docs.arrived(len(docs.items) + 1, timeout=1)
+        eventually(
+            lambda: docs.items and docs.items[-1].get("link", {}).get("uplink_bps"),
+            "device telemetry with an uplink estimate",
+        )
     doc = [d for d in docs.items if d.get("status") == "online"][-1]
     assert doc["role"] == "device" and doc["speed"] == 1.0 and 0 < doc["battery"] <= 1
-    assert 5 <= doc["rtt_ms"] <= 40, doc["rtt_ms"]
-    assert 8e6 <= doc["uplink_bps"] <= 40e6, doc["uplink_bps"]  # 50 kB requests at 20 Mbit/s
+    link = doc["link"]
+    assert 5 <= link["rtt_ms"] <= 40, link
+    assert 8e6 <= link["uplink_bps"] <= 40e6, link  # 50 kB requests at 20 Mbit/s
     assert doc["plan"]["cut"] == 4
 
 
 def test_a_duplicate_request_is_answered_once(cfg, real_pool, topics, make_client, inbox):
     mv = real_pool.get("mnist-cnn")
-    t = time.time()
-    request = Request(
-        id=uuid.uuid4().hex,
-        device="dev-dup",
-        model=mv.name,
-        version=mv.version,
-        cut=4,
-        route=(Hop("edge"),),
-        hop=0,
-        tensor=encode(np.zeros((1, 64, 14, 14), np.float32), "raw"),
-        deadline=t + 30,
-        timing=Timing(DeviceTiming(t, t, t, t)),
-    )
-    results = inbox()
+    request, marker = (make_request(model=mv, device="dev-dup") for _ in range(2))
+    results = inbox("results for dev-dup")
     client = make_client("dup-sender")
     client.subscribe(topics.result("dev-dup"), results)
-    with edge_worker(cfg, "dup-edge") as worker:
+    topic = topics.request("edge", mv.name, 4, "dev-dup")
+    # One thread serves the requests in the order they came: the marker, a fresh request
+    # sent last, is answered after anything the duplicates could have caused.
+    with edge_worker(cfg, "dup-edge", threads=1) as worker:
         for _ in range(3):  # QoS 1 redelivery or a device retry looks like this
-            client.publish(topics.request("edge", mv.name, 4, "dev-dup"), pack_request(request))
-        assert unpack_result(results.wait(1)[0].payload).id == request.id
-        deadline = time.monotonic() + 10
-        while worker.stats.snapshot_counts().get("duplicates", 0) < 2:
-            assert time.monotonic() < deadline, "the duplicates never arrived"
-            results.arrived(2, timeout=0.1)
-    assert len(results.items) == 1
+            client.publish(topic, pack_request(request))
+        client.publish(topic, pack_request(marker))
+        answered = [unpack_result(m.payload).id for m in results.wait(2, timeout=20)]
+    counts = worker.stats.snapshot_counts()  # stopped: its threads are done
+    assert answered == [request.id, marker.id]
+    assert counts.get("duplicates") == 2 and counts.get("served") == 2
 
 
 def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     mv = real_pool.get("mnist-cnn")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps(make_plan(mv, 4, "int8").to_json("cli-dev")))
+    plan.write_text(json.dumps(make_plan(mv, 4, "int8").for_device("cli-dev").to_json_dict()))
     images = tmp_path / "digits.npy"
     from splitmq.shared.offline.datasets import mnist_digits
 
@@ -212,11 +195,13 @@ def test_the_demo_stops_everything_it_started(real_pool, sig):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (brokers := [p for p, name in _children(proc.pid) if name == "mosquitto"]):
+
+        def its_broker() -> list[int]:
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the demo never started its broker"
-            time.sleep(0.1)  # polling /proc: there is no event to wait on
+            return [pid for pid, name in _children(proc.pid) if name == "mosquitto"]
+
+        # /proc has no event to wait on
+        brokers = eventually(its_broker, "the demo to start its broker", timeout=120, every=0.1)
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 130
     finally:

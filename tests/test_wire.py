@@ -9,27 +9,30 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from kit import make_request
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode
 from splitmq.shared.errors import CodecError, WireError
-from splitmq.shared.protocol.wire import (
-    DeviceTiming,
+from splitmq.shared.protocol.results import (
     ErrorReport,
-    Hop,
     HopLatency,
-    HopTiming,
-    Request,
     Result,
-    Timing,
     TopK,
-    expiry_interval,
     latency_breakdown,
     pack_error,
-    pack_request,
     pack_result,
     unpack_error,
-    unpack_request,
     unpack_result,
+)
+from splitmq.shared.protocol.wire import (
+    DeviceTiming,
+    Hop,
+    HopTiming,
+    Request,
+    Timing,
+    expiry_interval,
+    pack_request,
+    unpack_request,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
@@ -48,17 +51,17 @@ MEANING: dict[str, Any] = json.loads(_doc_block("request-int8 json"))
 
 
 def _from_meaning(doc: dict[str, Any]) -> Request:
-    """Build the request the doc's JSON describes, field by field."""
+    """Build the request the doc's JSON describes, field by field: no defaults."""
     tensor = doc["tensor"]
     device, *hops = doc["t"]
-    return Request(
+    return make_request(
+        tuple(Hop(**hop) for hop in doc["route"]),
+        hop=doc["hop"],
         id=doc["id"],
         device=doc["device"],
         model=doc["model"],
         version=doc["version"],
         cut=doc["cut"],
-        route=tuple(Hop(**hop) for hop in doc["route"]),
-        hop=doc["hop"],
         tensor=EncodedTensor(
             tensor["dtype"],
             tuple(tensor["shape"]),

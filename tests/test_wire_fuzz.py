@@ -20,34 +20,29 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit import make_request
 from PIL import Image
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode
 from splitmq.shared.errors import CodecError, WireError
+from splitmq.shared.protocol.results import unpack_error, unpack_result
 from splitmq.shared.protocol.wire import (
     DeviceTiming,
     Hop,
-    HopTiming,
     Request,
     Timing,
     pack_request,
-    unpack_error,
     unpack_request,
-    unpack_result,
 )
 
 MAX_BYTES = 1 << 20
 PEAK = 4 << 20  # what reading one payload may allocate
 
 
-def fuzz(examples: int) -> Any:
-    """Hypothesis settings for these tests: many examples, no deadline, no example database."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+# The example count and the deadline come from the profile (tests/conftest.py): few
+# locally, the full count in CI. What is left is these strategies' own business:
+# recursive documents and whole payloads are big draws, and big draws are slow.
+fuzz = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def _read(payload: bytes) -> None:
@@ -70,9 +65,12 @@ def _read(payload: bytes) -> None:
 
 _ID_CHARS = "ABCXYZabcxyz0189_-"
 IDS = st.text(_ID_CHARS, min_size=1, max_size=8)
-MODELS = st.builds(str.__add__, IDS, st.sampled_from(["", ".v2", "-lite0.onnx"])) | st.just(
-    "m" * 63 + "."
-)
+MODELS = st.builds(  # a model name starts with a letter or a digit
+    "{}{}{}".format,
+    st.sampled_from(_ID_CHARS.strip("_-")),
+    st.text(_ID_CHARS, max_size=7),
+    st.sampled_from(["", ".v2", "-lite0.onnx"]),
+) | st.just("m" * 63 + ".")
 IDS = IDS | st.just("x" * 64)
 TIMES = st.floats(0, 1e10)
 FOUR_TIMES = st.lists(TIMES, min_size=4, max_size=4)
@@ -94,22 +92,6 @@ def _tensor(codec: str, seed: int, dims: list[int]) -> EncodedTensor:
     return encode(rng.standard_normal(shape).astype(np.float32), codec)
 
 
-def _request(
-    route: tuple[Hop, ...], hop: int, start: int, tensor: EncodedTensor, **fields: Any
-) -> Request:
-    """A request at ``hop`` of ``route`` whose first hop started at cut ``start``."""
-    records = tuple(HopTiming(route[i].tier, f"w{i}", 1.0, 2.0, 3.0, 4.0, 330) for i in range(hop))
-    defaults = {"id": "r1", "device": "cam-01", "model": "m", "version": 1, "deadline": None}
-    return Request(
-        **{**defaults, **fields},
-        cut=route[hop - 1].to if hop else start,  # type: ignore[arg-type]
-        route=route,
-        hop=hop,
-        tensor=tensor,
-        timing=Timing(DeviceTiming(1.0, 2.0, 3.0, 4.0), records),
-    )
-
-
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
     hops = draw(st.integers(1, 4))
@@ -121,11 +103,12 @@ def requests(draw: st.DrawFn) -> Request:
     )
     dims = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
     tensor = _tensor(draw(st.sampled_from(CODECS)), draw(st.integers(0, 2**32 - 1)), dims)
-    request = _request(
+    request = make_request(
         route,
-        draw(st.integers(0, hops - 1)),
-        start,
-        tensor,
+        hop=draw(st.integers(0, hops - 1)),
+        start=start,
+        tensor=tensor,
+        at=1.0,
         id=draw(IDS),
         device=draw(IDS),
         model=draw(MODELS),
@@ -150,7 +133,10 @@ def _pool() -> list[bytes]:
         route = routes[index % len(routes)]
         tensor = _tensor(codec, index, [1 + index % 3, 2, 3])
         deadline = 1700000000.5 if index % 2 else None
-        pool.append(_request(route, index % len(route), 0, tensor, deadline=deadline))
+        hop = index % len(route)
+        pool.append(
+            make_request(route, hop=hop, start=0, tensor=tensor, at=1.0, id="r1", deadline=deadline)
+        )
     return [pack_request(request) for request in pool]
 
 
@@ -192,19 +178,19 @@ def _paths(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 # --- the readers see garbage --------------------------------------------------------------
 
 
-@fuzz(3000)
+@fuzz
 @given(st.binary(max_size=600))
 def test_random_bytes(payload: bytes) -> None:
     _read(payload)
 
 
-@fuzz(1500)
+@fuzz
 @given(VALUES)
 def test_random_msgpack_documents(value: Any) -> None:
     _read(msgpack.packb(value))
 
 
-@fuzz(800)
+@fuzz
 @given(requests())
 def test_valid_requests_round_trip(request: Request) -> None:
     payload = pack_request(request)
@@ -212,13 +198,13 @@ def test_valid_requests_round_trip(request: Request) -> None:
     assert decode(request.tensor).shape == request.tensor.shape
 
 
-@fuzz(1000)
+@fuzz
 @given(PAYLOADS, st.data())
 def test_truncated_requests(payload: bytes, data: st.DataObject) -> None:
     _read(payload[: data.draw(st.integers(0, len(payload) - 1))])
 
 
-@fuzz(1500)
+@fuzz
 @given(PAYLOADS, st.lists(st.tuples(st.integers(0), st.integers(0, 255)), min_size=1, max_size=8))
 def test_corrupted_bytes(payload: bytes, flips: list[tuple[int, int]]) -> None:
     corrupted = bytearray(payload)
@@ -227,7 +213,7 @@ def test_corrupted_bytes(payload: bytes, flips: list[tuple[int, int]]) -> None:
     _read(bytes(corrupted))
 
 
-@fuzz(1500)
+@fuzz
 @given(PAYLOADS, st.data())
 def test_mutated_fields(payload: bytes, data: st.DataObject) -> None:
     doc = msgpack.unpackb(payload)
@@ -250,7 +236,7 @@ def test_mutated_fields(payload: bytes, data: st.DataObject) -> None:
 # --- hostile sizes ------------------------------------------------------------------------
 
 _SMALL = msgpack.unpackb(
-    pack_request(_request((Hop("cloud"),), 0, 0, encode(np.zeros((1, 4), np.float32), "raw")))
+    pack_request(make_request((Hop("cloud"),), start=0, at=1.0, id="r1", deadline=None))
 )
 
 
@@ -263,7 +249,7 @@ def _with_tensor(**tensor: Any) -> bytes:
 DIMS = st.integers(-(2**63), 2**64 - 1) | st.sampled_from([10**12, 2**31, 2**31 - 1, 2**16])
 
 
-@fuzz(1000)
+@fuzz
 @given(
     st.lists(DIMS, min_size=0, max_size=10),
     st.sampled_from(CODECS),
@@ -308,7 +294,7 @@ del _ZEROS
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@fuzz(300)
+@fuzz
 @given(
     st.sampled_from(["zstd", "lz4", "jpeg"]),
     st.data(),
@@ -345,7 +331,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@fuzz(1500)
+@fuzz
 @given(st.binary(max_size=300) | JSON_VALUES.map(lambda value: json.dumps(value).encode()))
 def test_json_readers_on_garbage(payload: bytes) -> None:
     for read in (unpack_result, unpack_error):

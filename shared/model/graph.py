@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
 
@@ -62,6 +62,28 @@ def checked(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{where}: invalid ONNX model: {first}") from exc
+    return model
+
+
+# Before IR 4 (ONNX 1.4) every initializer had to be declared as a graph input
+# as well; the checker still enforces that for files that say IR 3.
+FIRST_IR_WITH_FREE_INITIALIZERS = 4
+
+
+def declare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """List each undeclared initializer as a graph input if the model's IR needs it.
+
+    A model built from parts of an IR-3 file keeps the file's IR version (its
+    opsets may predate IR 4), so it must follow IR 3's rule. In place; returns ``model``.
+    """
+    if model.ir_version >= FIRST_IR_WITH_FREE_INITIALIZERS:
+        return model
+    declared = {i.name for i in model.graph.input}
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer
+        if t.name not in declared
+    )
     return model
 
 

@@ -5,7 +5,9 @@ input; b = None: to the model's outputs). Every model output computed on the
 way — an early-exit head — is an output of the segment able to compute it.
 Constants are copied to every segment that needs them; a shape read of a
 tensor that lives upstream is rebuilt from this segment's own input, whose
-batch dim is the same, and the statically known remaining dims.
+batch dim is the same, and the statically known remaining dims. A segment
+keeps the model's IR version and opsets; under IR 3 its weights are listed
+as graph inputs after the cut tensor, as that IR requires.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
 from splitmq.shared.model.cuts import Cut
-from splitmq.shared.model.graph import SHAPE_OPS, Graph
+from splitmq.shared.model.graph import SHAPE_OPS, Graph, declare_initializers
 
 DTYPE_TO_ONNX = {
     "float32": onnx.TensorProto.FLOAT,
@@ -100,7 +102,8 @@ def extract_segment(graph: Graph, cuts: list[Cut], a: int, b: int | None) -> onn
     model = helper.make_model(
         seg, opset_imports=list(graph.model.opset_import), producer_name="splitmq"
     )
-    model.ir_version = graph.model.ir_version
+    model.ir_version = graph.model.ir_version  # kept: the opsets may predate a newer IR
+    declare_initializers(model)  # IR < 4: weights are graph inputs too, after the cut tensor
     onnx.checker.check_model(model)
     return model
 

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
-from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.graph import declare_initializers, make_session
 from splitmq.shared.model.outputs import softmax
 
 
@@ -94,5 +94,6 @@ def attach_exit_head(
         helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", weight.shape[0]])
     )
     g.output.extend(final)
+    declare_initializers(out)  # IR < 4 lists weights as inputs too
     onnx.checker.check_model(out)
     return out

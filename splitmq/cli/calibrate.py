@@ -8,16 +8,8 @@ import typer
 from rich.progress import TaskID
 from rich.table import Table
 
-from splitmq.cli import PoolOption, app
-from splitmq.commands_models import (
-    JsonOption,
-    ModelArg,
-    human,
-    open_ref,
-    out,
-    print_json,
-    progress_bar,
-)
+from splitmq.cli.output import human, out, print_json, progress_bar
+from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref
 from splitmq.shared.offline.calibration import Calibration, parse_cuts, save
 from splitmq.shared.offline.calibration import calibrate as run_calibration
 from splitmq.shared.offline.clipping import CLIPS, check_clip
@@ -94,7 +86,7 @@ def calibrate(
                 "model": mv.name,
                 "version": mv.version,
                 "clip": result.clip,
-                "samples": result.samples,
+                "samples": result.samples.model_dump(),
                 "accuracy": result.accuracy,
                 "rows": [row.to_json() for row in result.rows],
             }
@@ -112,9 +104,9 @@ def calibrate(
 def _table(name: str, version: int, result: Calibration) -> Table:
     labelled = result.accuracy is not None
     table = Table(
-        title=f"{name} v{version}: {result.samples['evaluation']} held-out samples "
-        f"({result.samples['evaluation_data']}), clip ranges from "
-        f"{result.samples['calibration']} others ({result.clip})"
+        title=f"{name} v{version}: {result.samples.evaluation} held-out samples "
+        f"({result.samples.evaluation_data}), clip ranges from "
+        f"{result.samples.calibration} others ({result.clip})"
     )
     columns = ["cut", "codec", "bytes", "ratio", "agreement", *(["accuracy"] if labelled else [])]
     for col in columns:

@@ -25,10 +25,11 @@ from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Answer, Device
 from splitmq.shared.errors import SplitMQError, UserError
 from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.model.preprocess import normalize, to_pixels
 from splitmq.shared.offline.datasets import photos
-from splitmq.shared.protocol.plan import Plan, make_plan
+from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.settings import Settings
 
 # Device profiles: (link, speed vs this host). Cycled over the devices.
@@ -135,6 +136,8 @@ def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
     """Top-1 of the unsplit model, run locally: what every answer is checked against."""
     session = make_session(mv.model_bytes)
     pre = mv.manifest.preprocess
+    if pre is None:
+        raise UserError(f"{mv.name} has no preprocessing in its manifest: the demo needs images")
     final = mv.output_names[-1]
     return [
         int(session.run([final], {mv.cuts[0].name: normalize(to_pixels(f, pre), pre)})[0].argmax())
@@ -147,7 +150,7 @@ def _stream(
 ) -> list[Future]:
     """Each device sends its share of the frames from its own thread, pipelined."""
     futures: list[Future | None] = [None] * len(frames)
-    done = Counter()
+    done: Counter[str] = Counter()
     lock = threading.Lock()
 
     def tick(_: Future) -> None:

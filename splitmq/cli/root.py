@@ -1,0 +1,81 @@
+"""The root of the ``splitmq`` command line: the Typer app, its shared options, settings.
+
+Command modules import ``app`` from here and register on it; nothing here
+imports a command module, so the CLI has no import cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from splitmq.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from splitmq.shared.model.pool import ModelVersion
+
+app = typer.Typer(
+    name="splitmq",
+    help="Split DNN inference between IoT devices, edge servers and the cloud over MQTT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PoolOption = Annotated[
+    str | None,
+    typer.Option("--pool", help="Model pool directory [env: SPLITMQ_POOL].", show_default=False),
+]
+BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker", help="MQTT broker host:port [env: SPLITMQ_BROKER].", show_default=False
+    ),
+]
+PrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--topic-prefix", help="Topic prefix [env: SPLITMQ_TOPIC_PREFIX].", show_default=False
+    ),
+]
+IdOption = Annotated[str | None, typer.Option("--id", help="Client id (default: random).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
+ModelArg = Annotated[str, typer.Argument(help="Pool name (NAME or NAME@VERSION) or FILE.onnx.")]
+
+_verbosity = 0  # how many -v the user gave; read by the error handler in splitmq.cli
+
+
+def verbosity() -> int:
+    """How many ``-v`` the root command got (0 before it has parsed its options)."""
+    return _verbosity
+
+
+def settings(**overrides: object) -> Settings:
+    """Settings from env/.env, with the flags the user gave on top."""
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).splitlines()[-1]) from exc
+
+
+def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:
+    """Settings and the model ``ref`` names: a pool NAME[@VERSION] or an .onnx file."""
+    from splitmq.shared.model.pool import ModelPool, open_model
+
+    cfg = settings(pool=pool)
+    with Console(stderr=True).status(f"loading {ref} …"):
+        return cfg, open_model(ModelPool(cfg.pool), ref)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
+) -> None:
+    global _verbosity
+    _verbosity = verbose
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
