@@ -1,39 +1,8 @@
-"""Feature-map and input codecs: how a tensor becomes bytes and back (docs/wire-format.md)."""
+"""Feature-map and input codecs: how a tensor becomes bytes and back (docs/wire-format.md).
 
-from splitmq.shared.codecs.core import (
-    CODECS,
-    DEFAULT_MAX_BYTES,
-    DTYPES,
-    INPUT_CODECS,
-    MAX_ELEMENTS,
-    MAX_RANK,
-    STAGES,
-    CodecInfo,
-    CodecName,
-    EncodedTensor,
-    check,
-    decode,
-    encode,
-    is_lossless,
-    list_codecs,
-    parse_codec,
-)
+The public names are those of ``core`` (its ``__all__``); the codec implementations
+live in ``base``, ``plain``, ``quant`` and ``image``.
+"""
 
-__all__ = [
-    "CODECS",
-    "DEFAULT_MAX_BYTES",
-    "DTYPES",
-    "INPUT_CODECS",
-    "MAX_ELEMENTS",
-    "MAX_RANK",
-    "STAGES",
-    "CodecInfo",
-    "CodecName",
-    "EncodedTensor",
-    "check",
-    "decode",
-    "encode",
-    "is_lossless",
-    "list_codecs",
-    "parse_codec",
-]
+from splitmq.shared.codecs.core import *  # noqa: F403
+from splitmq.shared.codecs.core import __all__ as __all__
