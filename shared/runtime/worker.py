@@ -195,7 +195,8 @@ class Worker:
             self.tier, self.id, t_recv, outcome.t_start, outcome.t_done, outcome.t_end, nbytes
         )
         if outcome.forward is not None:
-            return request.forwarded(hop.to or 0, outcome.forward, record)
+            assert hop.to is not None  # the executor forwards only from a hop that stops early
+            return request.forwarded(hop.to, outcome.forward, record)
         return self._result(request, outcome, record)
 
     def _result(self, request: Request, outcome: Outcome, record: HopTiming) -> Result:
