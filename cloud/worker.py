@@ -18,6 +18,7 @@ def cloud_worker(
     threads: int = 2,
     queue_size: int = 8,
     results: Path | None = None,
+    speed: float = 1.0,
 ) -> Worker:
     store = ResultsStore(results) if results else None
     worker = Worker(
@@ -27,6 +28,7 @@ def cloud_worker(
         threads=threads,
         queue_size=queue_size,
         on_result=store.add if store else None,
+        speed=speed,
     )
     if store:
         worker.on_stop.append(store.close)

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import threading
 
+from splitmq.shared.protocol.telemetry import Power
+
 #: A small 1.5 Ah, 3.7 V cell.
 BATTERY_JOULES = 20_000.0
-#: Power while computing and while the radio sends (W); the planner's energy model
-#: (docs) uses the same defaults.
-COMPUTE_W = 2.0
-RADIO_W = 1.0
 
 
 class Battery:
-    """Charge in [0, 1]; ``spend`` takes compute seconds (at this host's speed) and radio time."""
+    """Charge in [0, 1], drained by the planner's own energy model (``Power``)."""
 
-    def __init__(self, level: float = 1.0, speed: float = 1.0) -> None:
+    def __init__(
+        self, level: float = 1.0, power: Power | None = None, joules: float | None = None
+    ) -> None:
         self.level = level
-        self.speed = speed
+        self.power = power or Power()
+        self.joules = joules or BATTERY_JOULES
         self._lock = threading.Lock()
 
-    def spend(self, compute_s: float, radio_s: float) -> None:
-        joules = COMPUTE_W * compute_s / self.speed + RADIO_W * radio_s
+    def spend(self, compute_s: float, radio_s: float = 0.0, idle_s: float = 0.0) -> None:
+        """Seconds computing (as this device runs), sending, and waiting for an answer."""
+        joules = self.power.energy_mj(compute_s, radio_s, idle_s) / 1000
         with self._lock:
-            self.level = max(0.0, self.level - joules / BATTERY_JOULES)
+            self.level = max(0.0, self.level - joules / self.joules)

@@ -1,11 +1,27 @@
-"""What the device learns about its network from its own requests.
+"""What the device learns about its network: from its own requests, and from probes.
 
-Results carry the worker's send time, so result arrival minus that time is
-the downlink's one-way delay (results are small: it is mostly latency);
-twice its median estimates the RTT. Each request's first hop records when it
-arrived, so its transfer time minus half the RTT is the time its bytes spent
-on the uplink, which gives the bandwidth. Both assume the hosts' clocks are
-synchronised (NTP), as the latency breakdown does.
+- **RTT.** Results carry the worker's send time, so result arrival minus
+  that time is the downlink's one-way delay (results are small: it is
+  mostly latency); twice it is an RTT sample. A probe's small message gives
+  another (``probe``).
+- **Uplink.** Each answered request's first hop records when its last byte
+  arrived. Requests pipelined through one uplink queue behind each other,
+  so a single request's transfer time undercounts the rate; over the last
+  few requests, their bytes divided by the time the uplink was busy (the
+  union of [sent, arrived - RTT/2] over them) does not. A probe's pair of
+  messages gives another sample.
+
+- **Overdue requests.** A request still unanswered long after the estimate
+  says it should have been (``OVERDUE`` times, plus 100 ms) bounds the
+  rate from above: its bytes have taken at least that long. So when the
+  link drops, the estimate falls while the requests are still on their way,
+  not only once their answers are in (``overdue``).
+
+Estimates are medians of the last few samples, so a link that changes is
+seen within a few requests, and carry the age of their newest sample (a
+stale one means nothing: ``planner.state`` treats it as unknown). Request
+samples assume the hosts' clocks are synchronised (NTP), as the latency
+breakdown does; probes do not.
 """
 
 from __future__ import annotations
@@ -15,32 +31,66 @@ import threading
 import time
 from collections import deque
 
+#: Samples each estimate is the median of.
+WINDOW = 6
+#: Recent requests whose busy time gives one uplink sample.
+TRAIN = 4
+#: How many times its expected time a request may take before it says the link is slower.
+OVERDUE = 3.0
+
 
 class LinkEstimator:
-    """Median one-way delay and uplink rate over the last ``window`` requests."""
+    """Median RTT and uplink rate over the last ``window`` samples (see module docstring)."""
 
-    def __init__(self, window: int = 64) -> None:
-        self._one_way: deque[float] = deque(maxlen=window)
+    def __init__(self, window: int = WINDOW) -> None:
+        self._rtt_s: deque[float] = deque(maxlen=window)
         self._bps: deque[float] = deque(maxlen=window)
+        self._sent: deque[tuple[float, float, int]] = deque(maxlen=TRAIN)
         self._lock = threading.Lock()
         self._newest: float | None = None  # monotonic time of the newest sample
 
     def downlink(self, one_way_s: float) -> None:
-        with self._lock:
-            self._one_way.append(max(one_way_s, 0.0))
-            self._newest = time.monotonic()
+        """A result arrived ``one_way_s`` after the worker sent it."""
+        self._add(self._rtt_s, 2 * max(one_way_s, 0.0))
 
-    def uplink(self, nbytes: int, transfer_s: float) -> None:
-        rtt = (self.rtt_ms() or 0.0) / 1000
-        on_wire = transfer_s - rtt / 2
-        if on_wire > 1e-4:
-            with self._lock:
-                self._bps.append(nbytes * 8 / on_wire)
-                self._newest = time.monotonic()
+    def transfer(self, t_sent: float, t_arrived: float, nbytes: int) -> None:
+        """An answered request's first hop: sent at ``t_sent``, all arrived at ``t_arrived``."""
+        half_rtt = (self.rtt_ms() or 0.0) / 2000
+        with self._lock:
+            self._sent.append((t_sent, t_arrived - half_rtt, nbytes))
+            spans = sorted((start, end) for start, end, _ in self._sent if end > start)
+            total = sum(n for start, end, n in self._sent if end > start)
+        busy, reach = 0.0, float("-inf")
+        for start, end in spans:  # the length of the union of the spans
+            busy += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        if busy > 1e-4:
+            self._add(self._bps, total * 8 / busy)
+
+    def probe(self, small_s: float, large_s: float, extra_bytes: int) -> None:
+        """Two probes timed to their acknowledgement: ``extra_bytes`` more took that longer."""
+        self._add(self._rtt_s, small_s)
+        if large_s > small_s:
+            self._add(self._bps, extra_bytes * 8 / (large_s - small_s))
+
+    def overdue(self, nbytes: int, age_s: float) -> None:
+        """A request of ``nbytes`` sent ``age_s`` ago is not answered yet."""
+        bps, rtt_ms = self.uplink_bps(), self.rtt_ms() or 0.0
+        if bps is None:
+            return
+        rtt = rtt_ms / 1000
+        expected = nbytes * 8 / bps + rtt
+        if age_s > OVERDUE * expected + 0.1:
+            self._add(self._bps, min(bps, nbytes * 8 / (age_s - rtt)))
+
+    def _add(self, samples: deque[float], value: float) -> None:
+        with self._lock:
+            samples.append(value)
+            self._newest = time.monotonic()
 
     def rtt_ms(self) -> float | None:
         with self._lock:
-            return round(2000 * statistics.median(self._one_way), 3) if self._one_way else None
+            return round(1000 * statistics.median(self._rtt_s), 3) if self._rtt_s else None
 
     def uplink_bps(self) -> float | None:
         with self._lock:

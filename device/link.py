@@ -5,6 +5,11 @@ message of n bytes leaves when the link is free, occupies it n/bandwidth
 seconds, and arrives one-way latency later; the action attached to it runs
 then, on the line's own thread. The device sends its requests through one
 line (uplink) and receives its results through another (downlink).
+
+``LinkSchedule`` changes the link while a device runs:
+``50mbit/10ms@0,1mbit/40ms@10s`` is 50 Mbit/s for the first 10 s, then
+1 Mbit/s with a 40 ms RTT. A message takes the link as it is when it is
+sent.
 """
 
 from __future__ import annotations
@@ -12,18 +17,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from splitmq.shared.errors import UserError
+from splitmq.shared.units import format_rate, parse_ms, parse_rate
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-_LINK = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit/(\d+(?:\.\d+)?)ms$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -35,26 +37,64 @@ class LinkSpec:
 
     @classmethod
     def parse(cls, text: str) -> LinkSpec:
-        m = _LINK.match(text.strip())
-        if not m:
+        rate, sep, rtt = text.strip().partition("/")
+        if not sep:
             raise UserError(
                 f"bad link {text!r}: use BANDWIDTH/RTT like 10mbit/20ms or 500kbit/80ms"
             )
-        bits = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        if bits <= 0:
-            raise UserError(f"bad link {text!r}: bandwidth must be positive")
-        return cls(bits, float(m.group(3)))
+        return cls(
+            parse_rate(rate, f"link bandwidth in {text!r}"), parse_ms(rtt, f"RTT in {text!r}")
+        )
 
     def __str__(self) -> str:
-        return f"{self.bits_per_s / 1e6:g}mbit/{self.rtt_ms:g}ms"
+        return f"{format_rate(self.bits_per_s)}/{self.rtt_ms:g}ms"
+
+
+@dataclass(frozen=True)
+class LinkSchedule:
+    """Links in force from given offsets (seconds since the device started), in order."""
+
+    steps: tuple[tuple[float, LinkSpec], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> LinkSchedule:
+        """``10mbit/20ms`` (one link), or ``LINK@T,LINK@T,...`` with T like 0, 10s, 500ms."""
+        steps = []
+        for part in text.split(","):
+            link, sep, at = part.strip().partition("@")
+            offset = parse_ms(at, f"time in {part!r}") / 1000 if sep else 0.0
+            steps.append((offset, LinkSpec.parse(link)))
+        if steps[0][0] != 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
+            raise UserError(
+                f"bad link schedule {text!r}: the first link starts @0 and times increase, "
+                "e.g. 50mbit/10ms@0,1mbit/40ms@10s"
+            )
+        return cls(tuple(steps))
+
+    @classmethod
+    def fixed(cls, link: LinkSpec) -> LinkSchedule:
+        return cls(((0.0, link),))
+
+    def at(self, elapsed_s: float) -> LinkSpec:
+        """The link in force ``elapsed_s`` seconds after the start."""
+        current = self.steps[0][1]
+        for offset, link in self.steps:
+            if offset <= elapsed_s:
+                current = link
+        return current
+
+    def __str__(self) -> str:
+        if len(self.steps) == 1:
+            return str(self.steps[0][1])
+        return ",".join(f"{link}@{offset:g}s" for offset, link in self.steps)
 
 
 class DelayLine:
     """A serial link with bandwidth and one-way latency (see module docstring)."""
 
-    def __init__(self, bits_per_s: float, one_way_s: float, name: str = "link") -> None:
-        self.bytes_per_s = bits_per_s / 8
-        self.one_way_s = one_way_s
+    def __init__(self, schedule: LinkSchedule, name: str = "link") -> None:
+        self.schedule = schedule
+        self._t0 = time.monotonic()
         self._free_at = 0.0
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -67,9 +107,10 @@ class DelayLine:
         """Schedule ``action`` for when ``nbytes`` would arrive; returns that delay in s."""
         with self._cond:
             now = time.monotonic()
-            leave = max(now, self._free_at) + nbytes / self.bytes_per_s
+            link = self.schedule.at(now - self._t0)
+            leave = max(now, self._free_at) + nbytes * 8 / link.bits_per_s
             self._free_at = leave
-            arrive = leave + self.one_way_s
+            arrive = leave + link.rtt_ms / 2000
             heapq.heappush(self._heap, (arrive, next(self._seq), action))
             self._cond.notify()
         return arrive - now

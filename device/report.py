@@ -1,17 +1,26 @@
 """A device's answers as flat rows: what ``splitmq device`` prints, one per frame.
 
-A row is ``{"frame", "id", "tier", "exit", "top1", "score", "e2e_ms", "bytes",
-"attempts"}`` for an answer, or ``{"frame", "error"}`` for a request that
-failed visibly (a worker's error, or no answer after the retry).
+A row is ``{"frame", "id", "tier", "exit", "top1", "index", "score", "e2e_ms",
+"bytes", "cloud_bytes", "attempts"}`` for an answer (``bytes`` the device sent,
+``cloud_bytes`` what reached the cloud: 0 unless it escalated), or ``{"frame",
+"error"}`` for a request that failed visibly (a worker's error, or no answer
+after the retry). With the true classes of a labelled source, the summary
+says how many answers were right. A run ends
+with a ``Summary`` of them, which holds counts and a bounded latency window,
+never the rows: a device may stream for days.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from splitmq.shared.errors import SplitMQError
+from splitmq.shared.runtime.stats import LatencyWindow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,9 +38,11 @@ def answer_row(frame: int, answer: Answer) -> dict:
         "tier": answer.tier,
         "exit": answer.exit,
         "top1": best.label or best.index,
+        "index": best.index,
         "score": best.score,
         "e2e_ms": answer.e2e_ms,
         "bytes": answer.bytes_sent,
+        "cloud_bytes": sum(h.bytes or 0 for h in answer.latency if h.tier == "cloud"),
         "attempts": answer.attempts,
     }
 
@@ -47,7 +58,91 @@ def answer_rows(futures: Iterable[Future]) -> Iterator[dict]:
             yield answer_row(frame, answer)
 
 
-def stream(device: Device, frames: Iterable[np.ndarray]) -> Iterator[dict]:
-    """Submit every frame (pipelined, ``window`` in flight), then yield the rows in order."""
-    futures = [device.submit(frame) for frame in frames]
-    return answer_rows(futures)
+class Summary:
+    """What a run did, from its rows: the last line ``splitmq device --json`` prints.
+
+    ``lost`` counts frames submitted that ended with neither an answer nor an error (0
+    unless the device was stopped before its requests ended); the percentiles are over
+    the last ``LATENCY_WINDOW`` answers, so the summary stays bounded however long it runs.
+    """
+
+    LATENCY_WINDOW = 10_000
+
+    def __init__(self, labels: list[int] | None = None) -> None:
+        self.answered = self.failed = self.retries = self.correct = self.cloud_bytes = 0
+        self.by_tier: dict[str, int] = {}
+        self._labels = labels
+        self._e2e = LatencyWindow(self.LATENCY_WINDOW)
+
+    def add(self, row: dict) -> None:
+        if "error" in row:
+            self.failed += 1
+            return
+        self.answered += 1
+        self.retries += row["attempts"] - 1
+        self.by_tier[row["tier"]] = self.by_tier.get(row["tier"], 0) + 1
+        self.cloud_bytes += row["cloud_bytes"]
+        if self._labels is not None and row["index"] == self._labels[row["frame"]]:
+            self.correct += 1
+        self._e2e.add(row["e2e_ms"])
+
+    def to_json(self, submitted: int, answered_after_failure: int = 0) -> dict:
+        """``answered_after_failure``: answers that came after their request had failed."""
+        e2e = self._e2e.summary() or {}
+        return {
+            "summary": True,
+            "frames": submitted,
+            "answered": self.answered,
+            "failed": self.failed,
+            "lost": submitted - self.answered - self.failed,
+            "retries": self.retries,
+            "p50_ms": e2e.get("p50_ms"),
+            "p95_ms": e2e.get("p95_ms"),
+            "answered_after_failure": answered_after_failure,
+            "by_tier": dict(sorted(self.by_tier.items())),
+            "cloud_bytes": self.cloud_bytes,
+            # right answers over frames answered, for a labelled source
+            "accuracy": round(self.correct / self.answered, 4)
+            if self._labels is not None and self.answered
+            else None,
+        }
+
+
+class Stream:
+    """Submit frames (pipelined, ``window`` in flight; ``fps`` of them a second, or as
+    fast as answers come) from a thread of their own; iterate for each frame's row, in
+    order, as soon as it is in. ``stop()`` ends the submitting; the rows of the requests
+    already sent still come, so a stopped device loses nothing it sent.
+    """
+
+    def __init__(
+        self, device: Device, frames: Iterable[np.ndarray], fps: float | None = None
+    ) -> None:
+        self.submitted = 0
+        self._stop = threading.Event()
+        self._queue: queue.Queue[Future | None] = queue.Queue(maxsize=64)
+        self._device, self._frames, self._fps = device, frames, fps
+        threading.Thread(target=self._produce, name=f"{device.id}-frames", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[dict]:
+        return answer_rows(iter(self._queue.get, None))
+
+    def _produce(self) -> None:
+        start, fps, submitted = time.monotonic(), self._fps, self._queue
+        try:
+            for i, frame in enumerate(self._frames):
+                delay = start + i / fps - time.monotonic() if fps else 0.0
+                if self._stop.wait(delay) if delay > 0 else self._stop.is_set():
+                    break
+                future = self._device.submit(frame)
+                self.submitted += 1
+                submitted.put(future)
+        except BaseException as exc:  # the consumer raises it, after the rows so far
+            failed: Future = Future()
+            failed.set_exception(exc)
+            submitted.put(failed)
+        finally:
+            submitted.put(None)

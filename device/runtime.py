@@ -4,40 +4,42 @@
 the current plan, encodes the tensor at the cut and publishes a source-routed
 request (QoS 1, request id as correlation data, an expiry). At most
 ``window`` requests are in flight (pipelining); results and errors are
-matched by id. A request with no answer in ``timeout_s`` is sent once more
-(same id: workers answer a duplicate once) and then fails visibly; nothing
-simply vanishes. A device-only plan (cut = the output) never touches the
-network.
+matched by id (``flights``): a request with no answer in ``timeout_s`` is
+sent once more (same id) and then fails visibly; nothing simply vanishes. A
+device-only plan (cut = the output) never touches the network.
+
+The plan can change while the device runs (``switch``: the planner's plan,
+or a fallback, ``follow``): each request carries the route it was sent
+with, so requests in flight finish under the plan they started with and
+the next frame takes the new one.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from splitmq.device.answers import Answer, InferenceFailed
 from splitmq.device.battery import Battery
 from splitmq.device.estimates import LinkEstimator
-from splitmq.device.link import DelayLine, LinkSpec
+from splitmq.device.flights import JITTER, Flight, Flights, Timeouts, Window
+from splitmq.device.follow import Plans, Switch
+from splitmq.device.link import DelayLine, LinkSchedule, LinkSpec
+from splitmq.device.probe import Prober
+from splitmq.device.speed import emulate
+from splitmq.device.status import device_telemetry, link_moved
 from splitmq.shared.codecs import encode, parse_codec
 from splitmq.shared.errors import SplitMQError, UserError, WireError
-from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.model.preprocess import normalize, to_pixels
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.model.preprocess import model_input
 from splitmq.shared.protocol.plan import Plan
-from splitmq.shared.protocol.results import HopLatency, unpack_error, unpack_result
-from splitmq.shared.protocol.telemetry import (
-    DeviceTelemetry,
-    LatencySummary,
-    Link,
-    ModelRef,
-    Wants,
-)
+from splitmq.shared.protocol.results import HopLatency, Result, unpack_error, unpack_result
+from splitmq.shared.protocol.telemetry import Power, Wants
 from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
     DeviceTiming,
@@ -50,20 +52,20 @@ from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
-from splitmq.shared.transport.mqtt import Message, MqttClient
+from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, NOT_AUTHORIZED, Message, MqttClient
 from splitmq.shared.transport.telemetry import TelemetryPublisher
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Pending:
-    request: Request
-    future: Future
-    t0: float
-    attempts: int = 1
-    deadline: float = 0.0
-    sizes: list[int] = field(default_factory=list)
+#: At most this often, telemetry goes out early because the link estimate moved.
+REPORT_EVERY_S = 0.5
+#: The device's session outlives a reconnect this long: answers wait for it meanwhile.
+SESSION_EXPIRY_S = 60
+#: Failures that say the tier is overloaded: the window halves.
+OVERLOAD = frozenset({"timeout", "expired"})
+#: After a reconnect (a broker restart), workers may resubscribe after the device
+#: does: "no subscribers" then means "not yet", and the attempt's timeout resends it.
+RESUBSCRIBE_GRACE_S = 5.0
 
 
 class Device:
@@ -75,13 +77,16 @@ class Device:
         device_id: str,
         plan: Plan,
         *,
-        link: LinkSpec | None = None,
+        link: LinkSpec | LinkSchedule | None = None,
         speed: float = 1.0,
         window: int = 4,
         timeout_s: float = 10.0,
-        retries: int = 1,
+        retries: int = 2,
         battery: float | None = 1.0,
+        battery_joules: float | None = None,
         wants: Wants | None = None,
+        power: Power | None = None,
+        follow: bool = False,
         telemetry_period_s: float = 5.0,
     ) -> None:
         if not 0 < speed <= 1:
@@ -90,62 +95,95 @@ class Device:
         self.topics = settings.topics
         self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
         self.executor = HopExecutor(self.sessions, settings.max_payload_bytes)
-        self.plan = plan
-        self.mv = self.sessions.model(plan.model, plan.version)
-        self.mv.check_cut(plan.cut)
-        self.link, self.speed = link, speed
-        self.timeout_s, self.retries = timeout_s, retries
+        self.plans = Plans(device_id, plan, self.sessions, self._switched)
+        self.link = LinkSchedule.fixed(link) if isinstance(link, LinkSpec) else link
+        self.speed, self.follow = speed, follow
+        self.timeout_s = timeout_s
         self.stats: Stats[str] = Stats()
+        self.timing: Stats[str] = Stats(window=32)  # this device's own work, recent frames
         self.estimates = LinkEstimator()
-        self.battery = None if battery is None else Battery(battery, speed)
+        self.power = power or Power()
+        self.battery = None if battery is None else Battery(battery, self.power, battery_joules)
         self.wants = wants or Wants()
-        self._window = threading.BoundedSemaphore(window)
-        self._pending: dict[str, _Pending] = {}
-        self._lock = threading.Condition()
+        self.timeouts = Timeouts(timeout_s)
+        self.flights = Flights(
+            self.timeouts,
+            retries,
+            self._resend,
+            self._expire,
+            f"{device_id}-flights",
+            online=lambda: self.client is not None and self.client.connected,
+        )
+        self._window = Window(window)
+        self._failed: deque[str] = deque(maxlen=4096)  # ids that failed, to spot late answers
         self._closed = False
         self._uplink: DelayLine | None = None
         self._downlink: DelayLine | None = None
         self.client: MqttClient | None = None
         self.telemetry: TelemetryPublisher | None = None
-        self._reaper = threading.Thread(
-            target=self._reap, name=f"{device_id}-timeouts", daemon=True
-        )
+        self.prober: Prober | None = None
         self._period = telemetry_period_s
+        self._reported: tuple[float | None, float | None] = (None, None)
+        self._reported_at = 0.0
+        self._started = time.monotonic()
+        self.started_at = time.time()  # when its link schedule began (set again on start)
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> Device:
-        if self.plan.cut > 0:
-            self.sessions.segment(self.mv, 0, self.plan.cut)  # load and warm the head now
+        self._started = time.monotonic()
+        self.started_at = time.time()  # when its link schedule began
+        self.plans.warm()
         if self.link:
-            one_way = self.link.rtt_ms / 2000
-            self._uplink = DelayLine(self.link.bits_per_s, one_way, f"{self.id}-uplink")
-            self._downlink = DelayLine(self.link.bits_per_s, one_way, f"{self.id}-downlink")
+            self._uplink = DelayLine(self.link, f"{self.id}-uplink")
+            self._downlink = DelayLine(self.link, f"{self.id}-downlink")
         self.client = MqttClient(
-            self.settings, self.id, will=TelemetryPublisher.will(self.topics, "device", self.id)
+            self.settings,
+            self.id,
+            will=TelemetryPublisher.will(self.topics, "device", self.id),
+            session_expiry_s=SESSION_EXPIRY_S,  # answers wait for a device briefly away
         )
         self.client.connect()
         self.client.subscribe(self.topics.result(self.id), self._on_result, qos=1)
         self.client.subscribe(self.topics.error(self.id), self._on_error, qos=1)
         self.telemetry = TelemetryPublisher(
-            self.client, self.topics, "device", self.id, self._telemetry, self._period
+            self.client,
+            self.topics,
+            "device",
+            self.id,
+            lambda ts: device_telemetry(self, ts),
+            self._period,
         )
         self.telemetry.start()
-        self._reaper.start()
+        self.flights.start()
+        self.prober = Prober(
+            self.client,
+            self.topics.probe(self.id),
+            self.estimates,
+            lambda: self.plan.device_only,
+            self._oldest,
+            self._uplink,
+            self._downlink,
+            self._report_link,
+            f"{self.id}-probe",
+        )
+        self.prober.start()
+        if self.follow:
+            self.client.subscribe(
+                self.topics.plan(self.id, self.mv.name), self.plans.received, qos=1
+            )
         return self
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Wait for (or, with wait=False, fail) what is in flight, then disconnect."""
-        limit = time.monotonic() + (timeout if timeout is not None else self.timeout_s * 2.5)
-        with self._lock:
-            if wait:
-                self._lock.wait_for(lambda: not self._pending, max(0, limit - time.monotonic()))
-            self._closed = True
-            left = list(self._pending.values())
-            self._pending.clear()
-            self._lock.notify_all()
-        for p in left:
-            p.future.set_exception(InferenceFailed(p.request.id, "cancelled", "device closed"))
+        limit = timeout if timeout is not None else self.longest_s()
+        left = self.flights.close(limit if wait else 0.0)
+        self._closed = True
+        for f in left:
+            f.future.set_exception(InferenceFailed(f.request.id, "cancelled", "device closed"))
+        self.plans.close()
+        if self.prober:
+            self.prober.stop()
         for line in (self._uplink, self._downlink):
             if line:
                 line.close()
@@ -160,11 +198,36 @@ class Device:
     def __exit__(self, *exc: object) -> None:
         self.close(wait=exc[0] is None)
 
+    # --- plans -------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Plan:
+        return self.plans.plan
+
+    @property
+    def mv(self) -> ModelVersion:
+        return self.plans.current()[1]
+
+    def switch(self, plan: Plan, reason: str | None = None) -> bool:
+        """Run ``plan`` from the next frame on (see ``follow.Plans.switch``)."""
+        return self.plans.switch(plan, reason)
+
+    def _switched(self, change: Switch) -> None:
+        self.stats.count("switches")
+        self.timing.forget("head")  # it measured the old plan's head
+        if self.telemetry:
+            self.telemetry.publish()
+
     # --- inference -------------------------------------------------------------------
 
     def infer(self, frame: np.ndarray) -> Answer:
         """Synchronous: the answer for one frame, or InferenceFailed."""
-        return self.submit(frame).result(timeout=self.timeout_s * (self.retries + 1) + 5)
+        return self.submit(frame).result(timeout=self.longest_s() + 5)
+
+    def longest_s(self) -> float:
+        """The longest a request can take before it fails: every attempt timing out."""
+        attempts = range(self.flights.retries + 1)
+        return sum(self.timeout_s * 2**n * (1 + JITTER) for n in attempts)
 
     def submit(self, frame: np.ndarray) -> Future:
         """Asynchronous: a Future of the Answer; blocks while the window is full."""
@@ -172,7 +235,7 @@ class Device:
             raise UserError("the device is closed")
         self._window.acquire()
         future: Future = Future()
-        future.add_done_callback(lambda _: self._window.release())
+        future.add_done_callback(self._released)
         try:
             self._send(frame, future)
         except BaseException as exc:
@@ -182,26 +245,39 @@ class Device:
                 raise
         return future
 
+    def _released(self, future: Future) -> None:
+        """The window learns from each request: its latency, or a timeout or overload."""
+        if not future.cancelled() and future.exception() is None:
+            self._window.release(future.result().e2e_ms / 1000)
+        else:
+            self._window.release(congested=_overloaded(future))
+
     def _send(self, frame: np.ndarray, future: Future) -> None:
-        plan, mv = self.plan, self.mv
-        t_start = time.time()
-        x = self._model_input(frame)
+        plan, mv = self.plans.current()
+        t_start, cpu_start = time.time(), time.thread_time()
+        x = model_input(frame, mv, pixels=plan.cut == 0 and parse_codec(plan.codec).is_input)
+        t_input = time.time()
         if plan.cut == 0:  # nothing to run here: send the input
-            t_head = time.time()
             tensor = encode(x, plan.codec, mv.codec_params(0, plan.codec))
-            t_encoded = time.time()
+            t_pre, t_head, t_encoded = emulate(
+                self.speed, t_start, cpu_start, t_input, t_input, time.time()
+            )
         else:
             to = None if plan.device_only else plan.cut
             job = Job(mv.name, mv.version, 0, to, x, forward_codec=plan.codec)
             outcome = self.executor.execute([job])[0]
             if outcome.error is not None:
                 raise outcome.error
-            slower = self._emulate_speed(outcome.compute_ms / 1000)
+            t_pre, t_head, t_encoded = emulate(
+                self.speed, t_start, cpu_start, t_input, outcome.t_done, outcome.t_end
+            )
             if outcome.forward is None:
+                self._measured(t_start, t_pre, t_encoded)
+                self._spend(t_encoded - t_start, 0)
                 self._answer_locally(outcome, t_start, future)
                 return
             tensor = outcome.forward
-            t_head, t_encoded = outcome.t_done + slower, outcome.t_end + slower
+        self._measured(t_start, t_pre, t_encoded)
         request = Request(
             id=uuid.uuid4().hex,
             device=self.id,
@@ -211,39 +287,18 @@ class Device:
             route=plan.route,
             hop=0,
             tensor=tensor,
-            deadline=t_encoded + self.timeout_s,
+            deadline=t_encoded + self.timeouts.base_s() * (1 + JITTER),
             timing=Timing(DeviceTiming(t_start, t_head, t_encoded, t_encoded)),
         )
-        pending = _Pending(request, future, t_start, deadline=time.monotonic() + self.timeout_s)
-        with self._lock:
-            self._pending[request.id] = pending
-            self._lock.notify_all()
-        self._publish(pending)
-        self._spend(t_head - t_start, len(tensor.data))
+        flight = Flight(request, future, t_start)
+        self.flights.add(flight)
+        self._publish(flight)
+        self._spend(t_encoded - t_start, len(tensor.data))
 
-    def _model_input(self, frame: np.ndarray) -> np.ndarray:
-        """Images go through preprocessing; a float array of the input's shape is used as is."""
-        pre = self.mv.manifest.preprocess
-        spec = self.mv.manifest.input
-        if frame.dtype == np.uint8 and pre is not None:
-            pixels = to_pixels(frame, pre)
-            if self.plan.cut == 0 and parse_codec(self.plan.codec).is_input:
-                return pixels  # the receiving tier normalises
-            return normalize(pixels, pre)
-        shape = tuple(frame.shape) if frame.ndim == len(spec.shape) else (1, *frame.shape)
-        if shape[1:] != tuple(spec.shape[1:]) or str(frame.dtype) != spec.dtype:
-            raise UserError(
-                f"{self.mv.name} takes images or {spec.dtype} arrays of shape "
-                f"{spec.shape}, got {frame.dtype} {list(frame.shape)}"
-            )
-        return frame.reshape(shape)
-
-    def _emulate_speed(self, elapsed_s: float) -> float:
-        """A device ``speed`` times as fast as this host takes 1/speed as long: the extra s."""
-        extra = elapsed_s * (1 / self.speed - 1)
-        if extra > 0:
-            time.sleep(extra)
-        return extra
+    def _measured(self, t_start: float, t_pre: float, t_done: float) -> None:
+        """This device's own times per frame: what the planner corrects its profile with."""
+        self.timing.latency("preprocess", (t_pre - t_start) * 1000)
+        self.timing.latency("head", (t_done - t_pre) * 1000)
 
     def _answer_locally(self, outcome: Outcome, t_start: float, future: Future) -> None:
         assert outcome.answer is not None
@@ -264,15 +319,26 @@ class Device:
             )
         )
 
-    def _publish(self, pending: _Pending) -> None:
+    def _publish(self, flight: Flight) -> None:
         assert self.client is not None
-        request = pending.request
+        request = flight.request
         hop = request.route[0]
         payload = pack_request(request)
-        pending.sizes.append(len(payload))
+        flight.sizes.append(len(payload))
         topic = self.topics.request(hop.tier, request.model, request.cut, self.id)
-
         client = self.client
+
+        def nobody(code: int, why: str) -> None:  # PUBACK, on the network thread
+            if code == NO_SUBSCRIBERS and client.reconnected_within(RESUBSCRIBE_GRACE_S):
+                log.info("no %s worker subscribed yet after a reconnect; will resend", hop.tier)
+            elif code == NO_SUBSCRIBERS:
+                message = f"no {hop.tier} worker is subscribed ({why})"
+                self._finish(request.id, error=InferenceFailed(request.id, "no_worker", message))
+                self.plans.unreachable(hop.tier)
+            elif code == NOT_AUTHORIZED:  # this device's user may not write there: no retry
+                message = f"the broker's ACL refuses {self.id} on {topic} ({why})"
+                error = InferenceFailed(request.id, "not_authorized", message)
+                self._finish(request.id, error=error)
 
         def send() -> None:
             try:
@@ -284,6 +350,7 @@ class Device:
                     response_topic=self.topics.result(self.id),
                     content_type=CONTENT_TYPE_REQUEST,
                     expiry_s=expiry_interval(request.deadline, time.time()),
+                    on_ack=nobody,
                 )
             except SplitMQError as exc:
                 self._finish(request.id, error=InferenceFailed(request.id, "not_sent", str(exc)))
@@ -292,6 +359,22 @@ class Device:
             self._uplink.send(len(payload), send)
         else:
             send()
+
+    def _resend(self, flight: Flight) -> None:
+        self.stats.count("retries")
+        log.info("request %s timed out; sending it again", flight.request.id)
+        self._publish(flight)
+
+    def _expire(self, flight: Flight) -> None:
+        self.stats.fail("timeout")
+        self._failed.append(flight.request.id)
+        tier = flight.request.route[0].tier
+        flight.future.set_exception(
+            InferenceFailed(
+                flight.request.id, "timeout", f"no answer after {flight.attempts} attempt(s)"
+            )
+        )
+        self.plans.timed_out(tier)
 
     # --- answers ----------------------------------------------------------------------
 
@@ -321,109 +404,84 @@ class Device:
             log.warning("worker error without request id: %s: %s", report.code, report.message)
             self.stats.fail(report.code)
             return
+        if report.code == "expired" and self.flights.can_retry(report.id):
+            # an attempt that waited out its deadline in a queue (a broker outage): the
+            # attempt's timeout sends it again; only the last attempt's expiry fails it
+            self.stats.count("expired_attempts")
+            return
         self._finish(report.id, error=InferenceFailed(report.id, report.code, report.message))
 
-    def _finish(self, request_id: str, result=None, error: InferenceFailed | None = None) -> None:
-        with self._lock:
-            pending = self._pending.pop(request_id, None)
-            self._lock.notify_all()
-        if pending is None:
-            self.stats.count("late_or_duplicate")  # already answered, retried or timed out
+    def _finish(
+        self, request_id: str, result: Result | None = None, error: InferenceFailed | None = None
+    ) -> None:
+        flight = self.flights.pop(request_id)
+        if flight is None:
+            if request_id in self._failed and result is not None:
+                self.stats.count("answered_after_failure")
+                log.warning("%s: an answer to request %s came after it failed", self.id, request_id)
+            else:
+                self.stats.count("duplicate_answers")  # a replay after a retry, or a redelivery
             return
-        if error is not None:
-            self.stats.fail(error.code)
-            pending.future.set_exception(error)
+        if error is not None or result is None:
+            self.stats.fail(error.code if error else "internal")
+            self._failed.append(request_id)
+            flight.future.set_exception(error or InferenceFailed(request_id, "internal", "?"))
             return
-        e2e = (time.time() - pending.t0) * 1000
+        e2e = (time.time() - flight.t0) * 1000
+        if flight.attempts == 1:
+            self.timeouts.answered(e2e / 1000)
+        self._spend_waiting(e2e / 1000, flight)
         first = result.latency[1] if len(result.latency) > 1 else None
-        if first is not None and first.transfer_ms is not None and pending.attempts == 1:
-            self.estimates.uplink(pending.sizes[-1], first.transfer_ms / 1000)
+        self.plans.fallback.answered(flight.request.route[0].tier)
+        if first is not None and first.transfer_ms is not None and flight.attempts == 1:
+            sent = flight.request.timing.device.t_sent
+            self.estimates.transfer(sent, sent + first.transfer_ms / 1000, flight.sizes[-1])
+            self._report_link()
         self.stats.latency("e2e", e2e)
         self.stats.finished()
         self.stats.count(f"answered_{result.tier}")
-        pending.future.set_result(
+        flight.future.set_result(
             Answer(
                 result.id,
                 result.top,
                 result.tier,
                 result.exit,
                 result.latency,
-                sum(pending.sizes),
+                sum(flight.sizes),
                 round(e2e, 3),
-                pending.attempts,
+                flight.attempts,
             )
         )
-
-    # --- timeouts ---------------------------------------------------------------------
-
-    def _reap(self) -> None:
-        """Retry a request once when it times out, then fail it."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                due = [p for p in self._pending.values() if p.deadline <= now]
-                if not due:
-                    nxt = min((p.deadline for p in self._pending.values()), default=now + 1)
-                    self._lock.wait(max(0.01, nxt - now))
-                    continue
-                retry: list[_Pending] = []
-                fail: list[_Pending] = []
-                for p in due:
-                    (retry if p.attempts <= self.retries else fail).append(p)
-                    if p.attempts > self.retries:
-                        del self._pending[p.request.id]
-                for p in retry:
-                    p.attempts += 1
-                    p.deadline = now + self.timeout_s
-                    t = time.time()
-                    p.request = replace(
-                        p.request,
-                        deadline=t + self.timeout_s,
-                        timing=Timing(replace(p.request.timing.device, t_sent=t)),
-                    )
-                self._lock.notify_all()
-            for p in retry:
-                self.stats.count("retries")
-                log.info("request %s timed out; sending it again", p.request.id)
-                self._publish(p)
-            for p in fail:
-                self.stats.fail("timeout")
-                p.future.set_exception(
-                    InferenceFailed(
-                        p.request.id, "timeout", f"no answer after {p.attempts} attempt(s)"
-                    )
-                )
 
     # --- energy and telemetry -----------------------------------------------------------
 
     def _spend(self, compute_s: float, nbytes: int) -> None:
         if self.battery is not None:
-            radio_s = nbytes * 8 / (self.link.bits_per_s if self.link else 100e6)
+            link = self.link.at(time.monotonic() - self._started) if self.link else None
+            radio_s = nbytes * 8 / (link.bits_per_s if link else 100e6)
             self.battery.spend(compute_s, radio_s)
 
-    def _telemetry(self, ts: float) -> DeviceTelemetry:
-        """The documented telemetry (protocol.telemetry.DeviceTelemetry)."""
-        e2e = self.stats.latencies().get("e2e")
-        with self._lock:
-            in_flight = len(self._pending)
-        return DeviceTelemetry(
-            id=self.id,
-            ts=ts,
-            rps=self.stats.rate(),
-            in_flight=in_flight,
-            errors=self.stats.failures(),
-            model=ModelRef(model=self.mv.name, version=self.mv.version),
-            plan=self.plan.for_device(self.id),
-            link=Link(
-                uplink_bps=self.estimates.uplink_bps(),
-                rtt_ms=self.estimates.rtt_ms(),
-                age_s=self.estimates.age_s(),
-            ),
-            speed=self.speed,
-            battery=None if self.battery is None else round(self.battery.level, 4),
-            wants=self.wants,
-            e2e=None if e2e is None else LatencySummary.model_validate(e2e),
-            answered=self.stats.by_prefix("answered_"),
-        )
+    def _spend_waiting(self, e2e_s: float, flight: Flight) -> None:
+        """The idle draw while the answer was on its way (docs/planner.md, energy)."""
+        if self.battery is not None:
+            sent = flight.request.timing.device
+            self.battery.spend(0.0, 0.0, max(0.0, e2e_s - (sent.t_sent - sent.t_start)))
+
+    def _oldest(self) -> tuple[int, float] | None:
+        flight = self.flights.oldest()
+        if flight is None or not flight.sizes:
+            return None
+        return flight.sizes[-1], time.time() - flight.request.timing.device.t_sent
+
+    def _report_link(self) -> None:
+        """Publish telemetry early when the link estimate moved (the planner acts on it)."""
+        now = (self.estimates.uplink_bps(), self.estimates.rtt_ms())
+        soon = time.monotonic() - self._reported_at < REPORT_EVERY_S
+        if self.telemetry and not soon and link_moved(self._reported, now):
+            self._reported, self._reported_at = now, time.monotonic()
+            self.telemetry.publish()
+
+
+def _overloaded(future: Future) -> bool:
+    exc = future.exception() if not future.cancelled() else None
+    return isinstance(exc, InferenceFailed) and exc.code in OVERLOAD

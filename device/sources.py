@@ -1,15 +1,18 @@
-"""Where a device's frames come from: image files, a folder, .npy arrays, or photos.
+"""Where a device's frames come from: image files, a folder, .npy arrays, photos, or a
+labelled dataset.
 
 Every source yields uint8 images (HxW or HxWxC) or float arrays already shaped
 like the model input; the device preprocesses images with the model's
 metadata. ``synthetic`` draws random crops of scikit-image's bundled photos
 (or MNIST digits for a grayscale model), so a demo needs no files at all.
+``fashion-mnist:test`` (or ``:train``) streams a Fashion-MNIST split in order,
+and ``labels`` gives its true classes, so a run can report its accuracy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import islice
+from itertools import cycle, islice
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +20,20 @@ from PIL import Image, UnidentifiedImageError
 
 from splitmq.shared.errors import UserError
 
+SYNTHETIC_DISTINCT = 64  # frames made once and cycled: a device may run for days
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def frames(
     source: str, count: int | None = None, channels: str = "RGB", seed: int = 0
 ) -> Iterator[np.ndarray]:
-    """``count`` frames (None: all a finite source has; synthetic needs a count)."""
+    """``count`` frames (None: all a finite source has; synthetic ones without end)."""
+    if source.startswith(LABELLED):
+        images, _ = _labelled(source)
+        return islice(iter(images), count)
     if source == "synthetic":
-        if count is None:
-            raise UserError("a synthetic source needs a frame count")
-        return iter(synthetic(count, channels, seed))
+        distinct = synthetic(min(count or SYNTHETIC_DISTINCT, SYNTHETIC_DISTINCT), channels, seed)
+        return islice(cycle(distinct), count)
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
@@ -36,7 +42,23 @@ def frames(
         return islice((f for p in files for f in _from_file(p)), count)
     if path.is_file():
         return islice(_from_file(path), count)
-    raise UserError(f"{source}: no such file or folder (or use 'synthetic')")
+    raise UserError(
+        f"{source}: no such file or folder (or use 'synthetic' or 'fashion-mnist:test')"
+    )
+
+
+LABELLED = "fashion-mnist:"
+
+
+def labels(source: str) -> list[int] | None:
+    """The true class of each frame of a labelled source, in order; None for the others."""
+    return [int(y) for y in _labelled(source)[1]] if source.startswith(LABELLED) else None
+
+
+def _labelled(source: str) -> tuple[np.ndarray, np.ndarray]:
+    from splitmq.shared.offline.datasets import fashion_mnist
+
+    return fashion_mnist(source.removeprefix(LABELLED))
 
 
 def synthetic(count: int, channels: str = "RGB", seed: int = 0) -> list[np.ndarray]:

@@ -11,6 +11,10 @@ from splitmq.shared.settings import Settings
 
 
 def edge_worker(
-    settings: Settings, worker_id: str | None = None, threads: int = 2, queue_size: int = 8
+    settings: Settings,
+    worker_id: str | None = None,
+    threads: int = 2,
+    queue_size: int = 8,
+    speed: float = 1.0,
 ) -> Worker:
-    return Worker(settings, "edge", worker_id, threads=threads, queue_size=queue_size)
+    return Worker(settings, "edge", worker_id, threads=threads, queue_size=queue_size, speed=speed)

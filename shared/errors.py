@@ -19,6 +19,7 @@ ERROR_CODES = frozenset(
         "bad_tensor",
         "bad_route",
         "expired",
+        "no_worker",
         "internal",
     }
 )

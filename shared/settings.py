@@ -1,20 +1,90 @@
 """Settings, loaded once from flags, ``SPLITMQ_*`` environment variables and ``.env``.
 
 Every role takes a ``Settings`` object in its constructor; nothing reads the
-environment anywhere else.
+environment anywhere else. The broker is a URL (``mqtt://host:1883``,
+``mqtts://user:pass@host:8883``) or a bare ``host:port``; credentials may also
+come from their own settings, so a password need never sit in a URL or on a
+command line (``SPLITMQ_PASSWORD_FILE``). The password is a ``SecretStr``, and
+``where`` (what logs and errors print) leaves it out of the address.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from pydantic import Field, field_validator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitmq.shared.codecs import DEFAULT_MAX_BYTES
 from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
 
+#: The port of each scheme when a URL names none (IANA's MQTT and MQTT over TLS).
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
 
 def default_pool() -> Path:
     return Path.home() / ".cache" / "splitmq" / "pool"
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """Where the broker is and how to log in: the parsed ``broker`` setting."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerUrl:
+        """``mqtt[s]://[user[:pass]@]host[:port]`` or ``host:port``; ValueError says why not."""
+        if "://" not in text:
+            host, sep, port = text.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"broker must be mqtt://host:port, mqtts://host:port or host:port, got {text!r}"
+                )
+            return cls(host, _port(int(port), text))
+        parts = urlsplit(text)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise ValueError(f"broker URL scheme must be mqtt or mqtts, got {parts.scheme!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"broker URL takes no path or query: {cls._redact(text)!r}")
+        try:
+            given = parts.port
+        except ValueError:
+            raise ValueError(f"broker URL has a bad port: {cls._redact(text)!r}") from None
+        if not parts.hostname:
+            raise ValueError(f"broker URL names no host: {cls._redact(text)!r}")
+        return cls(
+            parts.hostname,
+            _port(given or DEFAULT_PORTS[parts.scheme], text),
+            parts.scheme == "mqtts",
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password is not None else None,
+        )
+
+    @staticmethod
+    def _redact(text: str) -> str:
+        head, at, tail = text.rpartition("@")
+        return f"{head.split(':')[0]}:***@{tail}" if at and ":" in head.split("//")[-1] else text
+
+    def __str__(self) -> str:
+        """The address with its user but never its password (safe for logs)."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"BrokerUrl({self})"
+
+
+def _port(port: int, text: str) -> int:
+    if not 0 < port < 65536:
+        raise ValueError(f"broker port must be 1-65535, got {port} in {BrokerUrl._redact(text)!r}")
+    return port
 
 
 class Settings(BaseSettings):
@@ -25,7 +95,17 @@ class Settings(BaseSettings):
     )
 
     pool: Path = Field(default_factory=default_pool, description="model pool directory")
-    broker: str = Field("127.0.0.1:1883", description="MQTT broker as host:port")
+    broker: str = Field(
+        "127.0.0.1:1883",
+        repr=False,  # may hold a password
+        description="MQTT broker: mqtt://host:port, mqtts://user:pass@host:8883 or host:port",
+    )
+    username: str | None = Field(None, description="MQTT user name (or the URL's user)")
+    password: SecretStr | None = Field(None, description="MQTT password (or the URL's)")
+    password_file: Path | None = Field(None, description="file holding the MQTT password")
+    ca_file: Path | None = Field(None, description="CA certificate that signed the broker's")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="the client certificate's private key")
     topic_prefix: str = Field(DEFAULT_PREFIX, description="prefix of every topic")
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads")
     max_payload_bytes: int = Field(
@@ -35,9 +115,7 @@ class Settings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"broker must be host:port, got {value!r}")
+        BrokerUrl.parse(value)
         return value
 
     @property
@@ -46,9 +124,25 @@ class Settings(BaseSettings):
         return Topics(self.topic_prefix)
 
     @property
-    def broker_host(self) -> str:
-        return self.broker.rpartition(":")[0]
+    def broker_url(self) -> BrokerUrl:
+        """The broker with the credentials to use: the URL's, else the settings'."""
+        url = BrokerUrl.parse(self.broker)
+        password = url.password
+        if password is None and self.password is not None:
+            password = self.password.get_secret_value()
+        if password is None and self.password_file is not None:
+            password = _read_secret(self.password_file)
+        tls = url.tls or self.ca_file is not None
+        return BrokerUrl(url.host, url.port, tls, url.username or self.username, password)
 
     @property
-    def broker_port(self) -> int:
-        return int(self.broker.rpartition(":")[2])
+    def where(self) -> str:
+        """The broker address as logs and errors show it: never with a password."""
+        return str(self.broker_url)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the password file {path}: {exc.strerror}") from exc

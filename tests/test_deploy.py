@@ -4,7 +4,8 @@ Every service command must parse as a real `splitmq` subcommand with its
 flags. The image builds splitmq's wheel in a first stage from everything the
 wheel is built from (the same inputs tests/test_wheel.py builds and installs
 its wheel from), and its final stage installs that wheel, never the source
-tree. The broker service runs the mosquitto.conf that ships in the package.
+tree. The broker service runs `splitmq broker --secure` (the mosquitto.conf that
+ships in the package, plus users, ACL and TLS); every other service logs in over TLS.
 """
 
 from __future__ import annotations
@@ -66,18 +67,36 @@ def commands(stage: list[list[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_broker_runs_the_packaged_config() -> None:
-    broker = COMPOSE["services"]["broker"]
-    assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in broker["volumes"]
+def test_the_packaged_config_is_the_one_config() -> None:
     top = ROOT / "mosquitto.conf"
     # One definition: the top-level file is a link to the one shipped as package data.
     assert top.is_symlink() and top.resolve() == (ROOT / "broker" / "mosquitto.conf").resolve()
-    conf = top.read_text()
-    assert conf == DEFAULT_CONFIG.read_text()
-    assert "persistence_location /mosquitto/data/" in conf and "listener 1883" in conf
+    assert top.read_text() == DEFAULT_CONFIG.read_text()
 
 
-@pytest.mark.parametrize("service", ["edge", "cloud", "device"])
+def test_compose_runs_secure() -> None:
+    """The broker is splitmq's launcher with --secure and publishes only TLS; every other
+    role logs in over mqtts with its own user's settings file and pins the CA."""
+    services = COMPOSE["services"]
+    broker = services["broker"]
+    assert broker["command"][:3] == ["broker", "--secure", "/secure"]
+    assert broker["ports"] == ["8883:8883"]
+    for name, service in services.items():
+        if name == "broker":
+            continue
+        env = service["environment"]
+        assert env["SPLITMQ_BROKER"] == "mqtts://broker:8883", name
+        assert env["SPLITMQ_CA_FILE"] == "/secure/ca.crt", name
+        user = Path(service["env_file"]).stem
+        assert service["env_file"] == f"./secure/clients/{user}.env", name
+        if service["command"][0] == "device":  # its id is its user: what the ACL enforces
+            args = service["command"]
+            assert args[args.index("--id") + 1] == user == name
+        else:
+            assert user == service["command"][0], name
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE["services"]))
 def test_service_commands_parse(service):
     command = typer.main.get_command(build())  # the app with every command registered
     args = COMPOSE["services"][service]["command"]

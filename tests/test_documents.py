@@ -13,6 +13,7 @@ from splitmq.shared.model.calibration import CalibrationTable
 from splitmq.shared.model.profile import Profile
 from splitmq.shared.protocol.document import Document
 from splitmq.shared.protocol.plan import Plan, load_plan_file, parse_plan
+from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
     Offline,
@@ -103,7 +104,7 @@ def test_bad_worker_telemetry_names_the_field(change: dict, field: str) -> None:
         ({"speed": 1.5}, "speed"),
         ({"battery": 2}, "battery"),
         ({"wants": {"objective": "fastest"}}, "wants.objective"),
-        ({"plan": {"model": "m"}}, "plan.version"),
+        ({"plan": {"model": "m"}}, "plan.cut"),
     ],
 )
 def test_bad_device_telemetry_names_the_field(change: dict, field: str) -> None:
@@ -156,3 +157,13 @@ def test_calibration_reads_what_encoders_need() -> None:
     row = table.row(0, "u8")
     assert row is not None and row.agreement == 1.0
     assert table.row(0, "jpeg:85") is None  # never claim what was not measured
+
+
+def test_the_captured_result_is_a_valid_result() -> None:
+    """The result printed in full in the captured session is what the schema says."""
+    section = DOC.read_text().split("## Captured demo session", 1)[1]
+    block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert block, "no full result in the captured demo session"
+    result = unpack_result(block.group(1).strip().encode())
+    assert len(result.top) == 5 and all(round(t.score, 6) == t.score for t in result.top)
+    assert [hop.tier for hop in result.latency][-1] == "cloud"

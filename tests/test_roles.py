@@ -84,23 +84,31 @@ def test_device_telemetry_estimates_its_link(cfg, real_pool, topics, make_client
     assert doc["plan"]["cut"] == 4
 
 
-def test_a_duplicate_request_is_answered_once(cfg, real_pool, topics, make_client, inbox):
+def test_a_repeated_request_gets_the_same_reply_again(cfg, real_pool, topics, make_client, inbox):
+    """Served once, replayed to every repeat (the first reply may have been lost), and
+    keyed by device: another device's request with the same id is its own."""
     mv = real_pool.get("mnist-cnn")
     request, marker = (make_request(model=mv, device="dev-dup") for _ in range(2))
-    results = inbox("results for dev-dup")
+    shadow = make_request(model=mv, device="dev-other", id=request.id)
+    results, others = inbox("results for dev-dup"), inbox("results for dev-other")
     client = make_client("dup-sender")
     client.subscribe(topics.result("dev-dup"), results)
+    client.subscribe(topics.result("dev-other"), others)
     topic = topics.request("edge", mv.name, 4, "dev-dup")
     # One thread serves the requests in the order they came: the marker, a fresh request
-    # sent last, is answered after anything the duplicates could have caused.
+    # sent last, is answered after anything the repeats could have caused.
     with edge_worker(cfg, "dup-edge", threads=1) as worker:
         for _ in range(3):  # QoS 1 redelivery or a device retry looks like this
             client.publish(topic, pack_request(request))
+        client.publish(topics.request("edge", mv.name, 4, "dev-other"), pack_request(shadow))
         client.publish(topic, pack_request(marker))
-        answered = [unpack_result(m.payload).id for m in results.wait(2, timeout=20)]
+        got = results.wait(4, timeout=20)
+        assert others.wait(1, timeout=20)[0].payload != got[0].payload
     counts = worker.stats.snapshot_counts()  # stopped: its threads are done
-    assert answered == [request.id, marker.id]
-    assert counts.get("duplicates") == 2 and counts.get("served") == 2
+    assert [unpack_result(m.payload).id for m in got] == [request.id] * 3 + [marker.id]
+    assert got[0].payload == got[1].payload == got[2].payload  # the very same reply
+    assert counts.get("served") == 3 and counts.get("duplicates") == 2
+    assert counts.get("replayed") == 2
 
 
 def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
@@ -124,17 +132,46 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
             env=cli_env(cfg),
         )
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    *rows, summary = [json.loads(line) for line in r.stdout.splitlines()]
+    assert summary["frames"] == summary["answered"] == 5 and summary["lost"] == 0
     labels = mnist_digits()[1][:5]
     assert [row["tier"] for row in rows] == ["edge"] * 5
     assert [int(row["top1"]) for row in rows] == list(labels)
+
+
+def test_a_device_without_frames_streams_until_sigterm_then_sums_up(cfg) -> None:
+    """No --frames: rows come out as answers arrive; SIGTERM stops submitting, the requests
+    already sent still end, and the last line counts every one of them."""
+    with edge_worker(cfg, "stream-edge"):
+        proc = start_cli(
+            "device", "--model", "mnist-cnn", "--cut", "4", "--codec", "int8",
+            "--id", "stream-dev", "--json",
+            env=cli_env(cfg), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = [json.loads(proc.stdout.readline()) for _ in range(20)]
+            proc.send_signal(signal.SIGTERM)
+            rest = [json.loads(line) for line in proc.stdout]
+            assert proc.wait(timeout=60) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+    rows, summary = first + rest[:-1], rest[-1]
+    assert [r["frame"] for r in rows] == list(range(len(rows)))
+    assert all(r["tier"] == "edge" for r in rows), rows
+    assert summary["summary"] and summary["lost"] == 0 and summary["failed"] == 0
+    assert summary["frames"] == summary["answered"] == len(rows) >= 20
+    assert summary["retries"] == sum(r["attempts"] - 1 for r in rows)
+    assert 0 < summary["p50_ms"] <= summary["p95_ms"]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["device", "--link", "fast"], "bad link 'fast'"),
-        (["device", "--codec", "q7"], "unknown codec 'q7'"),
+        (["device", "--cut", "5", "--codec", "q7"], "unknown codec 'q7'"),
+        (["device", "--codec", "int8"], "--codec fix a plan: give --cut too"),
         (["device", "--cut", "5", "--codec", "jpeg:80"], "needs cut 0"),
         (["device", "--plan", "/no/such/plan.json"], "cannot read the plan"),
         (["device", "--model", "mnist-cnn", "--speed", "3"], "speed must be in (0, 1]"),
@@ -159,14 +196,30 @@ def test_cloud_results_store(cfg, real_pool, tmp_path):
 
 
 def test_demo_from_the_readme(real_pool):
-    """`splitmq demo --json`: its own broker, real photos, nothing lost, both tiers answer."""
+    """`splitmq demo --json`: its own broker and planner, real photos, nothing lost; every
+    device runs a plan the planner made knowing its link."""
     r = run_cli("demo", "--json", "--frames", "40", env=cli_env(pool=real_pool.root), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
+    assert s["agreement"] >= 0.97 and s["p50_ms"] > 0
+    assert set(s["plans"]) == {"demo-dev0", "demo-dev1", "demo-dev2"}
+    planned = {sw["device"] for sw in s["switches"] if sw["reason"].startswith("planner: ")}
+    assert planned == set(s["plans"])
+    assert all(set(sw) == {"t_s", "device", "from", "to", "reason"} for sw in s["switches"])
+
+
+def test_the_fixed_plan_demo_escalates_to_the_cloud(real_pool):
+    """`splitmq demo --fixed`: one plan for all; the edge's exit head answers, the cloud
+    the rest."""
+    args = ("demo", "--json", "--fixed", "--frames", "40")
+    r = run_cli(*args, env=cli_env(pool=real_pool.root), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
     assert s["agreement"] >= 0.97
     assert s["by_tier"].get("edge", 0) > 0 and s["by_tier"].get("cloud", 0) > 0
-    assert s["p50_ms"] > 0 and s["bytes_per_frame"] > 0
+    assert s["bytes_per_frame"] > 0
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

@@ -100,6 +100,32 @@ def test_vector_tensor_decodes_to_the_documented_values() -> None:
     np.testing.assert_array_equal(out.ravel(), values.astype(np.float32))
 
 
+def _int8_rounding_vector() -> tuple[np.ndarray, dict[str, Any], bytes]:
+    lines = dict(line.split(": ", 1) for line in _doc_block("int8-rounding").splitlines())
+    x = np.array([float.fromhex(v) for v in lines["x (float32, hex)"].split()], np.float32)
+    params = {"scale": float(lines["scale"]), "zp": int(lines["zp"])}
+    return x.reshape(1, -1), params, bytes.fromhex(lines["data"])
+
+
+def test_int8_rounding_vector_is_what_the_encoder_writes() -> None:
+    x, params, data = _int8_rounding_vector()
+    tensor = encode(x, "int8")
+    assert (tensor.params, tensor.data) == (params, data)
+
+
+def test_int8_rounding_vector_follows_the_spec_step_by_step_and_hits_the_edge() -> None:
+    """The spec's float32 steps, done one by one, give the vector; exact arithmetic would
+    not (so the vector tells an implementation that adds 0.5 in exact arithmetic apart)."""
+    x, params, data = _int8_rounding_vector()
+    f32 = np.float32
+    inv = f32(1 / np.float64(f32(params["scale"])))
+    u = (x * inv).astype(f32) + f32(params["zp"] + 128.5)
+    q = np.floor(np.clip(u, 0, 255.5)).astype(np.int16) - 128
+    assert q.astype(np.int8).tobytes() == data
+    exact = np.floor(x.astype(np.float64) * float(inv) + params["zp"] + 0.5).clip(-128, 127)
+    assert (exact != q).sum() == 2
+
+
 def _record(tier: str = "edge", worker: str = "edge-1", t0: float = 1700000000.01) -> HopTiming:
     return HopTiming(tier, worker, t0, t0 + 0.001, t0 + 0.003, t0 + 0.004, len(VECTOR))  # type: ignore[arg-type]
 

@@ -128,8 +128,9 @@ class AffineInt8:
         scale = np.maximum((hi64 - lo64) / 255, FLOAT32_TINY).astype(np.float32)
         zp = np.clip(np.floor(-128 - lo64 / scale + 0.5), -128, 127)
         inv = (1 / scale.astype(np.float64)).astype(np.float32)
-        # b = q + 128 is non-negative, so the uint8 cast truncates exactly like floor.
-        v = view * _bcast(inv)
+        # b = q + 128 is non-negative, so the uint8 cast truncates exactly like floor. All
+        # in float32, step by step, as docs/wire-format.md specifies (and its vector checks).
+        v = view.astype(np.float32) * _bcast(inv)
         v += _bcast((zp + 128.5).astype(np.float32))
         np.clip(v, 0, 255.5, out=v)
         codes = v.astype(np.uint8)

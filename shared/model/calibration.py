@@ -2,8 +2,9 @@
 
 Written by ``splitmq calibrate`` (``offline.calibration``) into the manifest;
 read when encoding (``codec_params``: devices and workers) and by the planner
-(``fidelity``: bytes and top-1 agreement of each (cut, codec), measured on
-held-out data, never assumed). Stored as::
+(``fidelity``: bytes, top-1 agreement and codec time of each (cut, codec);
+``exits``: how often exit heads answer and how well; all measured on held-out
+data, never assumed). Stored as::
 
     {"v": 1, "clip": "auto", "created_at": <unix time>,
      "samples": {"calibration": 100, "evaluation": 200,
@@ -13,7 +14,9 @@ held-out data, never assumed). Stored as::
                      "q4c": {"lo": [...], "hi": [...]},   # one float per channel
                      "q2c": null},   # null: each message's own min/max does better
               ...},
-     "fidelity": [{"cut", "codec", "bytes", "ratio", "agreement", "accuracy"}, ...]}
+     "fidelity": [{"cut", "codec", "bytes", "ratio", "agreement", "accuracy", "samples",
+                   "encode_ms", "decode_ms"}, ...],
+     "exits": [{"outputs", "cuts", "thresholds", "exit_rate", "agreement", "samples"}, ...]}
 """
 
 from __future__ import annotations
@@ -56,9 +59,34 @@ class FidelityRow:
     ratio: Annotated[float, Field(gt=0)]  # fp32 bytes at the cut / bytes
     agreement: Fraction  # top-1 equal to the uncompressed model's
     accuracy: Fraction | None  # top-1 equal to the label; None: no labels
+    samples: Annotated[int, Field(ge=1)]  # held-out samples behind agreement and accuracy
+    encode_ms: Annotated[float, Field(ge=0)]  # median per sample on the calibrating host
+    decode_ms: Annotated[float, Field(ge=0)]  # the same, decoding (and normalising pixels)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+class ExitCurve(Frozen):
+    """How often a group of exit heads answers at each threshold, and how well.
+
+    ``outputs`` are the exit heads one hop computes, in the order it tries
+    them (``model.outputs.answer``), and ``cuts`` where each is computed: a
+    segment a -> b holds a head computed at k when a < k <= b. At threshold
+    ``thresholds[i]`` a fraction ``exit_rate[i]`` of the held-out samples is
+    answered by one of them, and ``agreement[i]`` of those answers have the
+    unsplit model's top-1 (None: none answered). With labelled samples,
+    ``accuracy[i]`` is the top-1 accuracy delivered when the final output answers
+    the rest (what an accuracy target is checked against).
+    """
+
+    outputs: list[str]
+    cuts: list[int]
+    thresholds: list[Fraction]
+    exit_rate: list[Fraction]
+    agreement: list[Fraction | None]
+    samples: int = Field(ge=1)
+    accuracy: list[Fraction] | None = None
 
 
 class CalibrationSamples(Frozen):
@@ -79,6 +107,7 @@ class CalibrationTable(Document):
     accuracy: float | None = Field(None, ge=0, le=1)
     cuts: dict[str, dict[str, ClipRange | None]]
     fidelity: list[FidelityRow]
+    exits: list[ExitCurve] = Field(default_factory=list)
 
     def params(self, cut: int, codec: str) -> dict[str, object] | None:
         return params_for(self.cuts, cut, codec)

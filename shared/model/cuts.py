@@ -41,6 +41,17 @@ def find_cuts(graph: Graph) -> list[Cut]:
     return _table(graph, _drop_relabels(graph, candidates), desc, order)
 
 
+def pads_previous(graph: Graph, cuts: list[Cut], index: int) -> bool:
+    """Whether cut ``index`` is a Pad of the cut before it: the same values with a fixed
+    border, which the far side could add itself. Sending it costs more bytes and device
+    work than sending the cut before for no more information, so no plan should."""
+    producer = graph.producer.get(cuts[index].name) if index > 0 else None
+    if producer is None:
+        return False
+    node = graph.nodes[producer]
+    return node.op_type == "Pad" and node.input[0] == cuts[index - 1].name
+
+
 def _dynamic_tensors(graph: Graph) -> list[str]:
     order = [graph.input_name]
     for n in graph.nodes:

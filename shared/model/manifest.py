@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from splitmq.shared.model.calibration import CalibrationTable
+from splitmq.shared.model.exits import ExitReport
 from splitmq.shared.model.profile import HostInfo, Profile
 from splitmq.shared.protocol.document import Frozen
 
@@ -73,6 +74,7 @@ class Manifest(Frozen):
     cuts: list[Cut]
     profiles: list[Profile] = Field(default_factory=list)
     calibration: CalibrationTable | None = None
+    exits: ExitReport | None = None  # exits measured on labelled data (multi-exit models)
 
     @field_validator("profiles", mode="before")
     @classmethod

@@ -61,6 +61,12 @@ def available_at(graph: Graph, cuts: list[Cut], output: str, cut: int | None) ->
     return not (upstream_of(graph, output) | {output}) & trunk
 
 
+def exit_cut(graph: Graph, cuts: list[Cut], output: str) -> int:
+    """The cut after which ``output`` can first be computed: the segment a -> b computes
+    it (so a hop running it may answer from it) exactly when a < this cut <= b."""
+    return next(k for k in range(len(cuts)) if available_at(graph, cuts, output, k))
+
+
 def extract_segment(graph: Graph, cuts: list[Cut], a: int, b: int | None) -> onnx.ModelProto:
     """Standalone model for cuts a → b (see module docstring); passes onnx.checker."""
     _check_cut_range(cuts, a, b)

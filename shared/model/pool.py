@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from splitmq.shared.errors import ModelError, PoolError
 from splitmq.shared.model.calibration import CalibrationTable
 from splitmq.shared.model.cuts import find_cuts
+from splitmq.shared.model.exits import ExitReport
 from splitmq.shared.model.graph import Graph, load_model
 from splitmq.shared.model.manifest import Cut, Manifest, Preprocess, TensorSpec
 from splitmq.shared.model.partition import extract_segment
@@ -153,6 +154,11 @@ class ModelVersion:
         """Store ``table`` as the calibration, replacing any earlier one."""
         doc = table.model_dump()
         return self.update(lambda raw: raw.__setitem__("calibration", doc))
+
+    def save_exits(self, report: ExitReport) -> Manifest:
+        """Store what the exits are worth on labelled data (``offline.exit_report``)."""
+        doc = report.model_dump()
+        return self.update(lambda raw: raw.__setitem__("exits", doc))
 
     def codec_params(self, cut: int, codec: str) -> dict[str, object] | None:
         """What ``encode`` needs for ``codec`` at ``cut`` (calibrated clip range or None)."""
@@ -290,7 +296,12 @@ def open_model(pool: ModelPool, ref: str) -> ModelVersion:
         atexit.register(shutil.rmtree, scratch.root, ignore_errors=True)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "model"
         return scratch.add(path, stem)
-    name, _, version = ref.partition("@")
-    if version and not version.isdigit():
+    return pool.get(*parse_ref(ref))
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version`` -> (name, version or None for the newest)."""
+    name, at, version = ref.partition("@")
+    if at and not version.isdigit():
         raise PoolError(f"bad model reference {ref!r}: use NAME, NAME@VERSION or FILE.onnx")
-    return pool.get(name, int(version) if version else None)
+    return name, int(version) if version else None

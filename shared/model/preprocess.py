@@ -8,11 +8,16 @@ normalised by the receiving tier.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
 
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.manifest import Preprocess
+
+if TYPE_CHECKING:
+    from splitmq.shared.model.pool import ModelVersion
 
 
 def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
@@ -40,6 +45,23 @@ def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
     return (pixels.astype(np.float32) - mean) / std
+
+
+def model_input(frame: np.ndarray, mv: ModelVersion, pixels: bool = False) -> np.ndarray:
+    """What a device feeds its head: an image preprocessed (only to pixels when
+    ``pixels``: an input codec sends them and the receiving tier normalises), or a
+    float array of the model input's shape as it is. UserError for anything else."""
+    pre, spec = mv.manifest.preprocess, mv.manifest.input
+    if frame.dtype == np.uint8 and pre is not None:
+        image = to_pixels(frame, pre)
+        return image if pixels else normalize(image, pre)
+    shape = tuple(frame.shape) if frame.ndim == len(spec.shape) else (1, *frame.shape)
+    if shape[1:] != tuple(spec.shape[1:]) or str(frame.dtype) != spec.dtype:
+        raise UserError(
+            f"{mv.name} takes images or {spec.dtype} arrays of shape "
+            f"{spec.shape}, got {frame.dtype} {list(frame.shape)}"
+        )
+    return frame.reshape(shape)
 
 
 def _as_pil(image: np.ndarray) -> Image.Image:

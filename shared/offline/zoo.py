@@ -24,6 +24,8 @@ import onnx
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.manifest import Preprocess
 from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.offline import calibration, profiling, samples
+from splitmq.shared.offline.datasets import FASHION_LABELS
 
 _TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
 
@@ -36,6 +38,8 @@ class ZooModel:
     export: Callable[[ModelPool, Path], None]  # writes the ONNX file to the path
     preprocess: Preprocess
     labels: Callable[[], list[str]]
+    # multi-exit models: what the exits are worth on labelled data, once built
+    measure_exits: Callable[[ModelVersion], None] | None = None
 
 
 def _torch() -> Any:
@@ -114,6 +118,49 @@ def _export_efficientnet_ee(pool: ModelPool, path: Path) -> None:
     onnx.save(attach_exit_head(base.graph.model, EXIT_TENSOR, weight, bias), path)
 
 
+FASHION_SOURCE = f"trained here on Debian's {samples.FASHION_SOURCE} (BranchyNet, seed 0)"
+
+
+def _export_fashion_ee(pool: ModelPool, path: Path) -> None:
+    """Train the multi-exit CNN, fit each output's temperature on the held-out training
+    images, and export it with the temperatures folded in and written down."""
+    import json
+
+    from splitmq.shared.offline import branchy
+    from splitmq.shared.offline.datasets import fashion_mnist
+    from splitmq.shared.offline.exit_report import TEMPERATURES_KEY
+    from splitmq.shared.offline.temperature import fit_temperature
+
+    images, labels = fashion_mnist("train")
+    net = branchy.train(images[: branchy.TRAIN], labels[: branchy.TRAIN])
+    held = slice(branchy.TRAIN, None)
+    raw = branchy.logits(net, images[held])
+    temps = tuple(fit_temperature(v, labels[held]) for v in raw)
+    export_onnx(branchy.with_temperatures(net, temps), (1, 1, 28, 28), path, branchy.OUTPUTS)
+    model = onnx.load(path)
+    onnx.helper.set_model_props(model, {TEMPERATURES_KEY: json.dumps(temps)})
+    onnx.save(model, path)
+
+
+def _measure_fashion_exits(mv: ModelVersion) -> None:
+    from splitmq.shared.offline import branchy
+    from splitmq.shared.offline.datasets import fashion_mnist
+    from splitmq.shared.offline.exit_report import measure
+
+    images, labels = fashion_mnist("test")
+    pre = mv.manifest.preprocess
+    assert pre is not None
+    _, inputs = samples.from_images(list(images), pre)
+    report = measure(
+        mv,
+        inputs,
+        labels,
+        "Fashion-MNIST test split (10,000)",
+        f"Fashion-MNIST training images {branchy.TRAIN:,}.. (never trained on)",
+    )
+    mv.save_exits(report)
+
+
 ZOO: dict[str, ZooModel] = {
     "efficientnet-lite0": ZooModel(
         name="efficientnet-lite0",
@@ -142,10 +189,21 @@ ZOO: dict[str, ZooModel] = {
         ),
         labels=lambda: [str(d) for d in range(10)],
     ),
+    "fashion-mnist-ee": ZooModel(
+        name="fashion-mnist-ee",
+        describe="Fashion-MNIST CNN with two early exits, trained jointly (BranchyNet), calibrated",
+        source=FASHION_SOURCE,
+        export=_export_fashion_ee,
+        preprocess=Preprocess(channels="L", resize=None, size=(28, 28), mean=[72.94], std=[90.02]),
+        labels=lambda: list(FASHION_LABELS),
+        measure_exits=_measure_fashion_exits,
+    ),
 }
 
 
-def export_onnx(net: Any, input_shape: tuple[int, ...], path: Path) -> None:
+def export_onnx(
+    net: Any, input_shape: tuple[int, ...], path: Path, outputs: tuple[str, ...] = ("logits",)
+) -> None:
     """TorchScript export, opset 17, symbolic batch: the graph names users see."""
     torch = _torch()
     sample = torch.zeros(input_shape)
@@ -158,9 +216,52 @@ def export_onnx(net: Any, input_shape: tuple[int, ...], path: Path) -> None:
             opset_version=17,
             dynamo=False,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "N"} for name in ("input", *outputs)},
         )
+
+
+def ready(
+    pool: ModelPool,
+    name: str,
+    *,
+    threads: int = 1,
+    calibration_threads: int = 1,
+    profile: bool = True,
+    calibrate: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ModelVersion:
+    """A zoo model built, profiled on this host and calibrated: what the planner reads.
+
+    The profile is measured with ``threads`` ONNX Runtime threads, the ones
+    serving will use (a profile predicts its own configuration); calibrating
+    measures agreement and bytes, which do not depend on threads, so it may
+    use more. Each step runs only if its result is missing, so a second call
+    is cheap. ``progress(phase, done, total)`` follows the long steps.
+    """
+    mv = build(pool, name)
+    host = profiling.host_info(threads)
+    if profile and mv.manifest.profile_for(host) is None:
+
+        def step(done: int, total: int) -> None:
+            if progress:
+                progress("profiling", done, total)
+
+        mv.save_profile(profiling.profile(mv, threads=threads, progress=step))
+    if calibrate and mv.manifest.calibration is None:
+        counts = samples.default_counts(mv)
+        calibrating, evaluating = samples.real_samples(mv, *counts)
+        result = calibration.calibrate(
+            mv, calibrating, evaluating, threads=calibration_threads, progress=progress
+        )
+        calibration.save(mv, result)
+    measure = ZOO[name].measure_exits
+    if measure is not None and mv.manifest.exits is None:
+        if progress:
+            progress("measuring exits", 0, 1)
+        measure(mv)
+        mv = build(pool, name)
+    return mv
 
 
 def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:

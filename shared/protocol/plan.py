@@ -7,40 +7,47 @@ all three are this one document (docs/topics.md, Plan), validated the same way.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from splitmq.shared.codecs import parse_codec
 from splitmq.shared.errors import CodecError, UserError, WireError
-from splitmq.shared.protocol.document import Document
+from splitmq.shared.protocol.document import Document, Frozen
 from splitmq.shared.protocol.ids import ID_RULE, MAX_CUT, MAX_VERSION, is_id
 from splitmq.shared.protocol.wire import Hop
 
+#: What a plan minimises per request.
+Objective = Literal["latency", "energy", "bytes"]
 
-class Plan(Document):
-    """``route`` empty means device-only: nothing goes on the network."""
+
+class Prediction(Frozen):
+    """What the planner expects of an option: per request, from the device's side.
+
+    ``agreement`` is the top-1 agreement with the unsplit model that the
+    calibration table measured for this option (a bound built only from
+    measured rates where an option combines several lossy stages): never assumed.
+    """
+
+    latency_ms: float = Field(ge=0)
+    bytes: float = Field(ge=0)  # sent by the device per request
+    energy_mj: float = Field(ge=0)
+    agreement: float = Field(ge=0, le=1)
+
+
+class Option(Frozen):
+    """Where to cut, how to compress and which route to take; ``route`` empty: device-only."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    device: str | None = None
-    model: str
-    version: int = Field(ge=1, le=MAX_VERSION)
     cut: int = Field(ge=0, le=MAX_CUT)
     codec: str
     route: tuple[Hop, ...] = ()
     exit: float | None = Field(None, ge=0, le=1)
-    reason: str = "static plan"
-    ts: float = Field(default_factory=time.time)
-
-    @field_validator("device")
-    @classmethod
-    def _device_id(cls, value: str | None) -> str | None:
-        if value is not None and not is_id(value):
-            raise ValueError(f"{value!r} is not {ID_RULE}")
-        return value
+    predicted: Prediction | None = None
 
     @field_validator("route", mode="before")
     @classmethod
@@ -53,7 +60,7 @@ class Plan(Document):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _codec_fits_cut(self) -> Plan:
+    def _codec_fits_cut(self) -> Self:
         check_codec_at(self.codec, self.cut)
         return self
 
@@ -61,16 +68,55 @@ class Plan(Document):
     def device_only(self) -> bool:
         return not self.route
 
-    def for_device(self, device: str) -> Plan:
-        return self.model_copy(update={"device": device})
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The tiers the route goes through, in order."""
+        return tuple(hop.tier for hop in self.route)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The document as JSON-ready values (hops as maps)."""
-        doc = self.model_dump(exclude={"route"})
-        doc["route"] = [
-            {"tier": h.tier, "to": h.to, "exit": h.exit, "codec": h.codec} for h in self.route
-        ]
-        return doc
+        return json.loads(self.model_dump_json(by_alias=True))
+
+
+class Plan(Option, Document):
+    """An option for one device and model version, with why it was chosen.
+
+    A planner's plan carries its ``predicted`` costs and ranked
+    ``alternatives``: the options a device falls back to, in order, when a
+    tier of its plan stops answering.
+    """
+
+    device: str | None = None
+    model: str
+    version: int = Field(ge=1, le=MAX_VERSION)
+    reason: str = "static plan"
+    ts: float = Field(default_factory=time.time)
+    objective: Objective | None = None  # what the planner minimised; None: not planned
+    alternatives: tuple[Option, ...] = ()
+
+    @field_validator("device")
+    @classmethod
+    def _device_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_id(value):
+            raise ValueError(f"{value!r} is not {ID_RULE}")
+        return value
+
+    def for_device(self, device: str) -> Plan:
+        return self.model_copy(update={"device": device})
+
+    def fallback(self, option: Option, reason: str) -> Plan:
+        """This plan's device, model version and alternatives, with ``option`` in force."""
+        fields = {name: getattr(option, name) for name in Option.model_fields}
+        return self.model_copy(update={**fields, "reason": reason, "ts": time.time()})
+
+    def same_option(self, other: Option) -> bool:
+        """Whether ``other`` cuts, compresses and routes as this plan does."""
+        return (self.cut, self.codec, self.route, self.exit) == (
+            other.cut,
+            other.codec,
+            other.route,
+            other.exit,
+        )
 
 
 def check_codec_at(codec: str, cut: int) -> None:

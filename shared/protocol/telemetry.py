@@ -10,16 +10,19 @@ service time per segment. The Last Will replaces a document with
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
 from splitmq.shared.errors import WireError
 from splitmq.shared.protocol.document import Document, Frozen, describe
 from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, Tier
-from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.plan import Objective, Plan
 
-Objective = Literal["latency", "energy", "bytes"]
+if TYPE_CHECKING:
+    import numpy as np
+
+Seconds = TypeVar("Seconds", float, "np.ndarray")
 Count = Annotated[int, Field(ge=0)]
 Ms = Annotated[float, Field(ge=0)]
 
@@ -61,7 +64,28 @@ class Wants(Frozen):
 
     objective: Objective = "latency"
     accuracy: float = Field(0.99, ge=0, le=1)  # top-1 agreement floor with the unsplit model
+    # top-1 accuracy to deliver on labelled data: exit thresholds are then chosen by their
+    # measured accuracy (calibration with labels), the agreement floor judges the codecs
+    accuracy_target: float | None = Field(None, ge=0, le=1)
     slo_ms: Ms | None = None
+    max_bytes: int | None = Field(None, ge=1)  # byte budget per request on the uplink
+    fps: float | None = Field(None, gt=0)  # frames it sends per second; null: as answers come
+
+
+class Power(Frozen):
+    """The device's power draw, the planner's energy model (docs/planner.md).
+
+    Defaults are a small camera board: 2 W computing, 1 W with the radio
+    sending, 0.2 W idle while it waits for an answer.
+    """
+
+    compute_w: float = Field(2.0, ge=0)
+    radio_w: float = Field(1.0, ge=0)
+    idle_w: float = Field(0.2, ge=0)
+
+    def energy_mj(self, compute_s: Seconds, radio_s: Seconds, idle_s: Seconds) -> Seconds:
+        """Millijoules for that much computing, sending and waiting (seconds each)."""
+        return 1000 * (self.compute_w * compute_s + self.radio_w * radio_s + self.idle_w * idle_s)
 
 
 class Telemetry(Document):
@@ -81,9 +105,12 @@ class DeviceTelemetry(Telemetry):
     link: Link
     speed: float = Field(gt=0, le=1)  # vs the host its profile was measured on
     battery: float | None = Field(None, ge=0, le=1)  # null: mains powered
+    power: Power = Power()
     wants: Wants
     e2e: LatencySummary | None = None  # end-to-end latency of its answered requests
     answered: dict[str, Count]  # by tier: device, edge, cloud
+    preprocess: LatencySummary | None = None  # its own time per frame to make the model input
+    head: LatencySummary | None = None  # its own time per frame for the plan's head and encoding
 
 
 class WorkerTelemetry(Telemetry):
@@ -102,6 +129,8 @@ class PlannerTelemetry(Telemetry):
     role: Literal["planner"] = "planner"
     devices: Count  # devices it currently plans for
     plans: Count  # plans published since it started
+    # messages the broker dropped since it started ($SYS); None until the broker said
+    broker_dropped: Count | None = None
 
 
 class Offline(Frozen):

@@ -9,7 +9,7 @@ the broker's ACL enforces and what workers reply to.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from splitmq.shared.errors import UserError, WireError
@@ -26,9 +26,13 @@ from splitmq.shared.protocol.ids import (
     is_tier,
 )
 
-__all__ = ["DEFAULT_PREFIX", "RequestTopic", "Topics"]
+__all__ = ["ANY", "BROKER_DROPPED", "DEFAULT_PREFIX", "RequestTopic", "Topics"]
 
 DEFAULT_PREFIX = "splitmq/v1"
+#: Mosquitto's count of messages it dropped (full queues), every ``sys_interval``.
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
+#: One topic level matching any id, model or cut, in ``Topics.filters()``.
+ANY = "+"
 _PREFIX_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -67,9 +71,15 @@ def _check_tier(value: str) -> Tier:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The topic tree under one prefix (``Settings.topic_prefix``)."""
+    """The topic tree under one prefix (``Settings.topic_prefix``).
+
+    ``filters()`` is the same tree with ``ANY`` (``+``) allowed for any id, model or
+    cut: the ACL is written from the very builders the roles publish with, so the
+    access rules cannot drift from the topics (``splitmq.shared.protocol.access``).
+    """
 
     prefix: str = DEFAULT_PREFIX
+    wildcards: bool = False
 
     def __post_init__(self) -> None:
         levels = self.prefix.split("/") if isinstance(self.prefix, str) else [None]
@@ -79,15 +89,26 @@ class Topics:
                 "A-Z a-z 0-9 _ - . (no wildcards, no leading '$' or '/')"
             )
 
+    def filters(self) -> Topics:
+        """This tree with ``+`` accepted in place of any id, model or cut."""
+        return replace(self, wildcards=True)
+
+    def _any(self, value: object) -> bool:
+        return self.wildcards and value == ANY
+
+    def _id(self, kind: str, value: str) -> str:
+        return value if self._any(value) else _check_id(kind, value)
+
+    def _model(self, value: str) -> str:
+        return value if self._any(value) else _check_model(value)
+
     # -- topics one publishes to ---------------------------------------------
 
-    def request(self, tier: Tier, model: str, cut: int, device: str) -> str:
+    def request(self, tier: Tier, model: str, cut: int | str, device: str) -> str:
         """``<prefix>/<tier>/<model>/<cut>/<device>``: a hop for the edge or cloud tier."""
         _check_tier(tier)
-        return (
-            f"{self.prefix}/{tier}/{_check_model(model)}/{_check_cut(cut)}/"
-            f"{_check_id('device id', device)}"
-        )
+        level = cut if self._any(cut) else _check_cut(cut)  # type: ignore[arg-type]
+        return f"{self.prefix}/{tier}/{self._model(model)}/{level}/{self._id('device id', device)}"
 
     def edge_request(self, model: str, cut: int, device: str) -> str:
         return self.request("edge", model, cut, device)
@@ -96,18 +117,22 @@ class Topics:
         return self.request("cloud", model, cut, device)
 
     def result(self, device: str) -> str:
-        return f"{self.prefix}/result/{_check_id('device id', device)}"
+        return f"{self.prefix}/result/{self._id('device id', device)}"
 
     def error(self, device: str) -> str:
-        return f"{self.prefix}/error/{_check_id('device id', device)}"
+        return f"{self.prefix}/error/{self._id('device id', device)}"
 
     def telemetry(self, role: str, role_id: str) -> str:
         """Retained status of one process; its Last Will says ``{"status": "offline"}``."""
-        return f"{self.prefix}/telemetry/{_check_id('role', role)}/{_check_id('id', role_id)}"
+        return f"{self.prefix}/telemetry/{self._id('role', role)}/{self._id('id', role_id)}"
 
     def plan(self, device: str, model: str) -> str:
         """Retained plan the planner publishes for one device and model."""
-        return f"{self.prefix}/plan/{_check_id('device id', device)}/{_check_model(model)}"
+        return f"{self.prefix}/plan/{self._id('device id', device)}/{self._model(model)}"
+
+    def probe(self, device: str) -> str:
+        """Where a device sends link probes: nobody subscribes, only the PUBACK matters."""
+        return f"{self.prefix}/probe/{self._id('device id', device)}"
 
     # -- subscription filters --------------------------------------------------
 
@@ -127,15 +152,52 @@ class Topics:
         """Every role's telemetry (the planner's subscription)."""
         return f"{self.prefix}/telemetry/+/+"
 
+    def role_filter(self, role: str) -> str:
+        """The telemetry of every process of one role, e.g. every edge worker."""
+        return f"{self.prefix}/telemetry/{_check_id('role', role)}/+"
+
     def plans_filter(self, device: str) -> str:
         """Every plan for one device, one per model."""
         return f"{self.prefix}/plan/{_check_id('device id', device)}/+"
+
+    def plans_all(self) -> str:
+        """Every plan of every device (the planner reads its own retained plans back)."""
+        return f"{self.prefix}/plan/+/+"
 
     def everything(self) -> str:
         """``<prefix>/#``: what ``mosquitto_sub -v -t`` watches."""
         return f"{self.prefix}/#"
 
     # -- parsing ---------------------------------------------------------------
+
+    def parse_telemetry(self, topic: str) -> tuple[str, str]:
+        """``telemetry/<role>/<id>`` -> (role, id); WireError otherwise."""
+        role, role_id = self._two_levels(topic, "telemetry", "<role>/<id>")
+        if not (is_id(role) and is_id(role_id)):
+            raise WireError(f"telemetry topic {topic!r}: role and id must be {ID_RULE}")
+        return role, role_id
+
+    def parse_plan(self, topic: str) -> tuple[str, str]:
+        """``plan/<device>/<model>`` -> (device, model); WireError otherwise."""
+        device, model = self._two_levels(topic, "plan", "<device>/<model>")
+        if not (is_id(device) and is_model_name(model)):
+            raise WireError(f"plan topic {topic!r}: bad device id or model name")
+        return device, model
+
+    def _two_levels(self, topic: str, kind: str, shape: str) -> tuple[str, str]:
+        head = f"{self.prefix}/{kind}/"
+        parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+        if len(parts) != 2:
+            raise WireError(f"{kind} topic {topic!r} must be {head}{shape}")
+        return parts[0], parts[1]
+
+    def device_of_request(self, topic: str) -> str | None:
+        """The device a request topic names, even when another level is bad: the last of
+        the five levels, if it is a valid id. The ACL lets a device write only topics that
+        end in its own id, so a worker can tell that device what was wrong."""
+        head = f"{self.prefix}/"
+        parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+        return parts[3] if len(parts) == 4 and is_id(parts[3]) else None
 
     def parse_request(self, topic: str) -> RequestTopic:
         """Turn a received request topic back into its parts; WireError names the bad part."""

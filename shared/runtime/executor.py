@@ -142,11 +142,13 @@ class HopExecutor:
                         "(cut 0) of a model with image preprocessing",
                     )
                 x = normalize(x, pre)
-        if list(x.shape[1:]) != cut.shape[1:] or str(x.dtype) != cut.dtype or x.shape[0] < 1:
+        # One sample per request: a result holds one answer, so a batch would be answered
+        # for its first sample only.
+        if list(x.shape[1:]) != cut.shape[1:] or str(x.dtype) != cut.dtype or x.shape[0] != 1:
             raise RequestFailed(
                 "bad_tensor",
-                f"cut {cut.index} of {mv.name} takes "
-                f"[N, {', '.join(map(str, cut.shape[1:]))}] {cut.dtype}, got "
+                f"cut {cut.index} of {mv.name} takes one sample, "
+                f"[1, {', '.join(map(str, cut.shape[1:]))}] {cut.dtype}, got "
                 f"{list(x.shape)} {x.dtype}",
             )
         return x

@@ -32,9 +32,10 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Stats(Generic[K]):
-    """Thread-safe counters, per-name latency windows and a requests/s rate."""
+    """Thread-safe counters, per-name latency windows (of ``window`` samples), a rate."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 512) -> None:
+        self.window = window
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._latency: dict[K, LatencyWindow] = {}
@@ -57,7 +58,7 @@ class Stats(Generic[K]):
 
     def latency(self, key: K, ms: float) -> None:
         with self._lock:
-            self._latency.setdefault(key, LatencyWindow()).add(ms)
+            self._latency.setdefault(key, LatencyWindow(self.window)).add(ms)
 
     def finished(self) -> None:
         """One request served: feeds requests/s."""
@@ -75,6 +76,11 @@ class Stats(Generic[K]):
         with self._lock:
             summaries = {k: v.summary() for k, v in self._latency.items()}
         return {k: v for k, v in summaries.items() if v}
+
+    def forget(self, key: K) -> None:
+        """Drop a latency window (what it measured no longer applies)."""
+        with self._lock:
+            self._latency.pop(key, None)
 
     def by_prefix(self, prefix: str) -> dict[str, int]:
         """Counts named ``<prefix><key>``, by key (``answered_edge`` -> ``edge``)."""

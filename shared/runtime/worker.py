@@ -23,8 +23,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
-from splitmq.shared.errors import PayloadTooLarge, RequestFailed, SplitMQError
+from splitmq.shared.errors import (
+    PayloadTooLarge,
+    RequestFailed,
+    SplitMQError,
+    UserError,
+    WireError,
+)
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.ids import Tier, is_id
 from splitmq.shared.protocol.results import (
@@ -43,15 +50,27 @@ from splitmq.shared.protocol.wire import (
     pack_request,
     unpack_request,
 )
-from splitmq.shared.runtime.dedupe import SeenIds
+from splitmq.shared.runtime.dedupe import Replays, Reply
 from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
-from splitmq.shared.transport.mqtt import Message, MqttClient
+from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, Message, MqttClient
 from splitmq.shared.transport.telemetry import TelemetryPublisher
 
 log = logging.getLogger(__name__)
+
+# Workers connect with clean sessions on purpose: mosquitto 2.0 keeps dealing a shared
+# subscription's messages to a member whose durable session outlives it, so requests
+# would queue for a dead worker until its session expired (tests/test_dataplane.py kills
+# one mid-stream: 3 of 30 requests waited so). What a dead worker held is sent again by
+# its devices and served by the others; what it answered is replayed from its cache.
+#: A worker's MQTT keepalive: the broker drops a hung worker (stopped, swapping)
+#: after 1.5x this, so the shared subscription stops dealing it requests and the
+#: devices' retries reach a live one instead of the same frozen queue. paho pings
+#: within a second of it when idle: measured, idle workers do not flap on a loaded
+#: host (docs/benchmarks.md, Faults).
+KEEPALIVE_S = 2
 
 
 class Worker:
@@ -66,7 +85,11 @@ class Worker:
         queue_size: int = 8,
         telemetry_period_s: float = 5.0,
         on_result: Callable[[Result], None] | None = None,
+        speed: float = 1.0,
     ) -> None:
+        if not 0 < speed <= 1:
+            raise UserError(f"a worker's speed must be in (0, 1] (1 = this host), got {speed}")
+        self.speed = speed  # < 1 emulates a slower server: each hop takes 1/speed as long
         self.settings = settings
         self.tier: Tier = tier
         self.id = worker_id or f"{tier}-{uuid.uuid4().hex[:8]}"
@@ -74,8 +97,9 @@ class Worker:
         self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
         self.executor = HopExecutor(self.sessions, settings.max_payload_bytes)
         # Service time per segment: (model, version, from cut, to cut or None).
-        self.stats: Stats[tuple[str, int, int, int | None]] = Stats()
-        self.seen = SeenIds()
+        # Recent runs only: a worker slowed by other load shows within a few periods.
+        self.stats: Stats[tuple[str, int, int, int | None]] = Stats(window=64)
+        self.replays = Replays()
         self.threads = threads
         self._queue: queue.Queue[tuple[Message, float] | None] = queue.Queue(threads + queue_size)
         self._in_flight = 0
@@ -86,6 +110,7 @@ class Worker:
             will=TelemetryPublisher.will(self.topics, tier, self.id),
             receive_maximum=threads + queue_size,
             manual_ack=True,
+            keepalive=KEEPALIVE_S,
         )
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, tier, self.id, self._telemetry, telemetry_period_s
@@ -147,9 +172,12 @@ class Worker:
                     self._in_flight -= 1
 
     def _handle(self, msg: Message, t_recv: float) -> None:
-        device, request_id = None, None
+        device, request_id, key = self.topics.device_of_request(msg.topic), None, None
         try:
-            route = self.topics.parse_request(msg.topic)
+            try:
+                route = self.topics.parse_request(msg.topic)
+            except WireError as exc:  # told to the device the topic names, if it names one
+                raise RequestFailed("bad_route", str(exc)) from exc
             device = route.device
             request_id = _correlation_id(msg)
             request = unpack_request(msg.payload, self.settings.max_payload_bytes)
@@ -160,19 +188,32 @@ class Worker:
                     f"topic {msg.topic} does not match the request "
                     f"({request.model}, cut {request.cut}, {request.device})",
                 )
-            if not self.seen.first_time(f"{request.id}/{request.hop}"):
-                self.stats.count("duplicates")
-                log.info("duplicate request %s (hop %d) ignored", request.id, request.hop)
+            key = (device, request.id, request.hop)
+            earlier = self.replays.claim(key)
+            if earlier is not None:
+                self._again(request, earlier)
                 return
             if request.expired(time.time()):
                 raise RequestFailed("expired", f"request {request.id} expired before it ran")
-            self._publish(request, self.run_hop(request, t_recv, len(msg.payload)), msg)
+            reply = self._reply(request, self.run_hop(request, t_recv, len(msg.payload)), msg)
+            self._send(reply, request)
+            self.replays.done(key, reply)
             self.stats.finished()
         except SplitMQError as exc:
-            self._fail(device, request_id, exc.code, str(exc))
+            self._fail(device, request_id, exc.code, str(exc), key)
         except Exception as exc:  # a bug or a runtime failure: the device must still hear
             log.exception("unexpected failure on %s", msg.topic)
-            self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}")
+            self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}", key)
+
+    def _again(self, request: Request, earlier: Reply | str) -> None:
+        """A request seen before: its reply once more, or nothing while it is being served."""
+        self.stats.count("duplicates")
+        if isinstance(earlier, Reply):
+            self.stats.count("replayed")
+            log.info("request %s (hop %d) again: replaying its reply", request.id, request.hop)
+            self._send(earlier, request)
+        else:
+            log.info("request %s (hop %d) again while it runs", request.id, request.hop)
 
     def run_hop(self, request: Request, t_recv: float, nbytes: int) -> Result | Request:
         """This tier's part of ``request``: the answer, or the request for the next hop."""
@@ -184,13 +225,15 @@ class Worker:
         job = Job(
             request.model, request.version, request.cut, hop.to, request.tensor, hop.exit, hop.codec
         )
+        cpu = time.thread_time()
         outcome = self.executor.execute([job])[0]
         if outcome.error is not None:
             raise outcome.error
-        assert outcome.mv is not None
-        self.stats.latency(
-            (outcome.mv.name, outcome.mv.version, request.cut, hop.to), outcome.compute_ms
-        )
+        if self.speed < 1:
+            outcome = _slowed(outcome, time.thread_time() - cpu, self.speed)
+        mv = outcome.mv
+        assert mv is not None
+        self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
         record = HopTiming(
             self.tier, self.id, t_recv, outcome.t_start, outcome.t_done, outcome.t_end, nbytes
         )
@@ -217,49 +260,75 @@ class Worker:
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _publish(self, request: Request, outcome: Result | Request, msg: Message) -> None:
+    def _reply(self, request: Request, outcome: Result | Request, msg: Message) -> Reply:
+        """The message that ends this hop: the result, or the request for the next tier."""
         corr = request.id.encode()
         if isinstance(outcome, Result):
             # Never msg.response_topic: replies go only where the ACL-checked device id says.
-            self.client.publish(
-                self.topics.result(request.device),
-                pack_result(outcome),
-                qos=1,
-                correlation_data=corr,
-                json=True,
-            )
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
                 self.on_result(outcome)
-            return
+            topic = self.topics.result(request.device)
+            return Reply(topic, pack_result(outcome), {"correlation_data": corr, "json": True})
         nxt = outcome.current
-        try:
-            self.client.publish(
-                self.topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
-                pack_request(outcome),
-                qos=1,
-                correlation_data=corr,
-                response_topic=msg.response_topic,
-                content_type=CONTENT_TYPE_REQUEST,
-                expiry_s=expiry_interval(outcome.deadline, time.time()),
-            )
-        except PayloadTooLarge as exc:
-            raise RequestFailed("bad_route", f"cannot forward to {nxt.tier}: {exc}") from exc
         self.stats.count(f"forwarded_{nxt.tier}")
+        return Reply(
+            self.topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
+            pack_request(outcome),
+            {
+                "correlation_data": corr,
+                "response_topic": msg.response_topic,
+                "content_type": CONTENT_TYPE_REQUEST,
+            },
+            deadline=outcome.deadline,
+        )
 
-    def _fail(self, device: str | None, request_id: str | None, code: str, message: str) -> None:
+    def _send(self, reply: Reply, request: Request) -> None:
+        """Publish ``reply`` (QoS 1); a forward nobody is subscribed to fails the request."""
+        options = dict(reply.options)
+        if reply.deadline is not None:  # a forward: it expires when the request does
+            options["expiry_s"] = expiry_interval(reply.deadline, time.time())
+            options["on_ack"] = lambda code, why: self._acked(code, request)
+        try:
+            self.client.publish(reply.topic, reply.payload, qos=1, **options)
+        except PayloadTooLarge as exc:
+            raise RequestFailed("bad_route", f"cannot forward: {exc}") from exc
+
+    def _acked(self, code: int, request: Request) -> None:
+        """The broker's PUBACK of a forward. Reason 16: the next tier has no worker
+        subscribed: say so now, not after a timeout (network thread: it only publishes)."""
+        if code != NO_SUBSCRIBERS:
+            return
+        nxt = request.route[request.hop + 1].tier if request.hop + 1 < len(request.route) else "?"
+        self.stats.count("no_worker")
+        self._fail(
+            request.device,
+            request.id,
+            "no_worker",
+            f"no {nxt} worker is subscribed: request {request.id} has nowhere to go",
+        )
+
+    def _fail(
+        self,
+        device: str | None,
+        request_id: str | None,
+        code: str,
+        message: str,
+        key: tuple[str, str, int] | None = None,
+    ) -> None:
         self.stats.fail(code)
         log.warning("request %s from %s: %s: %s", request_id, device, code, message)
         if device is None:
             return  # no device to tell: the topic itself was unusable
         report = ErrorReport(request_id, device, code, message[:1000])
-        self.client.publish(
+        reply = Reply(
             self.topics.error(device),
             pack_error(report),
-            qos=1,
-            correlation_data=request_id.encode() if request_id else None,
-            json=True,
+            {"correlation_data": request_id.encode() if request_id else None, "json": True},
         )
+        self.client.publish(reply.topic, reply.payload, qos=1, **reply.options)
+        if key is not None:
+            self.replays.done(key, reply)
 
     def _telemetry(self, ts: float) -> WorkerTelemetry:
         """The documented telemetry (protocol.telemetry.WorkerTelemetry)."""
@@ -287,6 +356,18 @@ class Worker:
             answered=counts.get(f"answered_{self.tier}", 0),
             forwarded=self.stats.by_prefix("forwarded_"),
         )
+
+
+def _slowed(outcome: Outcome, cpu_s: float, speed: float) -> Outcome:
+    """The hop as a server ``speed`` times as fast would run it: its CPU time (not the
+    wall time, which includes waiting for the emulating host) 1/speed times over."""
+    wall = outcome.t_end - outcome.t_start
+    scale = min(cpu_s, wall) / wall / speed if wall > 0 and cpu_s > 0 else 1 / speed
+    end = outcome.t_start + wall * scale
+    if end > time.time():
+        time.sleep(end - time.time())
+    done = outcome.t_start + (outcome.t_done - outcome.t_start) * scale
+    return replace(outcome, t_done=done, t_end=end)
 
 
 def _correlation_id(msg: Message) -> str | None:

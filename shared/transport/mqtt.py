@@ -26,6 +26,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
@@ -60,6 +61,11 @@ __all__ = ["JSON_CONTENT_TYPE", "Handler", "Message", "MqttClient", "Will"]
 
 log = logging.getLogger(__name__)
 
+#: PUBACK reason codes (MQTT 5): the broker has nobody to deliver the message to; the
+#: broker's ACL does not let this user publish there.
+NO_SUBSCRIBERS = 16
+NOT_AUTHORIZED = 135
+
 _P = ParamSpec("_P")
 
 
@@ -90,7 +96,8 @@ class MqttClient:
         receive_maximum: int | None = None,
         manual_ack: bool = False,
         keepalive: int = 30,
-        reconnect_delay: tuple[float, float] = (0.5, 30.0),
+        reconnect_delay: tuple[float, float] = (0.1, 1.0),
+        session_expiry_s: int | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id or f"splitmq-{uuid.uuid4().hex[:12]}"
@@ -98,6 +105,13 @@ class MqttClient:
         self._receive_maximum = receive_maximum
         self._manual_ack = manual_ack
         self._keepalive = keepalive
+        # A durable session (clean_start=False): the broker keeps what is queued for
+        # this client id while it is away, for session_expiry_s.
+        self._session_expiry_s = session_expiry_s
+        self._connected_at = 0.0  # monotonic, of the latest connection
+        self._ack_lock = threading.Lock()  # never held while paho's mutex is
+        self._on_acks: dict[int, Callable[[int, str], None]] = {}
+        self._early_acks: dict[int, tuple[int, str]] = {}
         self._lock = threading.Lock()  # guards the tables below; never held while waiting
         self._subs: dict[str, Subscription] = {}
         self._by_id: dict[int, Subscription] = {}
@@ -125,6 +139,7 @@ class MqttClient:
             protocol=paho.MQTTv5,
             manual_ack=self._manual_ack,
         )
+        self._login(client)
         client.enable_logger(paho_log)
         client.suppress_exceptions = True  # second line of defence behind @_logged
         client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]  # floats work
@@ -143,11 +158,32 @@ class MqttClient:
             )
         return client
 
+    def _login(self, client: paho.Client) -> None:
+        """Credentials and TLS from the settings (``Settings.broker_url``, ``ca_file``...)."""
+        cfg, url = self.settings, self.settings.broker_url
+        if url.username is not None:
+            client.username_pw_set(url.username, url.password)
+        if not url.tls:
+            return
+        try:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        except (OSError, ValueError) as exc:  # a missing or unreadable CA/cert/key file
+            raise BrokerError(f"cannot set up TLS for {url}: {exc}") from exc
+
     # -- connection ---------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    def reconnected_within(self, seconds: float) -> bool:
+        """Whether this client came back from a lost connection less than ``seconds`` ago:
+        after a broker restart, other clients may not have resubscribed yet."""
+        return self._generation > 1 and time.monotonic() - self._connected_at < seconds
 
     @property
     def broker_max_packet(self) -> int | None:
@@ -156,14 +192,19 @@ class MqttClient:
 
     def connect(self, timeout: float = 10.0) -> MqttClient:
         """Connect, start the network thread and wait for CONNACK; BrokerError on failure."""
-        host, port = self.settings.broker_host, self.settings.broker_port
+        url = self.settings.broker_url
+        host, port = url.host, url.port
         self._paho.connect_timeout = timeout
         try:
             self._paho.connect(
-                host, port, self._keepalive, clean_start=True, properties=self._connect_properties()
+                host,
+                port,
+                self._keepalive,
+                clean_start=self._session_expiry_s is None,
+                properties=self._connect_properties(),
             )
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad host
-            raise BrokerError(f"cannot connect to the MQTT broker at {host}:{port}: {exc}") from exc
+            raise BrokerError(f"cannot connect to the MQTT broker at {url}: {exc}") from exc
         self._paho.loop_start()
         try:
             self.wait_connected(timeout)
@@ -174,10 +215,13 @@ class MqttClient:
         return self
 
     def _connect_properties(self) -> Properties | None:
-        if self._receive_maximum is None:
+        if self._receive_maximum is None and self._session_expiry_s is None:
             return None
         props = Properties(PacketTypes.CONNECT)
-        props.ReceiveMaximum = self._receive_maximum
+        if self._receive_maximum is not None:
+            props.ReceiveMaximum = self._receive_maximum
+        if self._session_expiry_s is not None:
+            props.SessionExpiryInterval = self._session_expiry_s
         return props
 
     def wait_connected(self, timeout: float = 10.0) -> None:
@@ -187,7 +231,7 @@ class MqttClient:
             if self._connected:
                 return
             reason = self._refused
-        where = self.settings.broker
+        where = self.settings.where
         if reason is not None:
             raise BrokerError(f"the MQTT broker at {where} refused {self.client_id}: {reason}")
         raise BrokerError(f"not connected to the MQTT broker at {where} within {timeout:g} s")
@@ -289,6 +333,7 @@ class MqttClient:
         expiry_s: float | None = None,
         json: bool = False,
         wait: float | None = None,
+        on_ack: Callable[[int, str], None] | None = None,
     ) -> None:
         """Publish one message; PayloadTooLarge before anything is sent if it is too big.
 
@@ -298,6 +343,8 @@ class MqttClient:
         While disconnected, QoS 1 messages are queued and sent after the
         reconnect (with ``wait``, BrokerError says so at once); QoS 0 is dropped.
         Never ``wait`` inside a handler: it runs on the network thread.
+        ``on_ack(code, reason)`` hears the broker's PUBACK of a QoS 1 message, on the
+        network thread: code 16 (no matching subscribers) says nobody will get it.
         """
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         props = publish_properties(correlation_data, response_topic, content_type, expiry_s, json)
@@ -312,6 +359,13 @@ class MqttClient:
             )
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        if on_ack is not None and qos > 0:
+            with self._ack_lock:
+                early = self._early_acks.pop(info.mid, None)
+                if early is None:
+                    self._on_acks[info.mid] = on_ack
+            if early is not None:
+                on_ack(*early)
         if wait is not None:
             self._await_publish(topic, info, wait)
 
@@ -379,13 +433,14 @@ class MqttClient:
         self._loop_ident = threading.get_ident()
         self._broker_max_packet = getattr(props, "MaximumPacketSize", None)
         self._generation += 1
+        self._connected_at = time.monotonic()
         with self._lock:
             for sub in self._subs.values():
                 self._send_subscribe(sub)
         with self._state:
             self._connected, self._refused = True, None
             self._state.notify_all()
-        log.info("%s connected to %s", self.client_id, self.settings.broker)
+        log.info("%s connected to %s", self.client_id, self.settings.where)
 
     @_logged
     def _on_disconnect(
@@ -421,12 +476,20 @@ class MqttClient:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        # No lock here: paho calls this holding its own mutex that publish() needs.
+        # Not self._lock: paho calls this holding its own mutex that publish() needs.
         if reason.is_failure:
             self._puback_failures[mid] = reason
             log.warning("%s: the broker rejected message %d: %s", self.client_id, mid, reason)
         else:
             self._puback_failures.pop(mid, None)
+        with self._ack_lock:
+            listener = self._on_acks.pop(mid, None)
+            if listener is None:
+                self._early_acks[mid] = (reason.value, str(reason))
+                while len(self._early_acks) > 1024:  # acks nobody asked about
+                    self._early_acks.pop(next(iter(self._early_acks)))
+        if listener is not None:
+            listener(reason.value, str(reason))
 
     @_logged
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

@@ -31,7 +31,17 @@ __all__ = ["app", "build", "main"]
 log = logging.getLogger("splitmq")
 
 #: Command modules, in the order `splitmq --help` lists their commands.
-COMMAND_MODULES = ("models", "pool", "calibrate", "serve", "device", "demo")
+COMMAND_MODULES = (
+    "models",
+    "pool",
+    "calibrate",
+    "exits",
+    "plan",
+    "serve",
+    "device",
+    "demo",
+    "secure",
+)
 MAX_MESSAGE = 300  # characters of an unexpected error's message on its one line
 
 

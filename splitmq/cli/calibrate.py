@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import TaskID
 from rich.table import Table
 
-from splitmq.cli.output import human, out, print_json, progress_bar
+from splitmq.cli.output import human, out, phases, print_json, progress_bar
 from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref
 from splitmq.shared.offline.calibration import Calibration, parse_cuts, save
 from splitmq.shared.offline.calibration import calibrate as run_calibration
 from splitmq.shared.offline.clipping import CLIPS, check_clip
-from splitmq.shared.offline.fidelity import default_counts, real_samples
+from splitmq.shared.offline.samples import default_counts, real_samples
 
 
 @app.command()
@@ -41,8 +40,8 @@ def calibrate(
         str | None,
         typer.Option(
             "--cuts",
-            help="Cuts to calibrate, e.g. 3,14,21, or 'all' [default: cut 0 and each cut "
-            "whose fp32 tensor is smaller than at every earlier cut].",
+            help="Cuts to calibrate, e.g. 3,14,21, or 'all' [default: every cut a plan may "
+            "use: all but the output and the cuts that only pad the one before].",
             show_default=False,
         ),
     ] = None,
@@ -69,15 +68,8 @@ def calibrate(
         mv, calibration_samples or default_calibration, samples or default_evaluation
     )
     with progress_bar() as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(f"{phase} {mv.name}", total=total)
-            bar.update(tasks[phase], completed=done)
-
         result = run_calibration(
-            mv, calibration, evaluation, chosen, clip, threads or cfg.threads, progress
+            mv, calibration, evaluation, chosen, clip, threads or cfg.threads, phases(bar, mv.name)
         )
     save(mv, result)
     if as_json:

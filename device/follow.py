@@ -1,0 +1,184 @@
+"""Which plan a device runs: its own, the planner's, or a fallback.
+
+``Plans`` holds the plan in force and the model version it runs; the next
+frame takes whatever is in force then (requests in flight carry their own
+route, so they finish under the plan they started with). A following
+device (``splitmq device`` without ``--cut``/``--plan``) starts on the
+device alone and switches to each plan the planner publishes, retained, on
+``plan/<device>/<model>``; it keeps the last one while the planner is away.
+Whatever the planner does, ``FALLBACK_AFTER`` timeouts in a row on a tier
+make the device switch by itself to its plan's first alternative that
+avoids that tier (device-only is always among them), so a dead tier costs
+a few requests, not every request until the planner notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from splitmq.shared.errors import SplitMQError, WireError
+from splitmq.shared.model.plans import make_plan
+from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.protocol.plan import Option, Plan
+from splitmq.shared.runtime.sessions import SessionCache
+from splitmq.shared.transport.messages import Message
+
+log = logging.getLogger(__name__)
+
+FALLBACK_AFTER = 3
+NO_PLAN_YET = "no plan from the planner yet: on the device"
+#: Plan switches a device remembers (the demo's timeline reads them).
+SWITCHES_KEPT = 256
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One change of plan: when, from what to what, and why."""
+
+    t: float  # unix time
+    old: Plan
+    new: Plan
+    reason: str
+
+
+class Fallback:
+    """Consecutive timeouts per tier, and the alternative to take when they add up."""
+
+    def __init__(self, after: int = FALLBACK_AFTER) -> None:
+        self.after = after
+        self._misses: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def answered(self, tier: str) -> None:
+        with self._lock:
+            self._misses.pop(tier, None)
+
+    def timed_out(self, plan: Plan, tier: str) -> tuple[Option, str] | None:
+        """The alternative to switch to (and why) once ``tier`` missed ``after`` in a row."""
+        with self._lock:
+            self._misses[tier] = self._misses.get(tier, 0) + 1
+            if self._misses[tier] < self.after or tier not in plan.tiers:
+                return None
+            self._misses.pop(tier)
+        for option in plan.alternatives:
+            if tier not in option.tiers:
+                return option, f"fell back: {self.after} requests to the {tier} timed out in a row"
+        return None
+
+
+class Plans:
+    """The plan in force on one device, and every way it changes (see module docstring)."""
+
+    def __init__(
+        self,
+        device: str,
+        plan: Plan,
+        sessions: SessionCache,
+        on_switch: Callable[[Switch], None],
+    ) -> None:
+        self.device, self.sessions, self.on_switch = device, sessions, on_switch
+        self._lock = threading.Lock()
+        self._plan, self._mv = plan, self._model_of(plan)
+        self.switches: deque[Switch] = deque(maxlen=SWITCHES_KEPT)
+        self.fallback = Fallback()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{device}-switch")
+
+    def current(self) -> tuple[Plan, ModelVersion]:
+        with self._lock:
+            return self._plan, self._mv
+
+    @property
+    def plan(self) -> Plan:
+        return self.current()[0]
+
+    def warm(self) -> None:
+        plan, mv = self.current()
+        self._warm(plan, mv)
+
+    def switch(self, plan: Plan, reason: str | None = None) -> bool:
+        """Run ``plan`` from the next frame on (its head loaded first); False if it is
+        the plan in force already."""
+        mv = self._model_of(plan)
+        self._warm(plan, mv)
+        with self._lock:
+            old = self._plan
+            if old == plan:
+                return False
+            self._plan, self._mv = plan, mv
+        change = Switch(time.time(), old, plan, reason or plan.reason)
+        self.switches.append(change)
+        log.info("%s: plan %s -> %s (%s)", self.device, name(old), name(plan), change.reason)
+        self.on_switch(change)
+        return True
+
+    def received(self, msg: Message) -> None:
+        """A plan from the planner (network thread: the switch happens on a thread of ours)."""
+        if not msg.payload:
+            return  # a retained plan was cleared
+        try:
+            plan = Plan.parse(msg.payload, msg.topic)
+        except WireError as exc:
+            log.warning("%s: ignoring an unreadable plan: %s", self.device, exc)
+            return
+        model = self.plan.model
+        refused = (
+            f"it is for device {plan.device!r}"
+            if plan.device not in (None, self.device)
+            else (f"it is for model {plan.model!r}" if plan.model != model else None)
+        )
+        if refused:
+            log.warning("%s: ignoring the plan on %s: %s", self.device, msg.topic, refused)
+            return
+        self._worker.submit(self._safely, plan, f"planner: {plan.reason}")
+
+    def timed_out(self, tier: str) -> None:
+        """A request to ``tier`` got no answer at all: maybe fall back."""
+        plan = self.plan
+        step = self.fallback.timed_out(plan, tier)
+        if step is not None:
+            option, why = step
+            self._worker.submit(self._safely, plan.fallback(option, why), why)
+
+    def unreachable(self, tier: str) -> None:
+        """The broker says nobody serves ``tier`` now: fall back at once."""
+        plan = self.plan
+        option = next((o for o in plan.alternatives if tier not in o.tiers), None)
+        if tier in plan.tiers and option is not None:
+            why = f"fell back: no {tier} worker is subscribed"
+            self._worker.submit(self._safely, plan.fallback(option, why), why)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+    def _safely(self, plan: Plan, reason: str) -> None:
+        try:
+            self.switch(plan, reason)
+        except SplitMQError as exc:
+            log.warning("%s: cannot run plan %s: %s", self.device, name(plan), exc)
+
+    def _model_of(self, plan: Plan) -> ModelVersion:
+        mv = self.sessions.model(plan.model, plan.version)
+        mv.check_cut(plan.cut)
+        return mv
+
+    def _warm(self, plan: Plan, mv: ModelVersion) -> None:
+        if plan.cut > 0:
+            self.sessions.segment(mv, 0, plan.cut)  # load and warm the head now
+
+
+def local_plan(mv: ModelVersion) -> Plan:
+    """What a following device runs until the planner has spoken: everything itself."""
+    return make_plan(mv, mv.last_cut, "raw", reason=NO_PLAN_YET)
+
+
+def name(plan: Plan) -> str:
+    """A plan in a few words, for logs and timelines."""
+    if plan.device_only:
+        return "device-only"
+    return f"cut {plan.cut} {plan.codec} -> {'/'.join(plan.tiers)}"

@@ -1,0 +1,128 @@
+"""Watching the link: probes while a device runs locally, overdue requests otherwise.
+
+A device-only plan sends nothing, so its link estimate would go stale and
+the planner could never move it back when the link recovers. While the plan
+is device-only, every ``PERIOD_S`` (or longer, see below) the prober
+publishes two messages to ``probe/<device>``, QoS 1, and times each to its
+acknowledgement by the broker: a small one (its time is the RTT) and one of
+about 20 ms of the estimated uplink (1 kB to 64 kB; 16 kB before any
+estimate); the difference gives the bandwidth. A difference under
+``MEASURABLE_S`` is timer noise, not a rate: the next large probe is then
+four times larger instead. The first pair goes out at once. Nobody
+subscribes there: the PUBACK is the answer. The probe rate stays at most
+``MAX_SHARE`` (1%) of the estimated bandwidth: the period grows when the
+large probe would otherwise use more. Over an emulated link
+the probes pass the same delay lines as requests and results.
+
+While the plan sends requests, every ``TICK_S`` the oldest unanswered one
+tells the estimator how long it has been out (``LinkEstimator.overdue``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from splitmq.device.estimates import LinkEstimator
+from splitmq.device.link import DelayLine
+from splitmq.shared.errors import SplitMQError
+from splitmq.shared.transport.mqtt import MqttClient
+
+log = logging.getLogger(__name__)
+
+PERIOD_S = 2.0
+TICK_S = 0.2
+MAX_SHARE = 0.01
+SMALL = 64
+LARGE_S = 0.02  # how long the large probe should occupy the link
+LARGE_MIN, LARGE_MAX = 1024, 65536
+FIRST = 16384  # bytes of the first large probe
+MEASURABLE_S = 0.002
+DEFAULT_BPS = 1e6  # before any estimate
+
+
+def probe_size(bps: float | None) -> int:
+    """Bytes of the large probe: about 20 ms of the link, 1 kB to 64 kB."""
+    return int(min(LARGE_MAX, max(LARGE_MIN, (bps or DEFAULT_BPS) * LARGE_S / 8)))
+
+
+def probe_period_s(bps: float | None) -> float:
+    """Seconds between probe pairs so they use at most 1% of the link."""
+    size = probe_size(bps) + SMALL
+    return max(PERIOD_S, size * 8 / (MAX_SHARE * (bps or DEFAULT_BPS)))
+
+
+class Prober:
+    """Probes the link while ``wanted()`` (see module docstring)."""
+
+    def __init__(
+        self,
+        client: MqttClient,
+        topic: str,
+        estimates: LinkEstimator,
+        wanted: Callable[[], bool],
+        oldest: Callable[[], tuple[int, float] | None],
+        uplink: DelayLine | None,
+        downlink: DelayLine | None,
+        on_sample: Callable[[], None],
+        name: str,
+    ) -> None:
+        self.client, self.topic, self.estimates = client, topic, estimates
+        self.wanted, self.oldest, self.on_sample = wanted, oldest, on_sample
+        self.uplink, self.downlink = uplink, downlink
+        self.sent_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        next_probe, size = time.monotonic(), FIRST
+        while not self._stop.wait(TICK_S):
+            if not self.wanted():
+                out = self.oldest()  # (bytes, seconds out) of the oldest unanswered request
+                if out is not None:
+                    self.estimates.overdue(*out)
+                    self.on_sample()
+                continue
+            if time.monotonic() < next_probe:
+                continue
+            next_probe = time.monotonic() + probe_period_s(self.estimates.uplink_bps())
+            try:
+                small_s, large_s = self._time(SMALL), self._time(size)
+            except SplitMQError as exc:
+                log.debug("probe failed: %s", exc)
+                continue
+            if large_s - small_s < MEASURABLE_S:
+                size = min(LARGE_MAX, size * 4)  # too small to time: larger next time
+                self.estimates.probe(small_s, small_s, 0)  # the RTT still counts
+                self.on_sample()
+                continue
+            self.estimates.probe(small_s, large_s, size - SMALL)
+            size = probe_size(self.estimates.uplink_bps())
+            self.on_sample()
+
+    def _time(self, nbytes: int) -> float:
+        """Seconds from sending ``nbytes`` to hearing the broker has them."""
+        start = time.monotonic()
+        _through(self.uplink, nbytes)
+        self.client.publish(self.topic, bytes(nbytes), qos=1, wait=5.0)
+        _through(self.downlink, 8)  # the acknowledgement's way back
+        self.sent_bytes += nbytes
+        return time.monotonic() - start
+
+
+def _through(line: DelayLine | None, nbytes: int) -> None:
+    """Wait as long as ``nbytes`` take over an emulated link (nothing without one)."""
+    if line is None:
+        return
+    arrived = threading.Event()
+    line.send(nbytes, arrived.set)
+    arrived.wait(60)

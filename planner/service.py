@@ -1,0 +1,301 @@
+"""`splitmq planner`: the control loop over MQTT.
+
+The service subscribes to every role's retained telemetry and to every
+retained plan (its own, read back), and holds nothing else: a restarted
+planner reads the same documents and, by the same rule
+(``control.plan_fleet``), keeps the same plans. Each change wakes the loop;
+it waits ``settle_s`` for related changes (a tier's workers going offline
+together), then plans every online device and publishes, retained, the
+plans that changed. It also re-plans every ``period_s``, so a plan whose
+dwell time has passed can move. A role that appears or goes offline (a
+Last Will), or a device whose uplink estimate jumps 2x, is planned for at
+once; routine telemetry (every device's, every period) waits until
+``min_gap_s`` after the last round, so a crowd of devices does not keep the
+planner planning.
+
+A telemetry document that does not parse, or whose role and id differ from
+its topic's (forged), is dropped with a log line and counted in the
+planner's own telemetry (``errors``); the planner keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+
+from splitmq.planner.control import Control, Target, plan_fleet
+from splitmq.planner.fleet import device_state, tier_states
+from splitmq.planner.options import NotReady, Options
+from splitmq.planner.state import Link
+from splitmq.shared.errors import SplitMQError, WireError
+from splitmq.shared.model.plans import make_plan
+from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.telemetry import (
+    DeviceTelemetry,
+    Offline,
+    PlannerTelemetry,
+    Telemetry,
+    TelemetryDoc,
+    WorkerTelemetry,
+    parse_telemetry,
+)
+from splitmq.shared.protocol.topics import BROKER_DROPPED
+from splitmq.shared.settings import Settings
+from splitmq.shared.transport.messages import Message
+from splitmq.shared.transport.mqtt import MqttClient
+from splitmq.shared.transport.telemetry import TelemetryPublisher
+
+log = logging.getLogger(__name__)
+
+
+class PlannerService:
+    """The planner role (see module docstring). Use as a context manager."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        planner_id: str | None = None,
+        *,
+        control: Control | None = None,
+        links: dict[str, Link] | None = None,
+        speeds: dict[str, float] | None = None,
+        period_s: float = 2.0,
+        min_gap_s: float = 1.0,
+        settle_s: float = 0.05,
+        telemetry_period_s: float = 5.0,
+    ) -> None:
+        self.settings, self.topics = settings, settings.topics
+        self.id = planner_id or f"planner-{uuid.uuid4().hex[:8]}"
+        self.control = control or Control()
+        self.links, self.speeds = links or {}, speeds or {}
+        self.period_s, self.min_gap_s, self.settle_s = period_s, min_gap_s, settle_s
+        self.pool = ModelPool(settings.pool)
+        self.client = MqttClient(
+            settings, self.id, will=TelemetryPublisher.will(self.topics, "planner", self.id)
+        )
+        self.telemetry = TelemetryPublisher(
+            self.client, self.topics, "planner", self.id, self._status, telemetry_period_s
+        )
+        self._docs: dict[tuple[str, str], TelemetryDoc] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._options: dict[tuple[str, int], Options | NotReady] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._urgent = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-loop", daemon=True)
+        self.published = 0
+        self.errors: Counter[str] = Counter()
+        self.replans = 0
+        self.broker_dropped: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> PlannerService:
+        self.client.connect()
+        self.client.subscribe(self.topics.plans_all(), self._on_plan, qos=1)
+        self.client.subscribe(self.topics.telemetry_filter(), self._on_telemetry, qos=1)
+        self.client.subscribe(BROKER_DROPPED, self._on_dropped, qos=0)
+        self.telemetry.start()
+        self._thread.start()
+        log.info("%s planning from %s", self.id, self.topics.telemetry_filter())
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.telemetry.stop()
+        self.client.close()
+
+    def __enter__(self) -> PlannerService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- network thread: parse, remember, wake the loop ----------------------------------
+
+    def _on_dropped(self, msg: Message) -> None:
+        """Mosquitto's dropped-message count: any rise means a queue overflowed somewhere,
+        so a request or an answer was lost without a word to anyone: say so loudly."""
+        try:
+            count = int(msg.payload)
+        except ValueError:
+            log.warning("%s: $SYS dropped count is not a number: %r", self.id, msg.payload[:40])
+            return
+        before, self.broker_dropped = self.broker_dropped or 0, count
+        if count > before:  # mosquitto says it only when it changes: the first may be old
+            log.warning(
+                "%s: the broker dropped %d message(s) (%d since it started): a client's "
+                "queue is full (max_queued_messages, docs/topics.md)",
+                self.id,
+                count - before,
+                count,
+            )
+
+    def _on_telemetry(self, msg: Message) -> None:
+        try:
+            role, role_id = self.topics.parse_telemetry(msg.topic)
+            if not msg.payload:
+                doc = None  # a cleared retained topic: the role is gone for good
+            else:
+                doc = parse_telemetry(msg.payload, msg.topic)
+                if isinstance(doc, Telemetry) and (doc.role, doc.id) != (role, role_id):
+                    raise WireError(f"{msg.topic}: forged: the document says {doc.role}/{doc.id}")
+        except WireError as exc:
+            self.errors["bad_telemetry"] += 1
+            log.warning("%s: rejected telemetry: %s", self.id, exc)
+            return
+        if role == "planner":
+            return
+        with self._lock:
+            before = self._docs.get((role, role_id))
+            if doc is None:
+                self._docs.pop((role, role_id), None)
+            else:
+                self._docs[(role, role_id)] = doc
+        if _news(before, doc):
+            self._urgent.set()  # a role came or went, or a link changed a lot: plan now
+        self._wake.set()
+
+    def _on_plan(self, msg: Message) -> None:
+        try:
+            device, model = self.topics.parse_plan(msg.topic)
+            plan = Plan.parse(msg.payload, msg.topic) if msg.payload else None
+        except WireError as exc:
+            self.errors["bad_plan"] += 1
+            log.warning("%s: ignoring a retained plan: %s", self.id, exc)
+            return
+        with self._lock:
+            if plan is None or plan.device not in (None, device) or plan.model != model:
+                self._plans.pop((device, model), None)
+            else:
+                self._plans[(device, model)] = plan
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self.period_s)
+            # Routine changes (a device's periodic telemetry) wait for the next slot;
+            # a role going away or appearing does not.
+            while not self._urgent.is_set() and not self._stop.is_set():
+                left = last + self.min_gap_s - time.monotonic()
+                if left <= 0 or self._urgent.wait(left):
+                    break
+            if self._stop.is_set():
+                return
+            time.sleep(self.settle_s)  # let a burst of related changes arrive together
+            self._wake.clear()
+            self._urgent.clear()
+            last = time.monotonic()
+            try:
+                self.replan()
+            except Exception:  # a bug must not stop the loop: log it and plan again later
+                self.errors["internal"] += 1
+                log.exception("%s: planning failed", self.id)
+
+    def replan(self) -> list[Plan]:
+        """Plan every online device now; publish and return the plans that changed."""
+        with self._lock:
+            docs, plans = dict(self._docs), dict(self._plans)
+        workers = [d for d in docs.values() if isinstance(d, WorkerTelemetry)]
+        devices = sorted(
+            (d for d in docs.values() if isinstance(d, DeviceTelemetry)), key=lambda d: d.id
+        )
+        targets, fixed = [], []
+        for doc in devices:
+            options = self._options_of(doc.model.model, doc.model.version)
+            retained = plans.get((doc.id, doc.model.model))
+            if isinstance(options, NotReady):
+                if retained is None or retained.reason != str(options):
+                    mv = self.pool.get(doc.model.model, doc.model.version)
+                    fixed.append(
+                        make_plan(mv, mv.last_cut, "raw", reason=str(options)).for_device(doc.id)
+                    )
+                continue
+            targets.append(
+                Target(
+                    device=doc.id,
+                    state=device_state(doc, options),
+                    wants=doc.wants,
+                    options=options,
+                    tiers=tier_states(workers, options, self.links, self.speeds),
+                    current=_in_force(doc, retained),
+                )
+            )
+        changed = list(plan_fleet(targets, time.time(), self.control).values()) + fixed
+        for plan in changed:
+            self._publish(plan)
+        self.replans += 1
+        return changed
+
+    def _options_of(self, model: str, version: int) -> Options | NotReady:
+        key = (model, version)
+        if key not in self._options:
+            try:
+                self._options[key] = Options.of(self.pool.get(model, version))
+            except NotReady as exc:
+                log.error("%s: cannot plan for %s: %s", self.id, model, exc)
+                self._options[key] = exc
+            except SplitMQError as exc:
+                log.error("%s: cannot plan for %s: %s", self.id, model, exc)
+                self._options[key] = NotReady(str(exc))
+        return self._options[key]
+
+    def _publish(self, plan: Plan) -> None:
+        assert plan.device is not None
+        topic = self.topics.plan(plan.device, plan.model)
+        self.client.publish(topic, plan.to_json(), qos=1, retain=True, json=True)
+        with self._lock:
+            self._plans[(plan.device, plan.model)] = plan
+        self.published += 1
+        log.info("%s: plan for %s: %s", self.id, plan.device, plan.reason)
+
+    def _status(self, ts: float) -> PlannerTelemetry:
+        with self._lock:
+            devices = sum(isinstance(d, DeviceTelemetry) for d in self._docs.values())
+        return PlannerTelemetry(
+            id=self.id,
+            ts=ts,
+            rps=0.0,
+            in_flight=0,
+            errors=dict(self.errors),
+            devices=devices,
+            plans=self.published,
+            broker_dropped=self.broker_dropped,
+        )
+
+
+#: A device's uplink estimate moving this many times (up or down) is planned for at once.
+LINK_JUMP = 2.0
+
+
+def _news(before: TelemetryDoc | None, now: TelemetryDoc | None) -> bool:
+    """Whether a telemetry change should be planned for now rather than in the next slot."""
+    if before is None or now is None or isinstance(now, Offline) != isinstance(before, Offline):
+        return True
+    if isinstance(now, DeviceTelemetry) and isinstance(before, DeviceTelemetry):
+        old, new = before.link.uplink_bps, now.link.uplink_bps
+        if (old is None) != (new is None):
+            return True
+        if old and new and max(old, new) / min(old, new) >= LINK_JUMP:
+            return True
+    return False
+
+
+def _in_force(doc: DeviceTelemetry, retained: Plan | None) -> Plan | None:
+    """The plan the device runs: the planner's, unless the device moved on since (its own
+    fallback, newer than the retained plan); None when the planner never planned for it."""
+    if retained is None:
+        return None
+    running = doc.plan
+    if running.ts > retained.ts and not running.same_option(retained):
+        return running.for_device(doc.id)
+    return retained

@@ -1,0 +1,70 @@
+"""Who may publish and subscribe where: the topic contract's access rules.
+
+Each role's grants are built with the same ``Topics`` builders the role uses to
+publish and subscribe (``Topics.filters()`` puts ``+`` where any id may go), so
+the broker's ACL (``splitmq.broker.secure`` writes it from ``grants``) cannot
+drift from what the code does. A device is its user name: it writes only topics
+ending in its own id and reads only its own results, errors and plans, which is
+what lets workers trust the device id in a request topic.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, get_args
+
+from splitmq.shared.protocol.ids import TIERS
+from splitmq.shared.protocol.topics import ANY, BROKER_DROPPED, Topics
+
+Role = Literal["device", "edge", "cloud", "planner", "monitor"]
+ROLES: tuple[Role, ...] = get_args(Role)
+#: What each role is for, for ``splitmq secure`` tables and docs/security.md.
+PURPOSE: dict[Role, str] = {
+    "device": "runs heads, asks for answers; one user per device, named by its id",
+    "edge": "edge workers: serve edge requests, answer, forward to the cloud",
+    "cloud": "cloud workers: serve cloud requests and answer",
+    "planner": "reads all telemetry and the broker's drop count, writes every plan",
+    "monitor": "reads everything, writes nothing (dashboards, results stores, mosquitto_sub)",
+}
+#: The roles with one user each, named as the role: no device may be called so.
+SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "device")
+
+Access = Literal["read", "write"]
+
+
+class Grant(NamedTuple):
+    access: Access
+    topic: str  # an MQTT filter
+
+
+def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
+    """What ``user`` of ``role`` may read and write under ``topics``' prefix."""
+    t = topics.filters()
+    if role == "device":
+        return [
+            *(Grant("write", t.request(tier, ANY, ANY, user)) for tier in TIERS),
+            Grant("write", t.telemetry("device", user)),
+            Grant("write", t.probe(user)),
+            Grant("read", t.result(user)),
+            Grant("read", t.error(user)),
+            Grant("read", t.plan(user, ANY)),
+        ]
+    if role in TIERS:
+        forward = [Grant("write", t.request("cloud", ANY, ANY, ANY))] if role == "edge" else []
+        return [
+            Grant("read", t.request(role, ANY, ANY, ANY)),
+            *forward,
+            Grant("write", t.result(ANY)),
+            Grant("write", t.error(ANY)),
+            Grant("write", t.telemetry(role, ANY)),
+        ]
+    if role == "planner":
+        return [
+            Grant("read", t.telemetry(ANY, ANY)),
+            Grant("read", t.plan(ANY, ANY)),
+            Grant("write", t.plan(ANY, ANY)),
+            Grant("write", t.telemetry("planner", ANY)),
+            Grant("read", BROKER_DROPPED),  # surfaced in its telemetry
+        ]
+    if role == "monitor":
+        return [Grant("read", topics.everything()), Grant("read", "$SYS/#")]
+    raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

@@ -1,0 +1,58 @@
+"""Quantities people type: bandwidths (``5mbit``), durations (``40ms``), sizes (``10kB``).
+
+One parser each, so flags, link specs and settings accept the same spellings
+and refuse anything else with a message that shows a valid one. Bandwidths
+are bits per second (k, m, g are powers of 1000, as network rates are);
+durations are milliseconds; sizes are bytes (k, M, G: powers of 1000).
+"""
+
+from __future__ import annotations
+
+import re
+
+from splitmq.shared.errors import UserError
+
+_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
+_RATE = re.compile(rf"^{_NUMBER}\s*([kmg]?)(?:bit|bps|b/s)?$", re.IGNORECASE)
+_DURATION = re.compile(rf"^{_NUMBER}\s*(us|ms|s|min)?$", re.IGNORECASE)
+_SIZE = re.compile(rf"^{_NUMBER}\s*([kmg]?)b?$", re.IGNORECASE)
+_DURATION_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "min": 60e3}
+
+
+def parse_rate(text: str, what: str = "bandwidth") -> float:
+    """``5mbit``, ``500kbit``, ``1.5gbit`` or plain bit/s -> bit/s (> 0)."""
+    m = _RATE.match(text.strip())
+    if not m:
+        raise UserError(f"bad {what} {text!r}: use a rate like 5mbit, 500kbit or 1gbit")
+    bits = float(m.group(1)) * _SCALE[m.group(2).lower()]
+    if bits <= 0:
+        raise UserError(f"bad {what} {text!r}: it must be positive")
+    return bits
+
+
+def parse_ms(text: str, what: str = "duration") -> float:
+    """``40ms``, ``1.5s``, ``250us``, ``2min`` or plain milliseconds -> ms (>= 0)."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise UserError(f"bad {what} {text!r}: use a duration like 40ms, 1.5s or 2min")
+    return float(m.group(1)) * _DURATION_MS[(m.group(2) or "ms").lower()]
+
+
+def parse_bytes(text: str, what: str = "size") -> int:
+    """``10kB``, ``1.5MB``, ``800`` -> bytes (> 0)."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UserError(f"bad {what} {text!r}: use a size like 800, 10kB or 1.5MB")
+    size = round(float(m.group(1)) * _SCALE[m.group(2).lower()])
+    if size <= 0:
+        raise UserError(f"bad {what} {text!r}: it must be positive")
+    return size
+
+
+def format_rate(bits_per_s: float) -> str:
+    """bit/s for people: ``5mbit``, ``500kbit`` (what ``parse_rate`` reads back)."""
+    for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if bits_per_s >= scale:
+            return f"{bits_per_s / scale:g}{unit}"
+    return f"{bits_per_s:g}bit"

@@ -1,0 +1,162 @@
+"""`splitmq plan`: what the planner would choose for a device in a given situation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from splitmq.cli.output import human, out, print_json
+from splitmq.cli.root import (
+    AccuracyOption,
+    JsonOption,
+    MaxBytesOption,
+    ModelArg,
+    ObjectiveOption,
+    PoolOption,
+    SloOption,
+    TargetOption,
+    app,
+    open_ref,
+    wants,
+)
+from splitmq.shared.errors import UserError
+
+if TYPE_CHECKING:
+    from splitmq.planner import Decision
+    from splitmq.shared.protocol.plan import Option
+
+
+@app.command()
+def plan(
+    model: ModelArg,
+    uplink: Annotated[str, typer.Option(help="Device uplink, e.g. 5mbit, 500kbit.")],
+    rtt: Annotated[str, typer.Option(help="Round trip device <-> broker, e.g. 40ms.")] = "20ms",
+    downlink: Annotated[
+        str | None, typer.Option(help="Device downlink [default: as the uplink].")
+    ] = None,
+    device_speed: Annotated[
+        float, typer.Option(help="Device speed vs the profile's host, in (0, 1].")
+    ] = 1.0,
+    objective: ObjectiveOption = "latency",
+    accuracy: AccuracyOption = 0.99,
+    accuracy_target: TargetOption = None,
+    slo: SloOption = None,
+    max_bytes: MaxBytesOption = None,
+    battery: Annotated[
+        float | None, typer.Option(help="Battery charge in [0, 1] (below 0.2: plan for energy).")
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(help="Requests/s this device adds to a tier's load.", min=0)
+    ] = 0.0,
+    tiers: Annotated[
+        str, typer.Option(help="Tiers that are up: edge,cloud, edge, cloud or none.")
+    ] = "edge,cloud",
+    edge_threads: Annotated[
+        int, typer.Option(help="Inference threads of the edge tier.", min=1)
+    ] = 2,
+    edge_speed: Annotated[float, typer.Option(help="Edge speed vs the profile's host.")] = 1.0,
+    edge_load: Annotated[
+        float, typer.Option(help="Share of the edge's threads other devices keep busy.", min=0)
+    ] = 0.0,
+    cloud_threads: Annotated[
+        int, typer.Option(help="Inference threads of the cloud tier.", min=1)
+    ] = 2,
+    cloud_speed: Annotated[float, typer.Option(help="Cloud speed vs the profile's host.")] = 1.0,
+    cloud_load: Annotated[
+        float, typer.Option(help="Share of the cloud's threads other devices keep busy.", min=0)
+    ] = 0.0,
+    cloud_link: Annotated[
+        str, typer.Option(help="Link broker <-> cloud workers, BANDWIDTH/RTT.")
+    ] = "100mbit/20ms",
+    pool: PoolOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Choose a plan for a device in a what-if situation: every cut, codec, route and exit
+    threshold weighed by the cost model, with alternatives and the fixed strategies."""
+    from splitmq.planner import DeviceState, Link, Options, TierState, decide
+    from splitmq.shared.protocol.telemetry import Power
+    from splitmq.shared.units import parse_ms, parse_rate
+
+    up = set() if tiers == "none" else {t.strip() for t in tiers.split(",")}
+    if not up <= {"edge", "cloud"}:
+        raise UserError(f"--tiers: expected edge, cloud, edge,cloud or none, got {tiers!r}")
+    device = DeviceState(
+        speed=device_speed,
+        link=Link(parse_rate(uplink, "--uplink"), parse_ms(rtt, "--rtt")),
+        downlink_bps=parse_rate(downlink, "--downlink") if downlink else None,
+        battery=battery,
+        power=Power(),
+        rate_rps=rate,
+    )
+    states = {
+        "edge": TierState("edge", edge_threads, edge_load * edge_threads, speed=edge_speed),
+        "cloud": TierState(
+            "cloud",
+            cloud_threads,
+            cloud_load * cloud_threads,
+            speed=cloud_speed,
+            link=Link.parse(cloud_link, "--cloud-link"),
+        ),
+    }
+    asked = wants(objective, accuracy, slo, max_bytes, accuracy_target=accuracy_target)
+    _, mv = open_ref(model, pool)
+    options = Options.of(mv)
+    decision = decide(options, device, {t: s for t, s in states.items() if t in up}, asked)
+    if as_json:
+        print_json(decision.to_json())
+        return
+    out.print(_table(mv.name, mv.version, decision))
+    out.print(decision.plan.reason, soft_wrap=True)
+
+
+def _route(option: Option) -> str:
+    if option.device_only:
+        return "device only"
+    hops = []
+    for hop in option.route:
+        step: str = hop.tier
+        if hop.to is not None:
+            step += f" → cut {hop.to}"
+            if hop.exit is not None:
+                step += f", exit ≥ {hop.exit:g}"
+            step += f", {hop.codec}"
+        hops.append(step)
+    return " ⇒ ".join(hops)
+
+
+def _table(name: str, version: int, decision: Decision) -> Table:
+    table = Table(
+        title=f"{name} v{version}: plan for {decision.objective} "
+        f"({decision.considered:,} options weighed)"
+    )
+    for col in ("", "cut", "codec", "route", "latency ms", "bytes", "energy mJ", "agreement"):
+        table.add_column(col, justify="left" if col in ("", "codec", "route") else "right")
+    rows: list[tuple[str, Option]] = [("plan", decision.plan)]
+    rows += [(f"alt {i}", alt) for i, alt in enumerate(decision.plan.alternatives, 1)]
+    for label, option in rows:
+        p = option.predicted
+        assert p is not None
+        table.add_row(
+            f"[bold]{label}[/]" if label == "plan" else label,
+            str(option.cut),
+            "" if option.device_only else option.codec,
+            _route(option),
+            f"{p.latency_ms:.1f}",
+            human(p.bytes),
+            f"{p.energy_mj:.1f}",
+            f"{p.agreement:.1%}",
+        )
+    for label, p in decision.fixed.items():
+        table.add_row(
+            f"[dim]{label}[/]",
+            "",
+            "",
+            "",
+            f"{p.latency_ms:.1f}",
+            human(p.bytes),
+            f"{p.energy_mj:.1f}",
+            f"{p.agreement:.1%}",
+        )
+    return table

@@ -1,0 +1,99 @@
+"""``splitmq secure``: set up users, the ACL and TLS for a broker others can reach."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from splitmq.cli.output import out, print_json
+from splitmq.cli.root import JsonOption, PrefixOption, app
+
+secure_app = typer.Typer(
+    help="Users, per-device ACLs and TLS certificates for `splitmq broker --secure`.",
+    no_args_is_help=True,
+)
+app.add_typer(secure_app, name="secure")
+
+DirOption = Annotated[
+    Path,
+    typer.Option(
+        "--dir",
+        envvar="SPLITMQ_SECURE_DIR",
+        help="The directory `secure init` made [env: SPLITMQ_SECURE_DIR].",
+    ),
+]
+
+
+def _report(sd, users: list[str], as_json: bool) -> None:
+    from splitmq.shared.protocol.access import PURPOSE
+
+    roles = sd.users
+    rows = [{"user": u, "role": roles[u], "settings": str(sd.client_env(u))} for u in users]
+    if as_json:
+        print_json({"dir": str(sd.root), "ca": str(sd.ca), "users": rows})
+        return
+    table = Table("user", "role", "may", "settings file (keep secret)")
+    for row in rows:
+        table.add_row(row["user"], row["role"], PURPOSE[roles[row["user"]]], row["settings"])
+    out.print(table)
+    out.print(
+        f"Run the broker with `splitmq broker --secure {sd.root}`; give each process its "
+        "settings file as its .env (or export its lines). Clients pin "
+        f"{sd.ca}; keep {sd.root / 'ca.key'} off the broker host once done."
+    )
+
+
+@secure_app.command("init")
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the CA, keys, users, ACL.")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Another name or IP clients reach the broker at (repeat)."),
+    ] = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="A device id to add now (repeat).")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="The URL clients use, written into their settings files."),
+    ] = None,
+    topic_prefix: PrefixOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A CA, the broker's certificate, users for every role and an ACL from the topic contract."""
+    from splitmq.broker.secure import SecureDir
+    from splitmq.shared.protocol.topics import DEFAULT_PREFIX
+    from splitmq.shared.settings import BrokerUrl
+
+    if broker is not None:
+        try:
+            BrokerUrl.parse(broker)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--broker") from exc
+    sd = SecureDir.init(
+        directory,
+        host or [],
+        prefix=topic_prefix or DEFAULT_PREFIX,
+        devices=device or [],
+        broker=broker,
+    )
+    _report(sd, list(sd.users), as_json)
+
+
+@secure_app.command("add-device")
+def add_device(
+    device_id: Annotated[str, typer.Argument(help="The device's id: its user name too.")],
+    directory: DirOption = Path("secure"),
+    as_json: JsonOption = False,
+) -> None:
+    """A user for one more device, allowed only its own topics (then SIGHUP mosquitto)."""
+    from splitmq.broker.secure import SecureDir
+
+    sd = SecureDir(directory)
+    sd.add_device(device_id)
+    _report(sd, [device_id], as_json)
+    if not as_json:
+        out.print("A running broker picks the new user up on SIGHUP: `pkill -HUP -x mosquitto`.")

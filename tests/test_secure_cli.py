@@ -1,0 +1,79 @@
+"""`splitmq secure` and `splitmq broker --secure` as users run them, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+from clitools import cli_env, run_cli, start_cli
+
+from splitmq.broker.launcher import free_port
+from splitmq.broker.secure import SecureDir
+from splitmq.shared.errors import BrokerError
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.settings import Settings
+from splitmq.shared.transport.mqtt import MqttClient
+
+
+def test_init_then_add_device_print_users_and_keep_passwords_out(tmp_path: Path) -> None:
+    env = cli_env(pool=tmp_path)
+    made = run_cli("secure", "init", str(tmp_path / "s"), "--device", "cam1", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    users = {u["user"]: u["role"] for u in json.loads(made.stdout)["users"]}
+    assert users == {
+        "edge": "edge",
+        "cloud": "cloud",
+        "planner": "planner",
+        "monitor": "monitor",
+        "cam1": "device",
+    }
+    added = run_cli("secure", "add-device", "cam2", "--dir", str(tmp_path / "s"), "--json", env=env)
+    assert added.returncode == 0, added.stderr
+    assert [u["user"] for u in json.loads(added.stdout)["users"]] == ["cam2"]
+    secret = (tmp_path / "s" / "clients" / "cam2.env").read_text()
+    password = re.search(r"SPLITMQ_PASSWORD=(\S+)", secret).group(1)
+    assert password not in made.stdout + added.stdout + added.stderr
+    assert (tmp_path / "s" / "clients" / "cam2.env").stat().st_mode & 0o077 == 0
+    again = run_cli("secure", "init", str(tmp_path / "s"), env=env)
+    bad = run_cli("secure", "add-device", "cam/+", "--dir", str(tmp_path / "s"), env=env)
+    assert again.returncode == bad.returncode == 2
+    assert "already holds a secure setup" in again.stderr and "invalid device id" in bad.stderr
+
+
+def test_splitmq_broker_secure_serves_tls_and_refuses_anonymous(tmp_path: Path) -> None:
+    sd = SecureDir.init(tmp_path / "s", devices=["cam1"])
+    port, tls_port = free_port(), free_port()
+    proc = start_cli(
+        "-v", "broker", "--port", str(port), "--tls-port", str(tls_port), "--secure", str(sd.root),
+        "--data-dir", str(tmp_path / "data"), env=cli_env(pool=tmp_path), stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        next(line for line in proc.stderr if "TLS on port" in line)  # logged once it is up
+        with MqttClient(sd.settings("cam1", f"mqtts://localhost:{tls_port}"), "cam1") as cam:
+            cam.publish(Topics(sd.prefix).telemetry("device", "cam1"), b"{}", qos=1, wait=5)
+        anonymous = Settings(_env_file=None, broker=f"mqtt://127.0.0.1:{port}")
+        try:
+            MqttClient(anonymous, "anon").connect(timeout=5)
+            raise AssertionError("an anonymous client got in")
+        except BrokerError as exc:
+            assert "refused" in str(exc) or "Not authorized" in str(exc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_bad_broker_urls_say_why(tmp_path: Path) -> None:
+    for url, words in (
+        ("nohost", "broker must be mqtt://host:port"),
+        ("http://h:1", "scheme must be mqtt or mqtts"),
+        ("mqtt://h:99999", "bad port"),
+        ("mqtts://user:s3cret@h:notaport", "bad port"),
+    ):
+        got = run_cli("device", "--model", "m", "--broker", url, env=cli_env(pool=tmp_path))
+        assert got.returncode == 2 and words in got.stderr, got.stderr
+        assert "pydantic" not in got.stderr and "s3cret" not in got.stderr
