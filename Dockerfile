@@ -17,6 +17,7 @@ COPY device ./device
 COPY edge ./edge
 COPY cloud ./cloud
 COPY planner ./planner
+COPY dashboard ./dashboard
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM python:3.11-slim

@@ -12,12 +12,12 @@ BIN := $(VENV)/bin
 export SPLITMQ_POOL ?= $(CURDIR)/.pool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check lint bench models mosquitto datasets venv clean
+.PHONY: demo test check lint bench models mosquitto datasets postgresql chromium venv clean
 
 demo: venv mosquitto models
 	$(BIN)/splitmq demo
 
-test: venv mosquitto models check
+test: venv mosquitto models postgresql chromium check
 	$(BIN)/python -m pytest -q
 
 # The layer contracts (import-linter) and static types (mypy), checked on the package
@@ -65,6 +65,20 @@ mosquitto:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 
+# The results store's tests run a real PostgreSQL (initdb + pg_ctl as the postgres user),
+# the dashboard's a real headless chromium: both from Debian, installed when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing postgresql from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
+
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
 # Labelled data from Debian: Fashion-MNIST (60k train / 10k test) for the multi-exit model.
 FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 datasets:
@@ -75,7 +89,7 @@ datasets:
 
 # Built, profiled and calibrated once (calibration uses every core: offline work).
 models: venv datasets
-	$(BIN)/splitmq models build --threads $$(nproc)
+	$(BIN)/splitmq models build --no-announce --threads $$(nproc)
 
 clean:
 	rm -rf $(VENV) .pool .pytest_cache .ruff_cache .hypothesis .mypy_cache build

@@ -1,13 +1,15 @@
-"""The cloud worker: runs the final segments and keeps a store of its answers.
+"""The cloud worker: runs the final segments, answering what the edge escalated.
 
-The mechanics are :class:`splitmq.shared.runtime.worker.Worker`, shared with the edge.
+The mechanics are :class:`splitmq.shared.runtime.worker.Worker`, shared with the edge;
+``on_result`` records each answer (a results store's ``Recorder.add``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-from splitmq.cloud.results import ResultsStore
+from splitmq.shared.protocol.results import Result
+from splitmq.shared.protocol.wire import Request
 from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
 
@@ -17,19 +19,15 @@ def cloud_worker(
     worker_id: str | None = None,
     threads: int = 2,
     queue_size: int = 8,
-    results: Path | None = None,
     speed: float = 1.0,
+    on_result: Callable[[Result, Request], None] | None = None,
 ) -> Worker:
-    store = ResultsStore(results) if results else None
-    worker = Worker(
+    return Worker(
         settings,
         "cloud",
         worker_id,
         threads=threads,
         queue_size=queue_size,
-        on_result=store.add if store else None,
+        on_result=on_result,
         speed=speed,
     )
-    if store:
-        worker.on_stop.append(store.close)
-    return worker

@@ -32,3 +32,13 @@ class Answer:
     @property
     def top1(self) -> int:
         return self.top[0].index
+
+    @property
+    def label(self) -> str | None:
+        """The top class's name (None when the model has no labels)."""
+        return self.top[0].label
+
+    @property
+    def score(self) -> float:
+        """The top class's softmax score."""
+        return self.top[0].score

@@ -35,6 +35,8 @@ FALLBACK_AFTER = 3
 NO_PLAN_YET = "no plan from the planner yet: on the device"
 #: Plan switches a device remembers (the demo's timeline reads them).
 SWITCHES_KEPT = 256
+#: How a switch's reason begins when the planner, or the device's own fallback, chose it.
+FROM_PLANNER, FELL_BACK = "planner: ", "fell back: "
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class Switch:
     old: Plan
     new: Plan
     reason: str
+
+    @property
+    def source(self) -> str:
+        """Who chose the new plan: the planner, the device's fallback, or its caller."""
+        if self.reason.startswith(FROM_PLANNER):
+            return "planner"
+        return "fallback" if self.reason.startswith(FELL_BACK) else "caller"
 
 
 class Fallback:
@@ -68,7 +77,7 @@ class Fallback:
             self._misses.pop(tier)
         for option in plan.alternatives:
             if tier not in option.tiers:
-                return option, f"fell back: {self.after} requests to the {tier} timed out in a row"
+                return option, f"{FELL_BACK}{self.after} requests to the {tier} timed out in a row"
         return None
 
 
@@ -135,7 +144,7 @@ class Plans:
         if refused:
             log.warning("%s: ignoring the plan on %s: %s", self.device, msg.topic, refused)
             return
-        self._worker.submit(self._safely, plan, f"planner: {plan.reason}")
+        self._worker.submit(self._safely, plan, f"{FROM_PLANNER}{plan.reason}")
 
     def timed_out(self, tier: str) -> None:
         """A request to ``tier`` got no answer at all: maybe fall back."""
@@ -150,7 +159,7 @@ class Plans:
         plan = self.plan
         option = next((o for o in plan.alternatives if tier not in o.tiers), None)
         if tier in plan.tiers and option is not None:
-            why = f"fell back: no {tier} worker is subscribed"
+            why = f"{FELL_BACK}no {tier} worker is subscribed"
             self._worker.submit(self._safely, plan.fallback(option, why), why)
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ from splitmq.shared.protocol.wire import (
     pack_request,
 )
 from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
+from splitmq.shared.runtime.metrics import DeviceMetrics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
@@ -127,6 +128,9 @@ class Device:
         self._reported_at = 0.0
         self._started = time.monotonic()
         self.started_at = time.time()  # when its link schedule began (set again on start)
+        self.metrics = DeviceMetrics(
+            lambda ts: device_telemetry(self, ts), self.stats, lambda: self._window.size
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class Device:
 
     def _switched(self, change: Switch) -> None:
         self.stats.count("switches")
+        self.metrics.switched(change.source)
         self.timing.forget("head")  # it measured the old plan's head
         if self.telemetry:
             self.telemetry.publish()
@@ -249,6 +254,7 @@ class Device:
         """The window learns from each request: its latency, or a timeout or overload."""
         if not future.cancelled() and future.exception() is None:
             self._window.release(future.result().e2e_ms / 1000)
+            self.metrics.answered(future.result())
         else:
             self._window.release(congested=_overloaded(future))
 
@@ -325,6 +331,7 @@ class Device:
         hop = request.route[0]
         payload = pack_request(request)
         flight.sizes.append(len(payload))
+        self.metrics.uplink.inc(len(payload))
         topic = self.topics.request(hop.tier, request.model, request.cut, self.id)
         client = self.client
 

@@ -13,7 +13,8 @@ publish. The planner service calls it on every change.
   for the rest.
 - **Hysteresis.** A device keeps its plan unless the plan broke (a tier it
   uses is gone or saturated, or it misses a constraint), its objective
-  changed (a low battery makes it energy), it was made without a link
+  changed (a low battery makes it energy), a newer model version was
+  announced (``model/<name>``), it was made without a link
   estimate (it has no alternatives), or a better one is
   predicted to gain at least ``gain`` (10%) of the objective and the plan
   in force is at least ``dwell_s`` old; a gain of ``urgent`` (50%: the plan
@@ -111,8 +112,14 @@ def _choose(
         return decision.plan
     found = decision.assessment
     row = t.options.locate(current)
-    if row is None or not found.meets(row) or current.objective != found.objective:
-        return decision.plan  # broken, or the battery changed the goal: now, whatever the dwell
+    if (
+        row is None
+        or not found.meets(row)
+        or current.objective != found.objective
+        or current.version != decision.plan.version
+    ):
+        return decision.plan  # broken, the battery changed the goal, or a new model version
+
     if not current.alternatives and decision.plan.alternatives:
         return decision.plan  # made without a link estimate: no dwell holds it
     if current.same_option(decision.plan):

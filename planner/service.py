@@ -33,6 +33,7 @@ from splitmq.planner.state import Link
 from splitmq.shared.errors import SplitMQError, WireError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.protocol.announce import ModelAnnouncement
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
@@ -44,6 +45,7 @@ from splitmq.shared.protocol.telemetry import (
     parse_telemetry,
 )
 from splitmq.shared.protocol.topics import BROKER_DROPPED
+from splitmq.shared.runtime.metrics import PlannerMetrics
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.messages import Message
 from splitmq.shared.transport.mqtt import MqttClient
@@ -80,9 +82,11 @@ class PlannerService:
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, "planner", self.id, self._status, telemetry_period_s
         )
+        self.metrics = PlannerMetrics(self._status)
         self._docs: dict[tuple[str, str], TelemetryDoc] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._options: dict[tuple[str, int], Options | NotReady] = {}
+        self._newest: dict[str, int] = {}  # model -> newest announced version in our pool
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._urgent = threading.Event()
@@ -99,6 +103,7 @@ class PlannerService:
         self.client.connect()
         self.client.subscribe(self.topics.plans_all(), self._on_plan, qos=1)
         self.client.subscribe(self.topics.telemetry_filter(), self._on_telemetry, qos=1)
+        self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
         self.client.subscribe(BROKER_DROPPED, self._on_dropped, qos=0)
         self.telemetry.start()
         self._thread.start()
@@ -163,6 +168,29 @@ class PlannerService:
             self._urgent.set()  # a role came or went, or a link changed a lot: plan now
         self._wake.set()
 
+    def _on_model(self, msg: Message) -> None:
+        """A new model version: devices on an older one move to it at the next round."""
+        try:
+            name = self.topics.parse_model(msg.topic)
+            if not msg.payload:
+                return
+            news = ModelAnnouncement.parse(msg.payload, msg.topic)
+            if news.name != name:
+                raise WireError(f"{msg.topic}: the document names model {news.name!r}")
+            self.pool.matching(news.name, news.version, news.sha256)
+        except SplitMQError as exc:
+            self.errors["bad_model"] += 1
+            log.warning("%s: ignoring a model announcement: %s", self.id, exc)
+            return
+        with self._lock:
+            if news.version <= self._newest.get(name, 0):
+                return
+            self._newest[name] = news.version
+            self._options = {k: v for k, v in self._options.items() if k[0] != name}
+        log.info("%s: %s v%d announced: moving its devices to it", self.id, name, news.version)
+        self._urgent.set()
+        self._wake.set()
+
     def _on_plan(self, msg: Message) -> None:
         try:
             device, model = self.topics.parse_plan(msg.topic)
@@ -204,18 +232,21 @@ class PlannerService:
     def replan(self) -> list[Plan]:
         """Plan every online device now; publish and return the plans that changed."""
         with self._lock:
-            docs, plans = dict(self._docs), dict(self._plans)
+            docs, plans, newest = dict(self._docs), dict(self._plans), dict(self._newest)
         workers = [d for d in docs.values() if isinstance(d, WorkerTelemetry)]
         devices = sorted(
             (d for d in docs.values() if isinstance(d, DeviceTelemetry)), key=lambda d: d.id
         )
         targets, fixed = [], []
         for doc in devices:
-            options = self._options_of(doc.model.model, doc.model.version)
-            retained = plans.get((doc.id, doc.model.model))
+            model = doc.model.model
+            version = max(doc.model.version, newest.get(model, 0))
+            options = self._options_of(model, version)
+            retained = plans.get((doc.id, model))
             if isinstance(options, NotReady):
-                if retained is None or retained.reason != str(options):
-                    mv = self.pool.get(doc.model.model, doc.model.version)
+                made = None if retained is None else (retained.reason, retained.version)
+                if made != (str(options), version):
+                    mv = self.pool.get(model, version)
                     fixed.append(
                         make_plan(mv, mv.last_cut, "raw", reason=str(options)).for_device(doc.id)
                     )
@@ -232,6 +263,7 @@ class PlannerService:
             )
         changed = list(plan_fleet(targets, time.time(), self.control).values()) + fixed
         for plan in changed:
+            self.metrics.published(plan, plans, ready=plan not in fixed)
             self._publish(plan)
         self.replans += 1
         return changed

@@ -17,6 +17,7 @@ ERROR_CODES = frozenset(
         "unknown_model",
         "unknown_cut",
         "bad_tensor",
+        "bad_image",
         "bad_route",
         "expired",
         "no_worker",

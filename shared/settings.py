@@ -24,7 +24,14 @@ from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
+#: The pool ``make`` builds in a checkout, found from that directory without settings.
+PROJECT_POOL = Path(".pool")
+
+
 def default_pool() -> Path:
+    """``./.pool`` where one exists (a checkout after ``make``), else the user's cache."""
+    if PROJECT_POOL.is_dir():
+        return PROJECT_POOL.resolve()
     return Path.home() / ".cache" / "splitmq" / "pool"
 
 
@@ -94,7 +101,10 @@ class Settings(BaseSettings):
         env_prefix="SPLITMQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    pool: Path = Field(default_factory=default_pool, description="model pool directory")
+    pool: Path = Field(
+        default_factory=default_pool,
+        description="model pool directory (default: ./.pool if present, else the user's cache)",
+    )
     broker: str = Field(
         "127.0.0.1:1883",
         repr=False,  # may hold a password
@@ -110,6 +120,19 @@ class Settings(BaseSettings):
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads")
     max_payload_bytes: int = Field(
         DEFAULT_MAX_BYTES, ge=1024, description="largest message splitmq sends or accepts"
+    )
+    frame_topics: str | None = Field(
+        None,
+        description="cameras' own topics the edge takes as frames: FILTER=MODEL[,...], "
+        "e.g. frigate/+/+/snapshot=efficientnet-lite0 (device id: the wildcard levels)",
+    )
+    results: str | None = Field(
+        None,
+        description="results store: a SQLite file path (sqlite:///PATH or PATH) or "
+        "postgresql://user@host/db; unset keeps no store",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free)"
     )
 
     @field_validator("broker")

@@ -15,9 +15,9 @@ from splitmq.shared.errors import UserError
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
 _RATE = re.compile(rf"^{_NUMBER}\s*([kmg]?)(?:bit|bps|b/s)?$", re.IGNORECASE)
-_DURATION = re.compile(rf"^{_NUMBER}\s*(us|ms|s|min)?$", re.IGNORECASE)
+_DURATION = re.compile(rf"^{_NUMBER}\s*(us|ms|s|min|m|h)?$", re.IGNORECASE)
 _SIZE = re.compile(rf"^{_NUMBER}\s*([kmg]?)b?$", re.IGNORECASE)
-_DURATION_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "min": 60e3}
+_DURATION_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "min": 60e3, "m": 60e3, "h": 3600e3}
 
 
 def parse_rate(text: str, what: str = "bandwidth") -> float:
@@ -32,7 +32,7 @@ def parse_rate(text: str, what: str = "bandwidth") -> float:
 
 
 def parse_ms(text: str, what: str = "duration") -> float:
-    """``40ms``, ``1.5s``, ``250us``, ``2min`` or plain milliseconds -> ms (>= 0)."""
+    """``40ms``, ``1.5s``, ``250us``, ``2min`` (or ``2m``), ``1h`` or plain milliseconds -> ms."""
     m = _DURATION.match(text.strip())
     if not m:
         raise UserError(f"bad {what} {text!r}: use a duration like 40ms, 1.5s or 2min")

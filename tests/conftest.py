@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from kit import Inbox
+from postgres import postgres  # noqa: F401  (the session's real PostgreSQL fixture)
 
 from splitmq.broker.launcher import Broker
 from splitmq.shared.model.pool import ModelPool

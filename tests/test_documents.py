@@ -11,6 +11,7 @@ import pytest
 from splitmq.shared.errors import UserError, WireError
 from splitmq.shared.model.calibration import CalibrationTable
 from splitmq.shared.model.profile import Profile
+from splitmq.shared.protocol.announce import ModelAnnouncement
 from splitmq.shared.protocol.document import Document
 from splitmq.shared.protocol.plan import Plan, load_plan_file, parse_plan
 from splitmq.shared.protocol.results import unpack_result
@@ -28,6 +29,7 @@ KINDS: dict[str, type[Document]] = {
     "Device telemetry": DeviceTelemetry,
     "Planner telemetry": PlannerTelemetry,
     "Plan": Plan,
+    "Model announcement": ModelAnnouncement,
     "Profile": Profile,
     "Calibration table": CalibrationTable,
 }

@@ -12,7 +12,6 @@ import pytest
 from clitools import cli_env, run_cli, start_cli
 from kit import eventually, make_request
 
-from splitmq.cloud.worker import cloud_worker
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
@@ -181,18 +180,6 @@ def test_device_command_mistakes_are_one_line(cfg, args, message):
     r = run_cli(*args, env=cli_env(cfg), timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
-
-
-def test_cloud_results_store(cfg, real_pool, tmp_path):
-    mv = real_pool.get("mnist-cnn")
-    store = tmp_path / "results.jsonl"
-    with (
-        cloud_worker(cfg, "store-cloud", results=store),
-        Device(cfg, "dev-store", make_plan(mv, 4, "raw", tier="cloud")) as dev,
-    ):
-        answers = [dev.infer(np.zeros((28, 28), np.uint8)) for _ in range(3)]
-    lines = [json.loads(line) for line in store.read_text().splitlines()]
-    assert [line["id"] for line in lines] == [a.id for a in answers]
 
 
 def test_demo_from_the_readme(real_pool):

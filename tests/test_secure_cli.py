@@ -28,6 +28,7 @@ def test_init_then_add_device_print_users_and_keep_passwords_out(tmp_path: Path)
         "cloud": "cloud",
         "planner": "planner",
         "monitor": "monitor",
+        "operator": "operator",
         "cam1": "device",
     }
     added = run_cli("secure", "add-device", "cam2", "--dir", str(tmp_path / "s"), "--json", env=env)

@@ -50,26 +50,33 @@ KINDS = {
     "edge telemetry": T.telemetry("edge", "e1"),
     "cloud telemetry": T.telemetry("cloud", "c1"),
     "planner telemetry": T.telemetry("planner", "p1"),
+    "frame, own": T.frame("m", ME),
+    "frame, other's": T.frame("m", OTHER),
+    "model": T.model("m"),
 }
 ALL = set(KINDS)
 REQUESTS = {k for k in KINDS if "request" in k}
 TELEMETRY = {k for k in KINDS if "telemetry" in k}
 #: role -> the kinds it may publish to / subscribe to: the contract, by hand.
 WRITE = {
-    "device": {"edge request, own", "cloud request, own", "probe, own", "device telemetry, own"},
+    "device": {"edge request, own", "cloud request, own", "probe, own", "device telemetry, own"}
+    | {"frame, own"},
     "edge": {"cloud request, own", "cloud request, other's", "edge telemetry"}
     | {"result, own", "result, other's", "error, own", "error, other's"},
     "cloud": {"result, own", "result, other's", "error, own", "error, other's"}
     | {"cloud telemetry"},
     "planner": {"plan, own", "plan, other's", "planner telemetry"},
     "monitor": set(),
+    "operator": {"model"},
 }
 READ = {
     "device": {"result, own", "error, own", "plan, own"},
-    "edge": {"edge request, own", "edge request, other's"},
-    "cloud": {"cloud request, own", "cloud request, other's"},
-    "planner": TELEMETRY | {"plan, own", "plan, other's"},
+    "edge": {"edge request, own", "edge request, other's", "frame, own", "frame, other's"}
+    | {"model"},
+    "cloud": {"cloud request, own", "cloud request, other's", "model"},
+    "planner": TELEMETRY | {"plan, own", "plan, other's", "model"},
     "monitor": ALL,
+    "operator": {"model"},
 }
 #: Who publishes each kind when a reader is checked (each one allowed by WRITE).
 WRITER = {
@@ -90,9 +97,19 @@ WRITER = {
     "edge telemetry": "edge",
     "cloud telemetry": "cloud",
     "planner telemetry": "planner",
+    "frame, own": ME,
+    "frame, other's": OTHER,
+    "model": "operator",
 }
 DIGITS = mnist_digits()[0]
-USER = {"device": ME, "edge": "edge", "cloud": "cloud", "planner": "planner", "monitor": "monitor"}
+USER = {
+    "device": ME,
+    "edge": "edge",
+    "cloud": "cloud",
+    "planner": "planner",
+    "monitor": "monitor",
+    "operator": "operator",
+}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,16 @@ def test_rates(text: str, bps: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "ms"), [("40ms", 40.0), ("1.5s", 1500.0), ("250us", 0.25), ("2min", 120e3), ("7", 7.0)]
+    ("text", "ms"),
+    [
+        ("40ms", 40.0),
+        ("1.5s", 1500.0),
+        ("250us", 0.25),
+        ("2min", 120e3),
+        ("10m", 600e3),
+        ("1h", 3600e3),
+        ("7", 7.0),
+    ],
 )
 def test_durations(text: str, ms: float) -> None:
     assert parse_ms(text) == pytest.approx(ms)

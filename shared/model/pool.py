@@ -197,13 +197,26 @@ class ModelPool:
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         versions = self.versions(name)
         if not versions:
-            known = ", ".join(self.names()) or "none (run `splitmq models build`)"
+            known = ", ".join(self.names()) or (
+                "none (run `splitmq models build`, or set SPLITMQ_POOL or --pool to the "
+                "pool that has them)"
+            )
             raise PoolError(f"no model {name!r} in the pool {self.root}; models: {known}")
         v = versions[-1] if version is None else version
         if v not in versions:
             raise PoolError(f"model {name!r} has no version {v}; versions: {versions}")
         d = self.root / name / str(v)
         return ModelVersion(d, _parse_manifest(d / "manifest.json"))
+
+    def matching(self, name: str, version: int, sha256: str) -> ModelVersion:
+        """The version an announcement names, if this pool has the very same bytes."""
+        mv = self.get(name, version)
+        if mv.manifest.sha256 != sha256:
+            raise PoolError(
+                f"{name} v{version} in the pool {self.root} is not the announced one "
+                f"(sha256 {mv.manifest.sha256[:12]}, announced {sha256[:12]})"
+            )
+        return mv
 
     def add(
         self,

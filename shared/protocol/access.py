@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple, get_args
 from splitmq.shared.protocol.ids import TIERS
 from splitmq.shared.protocol.topics import ANY, BROKER_DROPPED, Topics
 
-Role = Literal["device", "edge", "cloud", "planner", "monitor"]
+Role = Literal["device", "edge", "cloud", "planner", "monitor", "operator"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: What each role is for, for ``splitmq secure`` tables and docs/security.md.
 PURPOSE: dict[Role, str] = {
@@ -24,6 +24,7 @@ PURPOSE: dict[Role, str] = {
     "cloud": "cloud workers: serve cloud requests and answer",
     "planner": "reads all telemetry and the broker's drop count, writes every plan",
     "monitor": "reads everything, writes nothing (dashboards, results stores, mosquitto_sub)",
+    "operator": "announces new model versions (`splitmq pool add`, `models build`)",
 }
 #: The roles with one user each, named as the role: no device may be called so.
 SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "device")
@@ -44,15 +45,21 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
             *(Grant("write", t.request(tier, ANY, ANY, user)) for tier in TIERS),
             Grant("write", t.telemetry("device", user)),
             Grant("write", t.probe(user)),
+            Grant("write", t.frame(ANY, user)),
             Grant("read", t.result(user)),
             Grant("read", t.error(user)),
             Grant("read", t.plan(user, ANY)),
         ]
     if role in TIERS:
-        forward = [Grant("write", t.request("cloud", ANY, ANY, ANY))] if role == "edge" else []
+        edge_only = (
+            [Grant("write", t.request("cloud", ANY, ANY, ANY)), Grant("read", t.frame(ANY, ANY))]
+            if role == "edge"
+            else []
+        )
         return [
             Grant("read", t.request(role, ANY, ANY, ANY)),
-            *forward,
+            Grant("read", t.model(ANY)),
+            *edge_only,
             Grant("write", t.result(ANY)),
             Grant("write", t.error(ANY)),
             Grant("write", t.telemetry(role, ANY)),
@@ -63,8 +70,11 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
             Grant("read", t.plan(ANY, ANY)),
             Grant("write", t.plan(ANY, ANY)),
             Grant("write", t.telemetry("planner", ANY)),
+            Grant("read", t.model(ANY)),
             Grant("read", BROKER_DROPPED),  # surfaced in its telemetry
         ]
+    if role == "operator":
+        return [Grant("write", t.model(ANY)), Grant("read", t.model(ANY))]
     if role == "monitor":
         return [Grant("read", topics.everything()), Grant("read", "$SYS/#")]
     raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

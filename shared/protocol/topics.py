@@ -130,6 +130,14 @@ class Topics:
         """Retained plan the planner publishes for one device and model."""
         return f"{self.prefix}/plan/{self._id('device id', device)}/{self._model(model)}"
 
+    def frame(self, model: str, device: str) -> str:
+        """A bare JPEG/PNG from a camera that runs no splitmq: the edge runs the model."""
+        return f"{self.prefix}/frame/{self._model(model)}/{self._id('device id', device)}"
+
+    def model(self, name: str) -> str:
+        """Retained announcement of a model's newest version in the pool."""
+        return f"{self.prefix}/model/{self._model(name)}"
+
     def probe(self, device: str) -> str:
         """Where a device sends link probes: nobody subscribes, only the PUBACK matters."""
         return f"{self.prefix}/probe/{self._id('device id', device)}"
@@ -147,6 +155,14 @@ class Topics:
 
     def cloud_requests_shared(self) -> str:
         return self.shared_requests("cloud")
+
+    def shared_frames(self) -> str:
+        """``$share/edge/<prefix>/frame/+/+``: camera frames, shared by the edge workers."""
+        return f"$share/edge/{self.prefix}/frame/+/+"
+
+    def models_filter(self) -> str:
+        """Every model announcement (workers and the planner)."""
+        return f"{self.prefix}/model/+"
 
     def telemetry_filter(self) -> str:
         """Every role's telemetry (the planner's subscription)."""
@@ -183,6 +199,21 @@ class Topics:
         if not (is_id(device) and is_model_name(model)):
             raise WireError(f"plan topic {topic!r}: bad device id or model name")
         return device, model
+
+    def parse_frame(self, topic: str) -> tuple[str, str]:
+        """``frame/<model>/<device>`` -> (model, device); WireError otherwise."""
+        model, device = self._two_levels(topic, "frame", "<model>/<device>")
+        if not (is_model_name(model) and is_id(device)):
+            raise WireError(f"frame topic {topic!r}: bad model name or device id")
+        return model, device
+
+    def parse_model(self, topic: str) -> str:
+        """``model/<name>`` -> name; WireError otherwise."""
+        head = f"{self.prefix}/model/"
+        name = topic[len(head) :] if topic.startswith(head) else ""
+        if not is_model_name(name):
+            raise WireError(f"model topic {topic!r} must be {head}<name> ({MODEL_RULE})")
+        return name
 
     def _two_levels(self, topic: str, kind: str, shape: str) -> tuple[str, str]:
         head = f"{self.prefix}/{kind}/"

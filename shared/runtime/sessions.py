@@ -53,6 +53,13 @@ class SessionCache:
                 self._models[key] = mv
             return self._models[key]
 
+    def forget(self, name: str) -> None:
+        """Read ``name``'s manifests (and its newest version) from the pool again on next
+        use: a version was added or calibrated. Segments stay: a version's bytes never
+        change, so requests that still name an old version keep being served."""
+        with self._lock:
+            self._models = {k: mv for k, mv in self._models.items() if k[0] != name}
+
     def segment(self, mv: ModelVersion, a: int, b: int) -> Segment:
         key = (mv.name, mv.version, a, b)
         with self._lock:

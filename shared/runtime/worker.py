@@ -33,6 +33,7 @@ from splitmq.shared.errors import (
     WireError,
 )
 from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.protocol.announce import ModelAnnouncement
 from splitmq.shared.protocol.ids import Tier, is_id
 from splitmq.shared.protocol.results import (
     ErrorReport,
@@ -52,6 +53,8 @@ from splitmq.shared.protocol.wire import (
 )
 from splitmq.shared.runtime.dedupe import Replays, Reply
 from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
+from splitmq.shared.runtime.frames import Frames, parse_mappings
+from splitmq.shared.runtime.metrics import WorkerMetrics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
@@ -84,7 +87,7 @@ class Worker:
         threads: int = 2,
         queue_size: int = 8,
         telemetry_period_s: float = 5.0,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[Result, Request], None] | None = None,  # answer, its request
         speed: float = 1.0,
     ) -> None:
         if not 0 < speed <= 1:
@@ -115,6 +118,13 @@ class Worker:
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, tier, self.id, self._telemetry, telemetry_period_s
         )
+        self.metrics = WorkerMetrics(tier, self._telemetry, self.stats)
+        # Plain cameras publish frames for the edge (frame/<model>/<device>, mapped topics).
+        self.frames = (
+            Frames(self.topics, parse_mappings(settings.frame_topics), settings.max_payload_bytes)
+            if tier == "edge"
+            else None
+        )
         self._pool: list[threading.Thread] = []
         self.on_result = on_result
         self.on_stop: list[Callable[[], None]] = []
@@ -128,6 +138,9 @@ class Worker:
             t.start()
             self._pool.append(t)
         self.client.subscribe(self.topics.shared_requests(self.tier), self._enqueue, qos=1)
+        for frames in self.frames.filters() if self.frames else []:
+            self.client.subscribe(frames, self._enqueue, qos=1)
+        self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
         self.telemetry.start()
         log.info("%s serving %s", self.id, self.topics.shared_requests(self.tier))
         return self
@@ -135,6 +148,8 @@ class Worker:
     def stop(self) -> None:
         """Stop taking requests, finish the queued ones, say offline, disconnect."""
         self.client.unsubscribe(self.topics.shared_requests(self.tier))
+        for frames in self.frames.filters() if self.frames else []:
+            self.client.unsubscribe(frames)
         for _ in self._pool:
             self._queue.put(None)
         for t in self._pool:
@@ -153,7 +168,22 @@ class Worker:
     # --- network thread: parse nothing heavy, just queue ---------------------------------
 
     def _enqueue(self, msg: Message) -> None:
+        self.metrics.received.inc(len(msg.payload))
         self._queue.put((msg, time.time()))  # never blocks: capacity >= Receive Maximum
+
+    def _on_model(self, msg: Message) -> None:
+        """A model version was added or re-calibrated: read its manifests again on next use
+        (requests naming an older version are still served: their segments stay)."""
+        try:
+            name = self.topics.parse_model(msg.topic)
+            if msg.payload:
+                news = ModelAnnouncement.parse(msg.payload, msg.topic)
+                log.info("%s: %s v%d announced", self.id, news.name, news.version)
+        except WireError as exc:
+            self.stats.count("bad_announcements")
+            log.warning("%s: ignoring a model announcement: %s", self.id, exc)
+            return
+        self.sessions.forget(name)
 
     # --- worker threads --------------------------------------------------------------------
 
@@ -174,20 +204,15 @@ class Worker:
     def _handle(self, msg: Message, t_recv: float) -> None:
         device, request_id, key = self.topics.device_of_request(msg.topic), None, None
         try:
-            try:
-                route = self.topics.parse_request(msg.topic)
-            except WireError as exc:  # told to the device the topic names, if it names one
-                raise RequestFailed("bad_route", str(exc)) from exc
-            device = route.device
             request_id = _correlation_id(msg)
-            request = unpack_request(msg.payload, self.settings.max_payload_bytes)
-            request_id = request.id
-            if (request.model, request.cut, request.device) != (route.model, route.cut, device):
-                raise RequestFailed(
-                    "bad_route",
-                    f"topic {msg.topic} does not match the request "
-                    f"({request.model}, cut {request.cut}, {request.device})",
+            if self.frames is not None and (frame := self.frames.route(msg.topic)):
+                model, device = frame
+                request = self.frames.request(
+                    msg.payload, self.sessions.model(model), device, request_id, t_recv
                 )
+            else:
+                device, request = self._unpack(msg)
+            request_id = request.id
             key = (device, request.id, request.hop)
             earlier = self.replays.claim(key)
             if earlier is not None:
@@ -204,6 +229,21 @@ class Worker:
         except Exception as exc:  # a bug or a runtime failure: the device must still hear
             log.exception("unexpected failure on %s", msg.topic)
             self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}", key)
+
+    def _unpack(self, msg: Message) -> tuple[str, Request]:
+        """The request a device sent, and its device, checked against the topic."""
+        try:
+            route = self.topics.parse_request(msg.topic)
+        except WireError as exc:  # told to the device the topic names, if it names one
+            raise RequestFailed("bad_route", str(exc)) from exc
+        request = unpack_request(msg.payload, self.settings.max_payload_bytes)
+        if (request.model, request.cut, request.device) != (route.model, route.cut, route.device):
+            raise RequestFailed(
+                "bad_route",
+                f"topic {msg.topic} does not match the request "
+                f"({request.model}, cut {request.cut}, {request.device})",
+            )
+        return route.device, request
 
     def _again(self, request: Request, earlier: Reply | str) -> None:
         """A request seen before: its reply once more, or nothing while it is being served."""
@@ -234,6 +274,7 @@ class Worker:
         mv = outcome.mv
         assert mv is not None
         self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
+        self.metrics.ran(request.cut, hop.to, outcome, t_recv)
         record = HopTiming(
             self.tier, self.id, t_recv, outcome.t_start, outcome.t_done, outcome.t_end, nbytes
         )
@@ -267,7 +308,7 @@ class Worker:
             # Never msg.response_topic: replies go only where the ACL-checked device id says.
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
-                self.on_result(outcome)
+                self.on_result(outcome, request)
             topic = self.topics.result(request.device)
             return Reply(topic, pack_result(outcome), {"correlation_data": corr, "json": True})
         nxt = outcome.current
@@ -291,6 +332,7 @@ class Worker:
             options["on_ack"] = lambda code, why: self._acked(code, request)
         try:
             self.client.publish(reply.topic, reply.payload, qos=1, **options)
+            self.metrics.sent.inc(len(reply.payload))
         except PayloadTooLarge as exc:
             raise RequestFailed("bad_route", f"cannot forward: {exc}") from exc
 
@@ -327,6 +369,7 @@ class Worker:
             {"correlation_data": request_id.encode() if request_id else None, "json": True},
         )
         self.client.publish(reply.topic, reply.payload, qos=1, **reply.options)
+        self.metrics.sent.inc(len(reply.payload))
         if key is not None:
             self.replays.done(key, reply)
 

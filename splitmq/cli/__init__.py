@@ -41,6 +41,8 @@ COMMAND_MODULES = (
     "device",
     "demo",
     "secure",
+    "results",
+    "dashboard",
 )
 MAX_MESSAGE = 300  # characters of an unexpected error's message on its one line
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from splitmq.cli.output import err, out, progress_bar
+from splitmq.cli.results import DEMO_STORE
 from splitmq.cli.root import BrokerOption, PoolOption, app, settings
 
 DEFAULT_MODEL = "efficientnet-lite0-ee"  # demo_run's default, kept import-free here
@@ -50,6 +51,15 @@ def demo(
             "(what `splitmq secure init` sets up for real).",
         ),
     ] = False,
+    results: Annotated[
+        str | None,
+        typer.Option(
+            "--results",
+            help="Record every answer in this results store, for `splitmq results` "
+            f"(default: the SPLITMQ_RESULTS setting, else ./{DEMO_STORE}).",
+            show_default=False,
+        ),
+    ] = None,
     broker: BrokerOption = None,
     pool: PoolOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -58,10 +68,12 @@ def demo(
 
     Devices follow the planner's plans (each starts on its own until the planner,
     knowing its link, sends one); --fixed (or --cut) pins one plan for all. A
-    --scenario streams for a while and changes something mid-run."""
+    --scenario streams for a while and changes something mid-run. Other runs record
+    every answer in ./splitmq-results.db, or the store SPLITMQ_RESULTS or --results
+    names: `splitmq results` lists them."""
     from splitmq.cli.demo_run import DemoOptions, run_demo
 
-    cfg = settings(pool=pool)
+    cfg = settings(pool=pool, results=results)
     if scenario is not None:
         from splitmq.cli.scenarios import run_scenario
 
@@ -81,7 +93,17 @@ def demo(
         return
     planner = not (fixed or cut is not None or cloud_cut is not None)
     opts = DemoOptions(
-        model, devices, frames, cut, cloud_cut, codec, exit_threshold, broker, planner, secure
+        model,
+        devices,
+        frames,
+        cut,
+        cloud_cut,
+        codec,
+        exit_threshold,
+        broker,
+        planner,
+        secure,
+        cfg.results or DEMO_STORE,  # the demo always records: `splitmq results` then shows it
     )
     with progress_bar() as bar:
         task = bar.add_task("frames answered", total=frames)
@@ -133,6 +155,8 @@ def _print_demo(s: dict) -> None:
     _print_switches(s.get("switches", []))
     for message in s["error_messages"]:
         out.print(f"[red]{message}[/]")
+    if s.get("results"):
+        out.print(f"answers recorded in {s['results']}: `splitmq results` lists them")
 
 
 def _print_switches(switches: list[dict]) -> None:

@@ -57,6 +57,7 @@ class DemoOptions:
     broker: str | None = None
     planner: bool = True  # devices follow the planner; False: all run the fixed plan
     secure: bool = False  # TLS, a user per role and device, the ACL (splitmq secure)
+    results: str | None = None  # the results store the workers record in; None: none
 
 
 def _same(settings: Settings) -> Callable[[str], Settings]:
@@ -107,6 +108,7 @@ def run_demo(
 ) -> dict:
     """Run the demo and return its summary (see ``summarize``)."""
     from splitmq.broker.launcher import Broker
+    from splitmq.cloud.results import Recorder
     from splitmq.cloud.worker import cloud_worker
     from splitmq.edge.worker import edge_worker
     from splitmq.shared.offline.zoo import ZOO, build
@@ -139,8 +141,11 @@ def run_demo(
             broker = stack.enter_context(Broker())
             settings = settings.model_copy(update={"broker": broker.address})
             login = _same(settings)
-        stack.enter_context(edge_worker(login("edge"), "demo-edge"))
-        stack.enter_context(cloud_worker(login("cloud"), "demo-cloud"))
+        # Entered first, closed last: it keeps what the workers answer until they stop.
+        recorder = stack.enter_context(Recorder(opts.results)) if opts.results else None
+        on_result = recorder.add if recorder else None
+        stack.enter_context(edge_worker(login("edge"), "demo-edge", on_result=on_result))
+        stack.enter_context(cloud_worker(login("cloud"), "demo-cloud", on_result=on_result))
         if opts.planner:
             stack.enter_context(PlannerService(login("planner"), "demo-planner"))
         devices = []
@@ -171,6 +176,7 @@ def run_demo(
         answers = [_outcome(f) for f in futures]
         wall_s = time.monotonic() - started
     summary = summarize(plan, devices, answers, reference, wall_s, settings)
+    summary["results"] = str(recorder.store.url) if recorder else None
     if opts.planner:
         summary.update(timeline(devices, t0))
     return summary

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from splitmq.cli.output import out
+from splitmq.cli.output import err, out
 from splitmq.cli.root import (
     AccuracyOption,
     BrokerOption,
@@ -27,6 +27,7 @@ from splitmq.cli.root import (
     settings,
     wants,
 )
+from splitmq.cli.serve import MetricsPortOption, metrics_served
 from splitmq.shared.errors import UserError
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def device(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON line per answer, then a summary line.")
     ] = False,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run a device: send frames through a plan's split and print the answers.
 
@@ -116,7 +118,7 @@ def device(
     from splitmq.shared.model.pool import ModelPool, parse_ref
     from splitmq.shared.protocol.plan import load_plan_file
 
-    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
+    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
     asked = wants(objective, accuracy, slo, max_bytes, fps, accuracy_target)
     follow = plan_file is None and cut is None
     pinned = [
@@ -144,18 +146,23 @@ def device(
             plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
     schedule = LinkSchedule.parse(link) if link else None
     dev_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
-    with Device(
-        cfg,
-        dev_id,
-        plan,
-        link=schedule,
-        speed=speed,
-        window=window,
-        timeout_s=timeout,
-        battery=battery,
-        wants=asked,
-        follow=follow,
-    ) as dev:
+    with (
+        Device(
+            cfg,
+            dev_id,
+            plan,
+            link=schedule,
+            speed=speed,
+            window=window,
+            timeout_s=timeout,
+            battery=battery,
+            wants=asked,
+            follow=follow,
+        ) as dev,
+        metrics_served(dev_id, dev.metrics.registry, cfg.metrics_port) as url,
+    ):
+        if url:
+            err.print(f"metrics on {url}")
         pre = dev.mv.manifest.preprocess
         run = Stream(dev, frame_source(source, frames, pre.channels if pre else "RGB"), fps)
         summary, recent = Summary(source_labels(source)), deque[dict](maxlen=TABLE_ROWS)

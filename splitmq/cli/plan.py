@@ -21,7 +21,6 @@ from splitmq.cli.root import (
     open_ref,
     wants,
 )
-from splitmq.shared.errors import UserError
 
 if TYPE_CHECKING:
     from splitmq.planner import Decision
@@ -75,35 +74,29 @@ def plan(
 ) -> None:
     """Choose a plan for a device in a what-if situation: every cut, codec, route and exit
     threshold weighed by the cost model, with alternatives and the fixed strategies."""
-    from splitmq.planner import DeviceState, Link, Options, TierState, decide
-    from splitmq.shared.protocol.telemetry import Power
-    from splitmq.shared.units import parse_ms, parse_rate
+    from splitmq.api import plan as what_if
 
-    up = set() if tiers == "none" else {t.strip() for t in tiers.split(",")}
-    if not up <= {"edge", "cloud"}:
-        raise UserError(f"--tiers: expected edge, cloud, edge,cloud or none, got {tiers!r}")
-    device = DeviceState(
-        speed=device_speed,
-        link=Link(parse_rate(uplink, "--uplink"), parse_ms(rtt, "--rtt")),
-        downlink_bps=parse_rate(downlink, "--downlink") if downlink else None,
+    up = () if tiers == "none" else tuple(t.strip() for t in tiers.split(","))
+    cfg, mv = open_ref(model, pool)
+    decision = what_if(
+        mv,
+        uplink=uplink,
+        rtt=rtt,
+        downlink=downlink,
+        device_speed=device_speed,
+        asked=wants(objective, accuracy, slo, max_bytes, accuracy_target=accuracy_target),
         battery=battery,
-        power=Power(),
-        rate_rps=rate,
+        rate=rate,
+        tiers=up,
+        edge_threads=edge_threads,
+        edge_speed=edge_speed,
+        edge_load=edge_load,
+        cloud_threads=cloud_threads,
+        cloud_speed=cloud_speed,
+        cloud_load=cloud_load,
+        cloud_link=cloud_link,
+        settings=cfg,
     )
-    states = {
-        "edge": TierState("edge", edge_threads, edge_load * edge_threads, speed=edge_speed),
-        "cloud": TierState(
-            "cloud",
-            cloud_threads,
-            cloud_load * cloud_threads,
-            speed=cloud_speed,
-            link=Link.parse(cloud_link, "--cloud-link"),
-        ),
-    }
-    asked = wants(objective, accuracy, slo, max_bytes, accuracy_target=accuracy_target)
-    _, mv = open_ref(model, pool)
-    options = Options.of(mv)
-    decision = decide(options, device, {t: s for t, s in states.items() if t in up}, asked)
     if as_json:
         print_json(decision.to_json())
         return

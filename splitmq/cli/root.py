@@ -7,18 +7,16 @@ imports a command module, so the CLI has no import cycle.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from splitmq.shared.errors import UserError
 from splitmq.shared.settings import Settings
 
 if TYPE_CHECKING:
     from splitmq.shared.model.pool import ModelVersion
-    from splitmq.shared.protocol.plan import Objective
     from splitmq.shared.protocol.telemetry import Wants
 
 app = typer.Typer(
@@ -103,19 +101,9 @@ def wants(
     accuracy_target: float | None = None,
 ) -> Wants:
     """What a device asks of its plan, from the flags `plan` and `device` share."""
-    from splitmq.shared.protocol.telemetry import Wants
-    from splitmq.shared.units import parse_bytes, parse_ms
+    from splitmq.api import wants as asked
 
-    if objective not in ("latency", "energy", "bytes"):
-        raise UserError(f"--objective must be latency, energy or bytes, got {objective!r}")
-    return Wants(
-        objective=cast("Objective", objective),  # one of the three: checked above
-        accuracy=accuracy,
-        slo_ms=parse_ms(slo, "--slo") if slo else None,
-        max_bytes=parse_bytes(max_bytes, "--max-bytes") if max_bytes else None,
-        fps=fps,
-        accuracy_target=accuracy_target,
-    )
+    return asked(objective, accuracy, slo, max_bytes, fps, accuracy_target, prefix="--")
 
 
 def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("splitmq")
 
@@ -20,6 +25,42 @@ ThreadsOption = Annotated[
 QueueOption = Annotated[
     int, typer.Option("--queue", min=0, max=1024, help="Requests held beyond the busy threads.")
 ]
+ResultsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--results",
+        help="Record every answer this worker gives in a results store: a SQLite file "
+        "(PATH or sqlite:///PATH) or postgresql://user@host:5432/db, for `splitmq results` "
+        "(default: the SPLITMQ_RESULTS setting; unset: none).",
+        show_default=False,
+    ),
+]
+
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port, at /metrics (0: any free port, logged) "
+        "[env: SPLITMQ_METRICS_PORT].",
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def metrics_served(
+    role_id: str, registry: CollectorRegistry, port: int | None
+) -> Iterator[str | None]:
+    """A role's metrics on /metrics while inside, if a port is given: yields (and logs)
+    the URL."""
+    from splitmq.shared.runtime.metrics import serving
+
+    with serving(registry, port) as server:
+        if server:
+            log.info("metrics of %s on %s", role_id, server.url)
+        yield server.url if server else None
 
 
 def wait_for_signal() -> None:
@@ -55,19 +96,37 @@ def broker(
 
 
 def _serve(
-    tier: str, worker_id, broker_, pool, prefix, workers, queue, results=None, speed=1.0
+    tier: str,
+    worker_id,
+    broker_,
+    pool,
+    prefix,
+    workers,
+    queue,
+    results=None,
+    speed=1.0,
+    metrics_port=None,
 ) -> None:
-    cfg = settings(broker=broker_, pool=pool, topic_prefix=prefix)
+    from splitmq.cloud.results import Recorder
+
+    cfg = settings(
+        broker=broker_, pool=pool, topic_prefix=prefix, results=results, metrics_port=metrics_port
+    )
+    recorder = Recorder(cfg.results) if cfg.results else None
+    on_result = recorder.add if recorder else None
     if tier == "edge":
         from splitmq.edge.worker import edge_worker
 
-        worker = edge_worker(cfg, worker_id, workers, queue, speed)
+        worker = edge_worker(cfg, worker_id, workers, queue, speed, on_result)
     else:
         from splitmq.cloud.worker import cloud_worker
 
-        worker = cloud_worker(cfg, worker_id, workers, queue, results)
+        worker = cloud_worker(cfg, worker_id, workers, queue, on_result=on_result)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    with worker:
+    if recorder:  # closed after the worker stopped: its last answers are kept
+        worker.on_stop.append(recorder.close)
+        log.info("recording answers in the results store %s", recorder.store.url)
+    with worker, metrics_served(worker.id, worker.metrics.registry, cfg.metrics_port):
         log.info("%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.where, cfg.pool)
         wait_for_signal()
         log.info("stopping %s", worker.id)
@@ -84,9 +143,13 @@ def edge(
     speed: Annotated[
         float, typer.Option(help="Emulated server speed vs this host (0-1].", min=0.01, max=1)
     ] = 1.0,
+    results: ResultsOption = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Edge worker: continue devices' requests, exit early, escalate to the cloud."""
-    _serve("edge", worker_id, broker, pool, topic_prefix, workers, queue, speed=speed)
+    _serve(
+        "edge", worker_id, broker, pool, topic_prefix, workers, queue, results, speed, metrics_port
+    )
 
 
 @app.command()
@@ -97,12 +160,13 @@ def cloud(
     topic_prefix: PrefixOption = None,
     workers: ThreadsOption = 2,
     queue: QueueOption = 8,
-    results: Annotated[
-        Path | None, typer.Option(help="Append every answer to this JSON-lines file.")
-    ] = None,
+    results: ResultsOption = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
-    """Cloud worker: run final segments; optionally keep a results store."""
-    _serve("cloud", worker_id, broker, pool, topic_prefix, workers, queue, results)
+    """Cloud worker: run the final segments of what the edge escalated."""
+    _serve(
+        "cloud", worker_id, broker, pool, topic_prefix, workers, queue, results, 1.0, metrics_port
+    )
 
 
 @app.command()
@@ -131,6 +195,7 @@ def planner(
     cloud_speed: Annotated[
         float, typer.Option(help="Cloud hosts' speed vs the profile's, until measured.", min=0.01)
     ] = 1.0,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Planner: read every role's telemetry, publish each device's plan, move devices
     as links, batteries, load and tiers change."""
@@ -139,7 +204,7 @@ def planner(
     from splitmq.planner.state import Link
     from splitmq.shared.units import parse_ms
 
-    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
+    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
     links = {
         tier: Link.parse(text, f"--{tier}-link")
         for tier, text in (("edge", edge_link), ("cloud", cloud_link))
@@ -148,7 +213,10 @@ def planner(
     control = Control(gain=gain, dwell_s=parse_ms(dwell, "--dwell") / 1000)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     speeds = {"edge": edge_speed, "cloud": cloud_speed}
-    with PlannerService(cfg, planner_id, control=control, links=links, speeds=speeds) as service:
+    with (
+        PlannerService(cfg, planner_id, control=control, links=links, speeds=speeds) as service,
+        metrics_served(service.id, service.metrics.registry, cfg.metrics_port),
+    ):
         log.info("planner %s on %s (pool %s); Ctrl-C stops", service.id, cfg.where, cfg.pool)
         wait_for_signal()
         log.info("stopping %s", service.id)

@@ -1,0 +1,105 @@
+"""The workers' side of the results store: record answers without slowing them.
+
+A worker's ``on_result`` hook runs on an inference thread just before the answer
+is published, so ``Recorder.add`` only turns the answer into a row and queues it
+(never blocking, never raising); one thread of the recorder's own writes the
+queue to the store in batches. A store that fails (locked past its timeout,
+server gone, disk full) costs those rows, logged and counted, never an answer; a
+full queue drops rows the same way. ``close`` writes what is queued, then closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from typing import Any
+
+from splitmq.cloud.results.schema import row
+from splitmq.cloud.results.store import ResultsStore
+from splitmq.cloud.results.url import StoreUrl
+from splitmq.shared.protocol.results import Result
+from splitmq.shared.protocol.wire import Request
+
+log = logging.getLogger(__name__)
+
+CAPACITY = 4096  # rows queued before new ones are dropped (a store stalled that long)
+BATCH = 256  # rows per transaction at most
+
+
+class Recorder:
+    """Queues answers for ``store`` and writes them from its own thread."""
+
+    def __init__(self, store: ResultsStore | StoreUrl | str, capacity: int = CAPACITY) -> None:
+        self.store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(capacity)
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._thread = threading.Thread(target=self._write, name="results-writer", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, result: Result, request: Request) -> None:
+        """Queue one answer (a worker's ``on_result``): never blocks, never raises."""
+        try:
+            self._queue.put_nowait(row(result, request))
+        except queue.Full:
+            dropped = self._count("dropped")
+            if dropped == 1 or dropped % 1000 == 0:
+                log.warning(
+                    "results store %s falls behind: %d answers dropped", self.store.url, dropped
+                )
+        except Exception:  # a bug here must not fail the request it describes
+            self._count("failed")
+            log.exception("cannot record the answer to request %s", result.id)
+
+    def counts(self) -> dict[str, int]:
+        """Answers ``recorded``, ``failed`` (the store refused them) and ``dropped`` so far."""
+        with self._lock:
+            return {key: self._counts[key] for key in ("recorded", "failed", "dropped")}
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer, close the store."""
+        self._queue.put(None)
+        self._thread.join()
+        self.store.close()
+
+    def _count(self, key: str, n: int = 1) -> int:
+        with self._lock:
+            self._counts[key] += n
+            return self._counts[key]
+
+    def _write(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self.store.add(batch)
+            except Exception as exc:  # the store's trouble, never the worker's
+                self._count("failed", len(batch))
+                log.warning(
+                    "results store %s: %d answers not recorded: %s",
+                    self.store.url,
+                    len(batch),
+                    " ".join(str(exc).split()),
+                )
+            else:
+                self._count("recorded", len(batch))

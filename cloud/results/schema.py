@@ -1,0 +1,102 @@
+"""The results store's schema: ordered migrations, and one answer as one row.
+
+One DDL for both backends: ``{json}`` is the only word they spell differently
+(SQLite keeps JSON as TEXT, PostgreSQL as JSONB). Migration N (1-based) moves
+a store from schema version N-1 to N; a store records each version it applied
+in ``schema_version``. Never edit a released migration: append the next one.
+
+Columns a query filters on are columns (device, model, version, tier,
+answered_at); the rest of an answer (top-k, the route, the per-hop latency
+breakdown) is JSON. Times are Unix seconds, each host's own clock.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from splitmq.shared.protocol.results import Result
+from splitmq.shared.protocol.wire import Request
+
+#: The DDL of each schema version, in order.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE results (
+            device TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            tier TEXT NOT NULL,
+            worker TEXT NOT NULL,
+            exit TEXT NOT NULL,
+            cut INTEGER,
+            codec TEXT,
+            route {json} NOT NULL,
+            top {json} NOT NULL,
+            latency {json} NOT NULL,
+            bytes BIGINT NOT NULL,
+            sent_at DOUBLE PRECISION NOT NULL,
+            answered_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device, request_id)
+        )""",
+        "CREATE INDEX results_by_time ON results (answered_at)",
+        "CREATE INDEX results_by_device ON results (device, answered_at)",
+        "CREATE INDEX results_by_model ON results (model, version, answered_at)",
+    ),
+)
+
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+#: A row's columns, in the order ``row`` gives them and queries return them.
+COLUMNS = (
+    "device",
+    "request_id",
+    "model",
+    "version",
+    "tier",
+    "worker",
+    "exit",
+    "cut",
+    "codec",
+    "route",
+    "top",
+    "latency",
+    "bytes",
+    "sent_at",
+    "answered_at",
+)
+JSON_COLUMNS = frozenset({"route", "top", "latency"})
+
+
+def row(result: Result, request: Request) -> tuple[Any, ...]:
+    """An answer as the values of ``COLUMNS``.
+
+    The device's cut and codec reach only the first hop (a forward carries the tensor
+    at the next cut, in the hop's codec), so answers after a forward store them as NULL.
+    """
+    first = request.hop == 0
+    return (
+        result.device,
+        result.id,
+        result.model,
+        result.version,
+        result.tier,
+        result.latency[-1].id,
+        str(result.exit),
+        request.cut if first else None,
+        request.tensor.codec if first else None,
+        _json([asdict(hop) for hop in request.route]),
+        _json([asdict(entry) for entry in result.top]),
+        _json([asdict(hop) for hop in result.latency]),  # as the result document has them
+        result.bytes,
+        request.timing.device.t_sent,
+        result.t_sent,
+    )
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)

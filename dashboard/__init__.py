@@ -1,0 +1,1 @@
+"""splitmq.dashboard: the live web page for operators."""

@@ -1,0 +1,161 @@
+"""Run one image through a split, here: what a device and a tier would do, in one process.
+
+The same steps as serving, through the same code: the model's preprocessing
+(``model_input``), the device's head 0 → cut and the codec at the cut (the hop
+executor, as ``Device`` runs it; an input codec at cut 0 encodes the pixels),
+then the tail cut → outputs from the decoded tensor (the hop executor, as a
+worker runs it). The unsplit model answers the same image for comparison. The
+plan comes from ``make_plan``, so the cut and codec are checked as
+``splitmq device --cut --codec`` checks them.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from splitmq.dashboard.models import find
+from splitmq.shared.codecs import EncodedTensor, encode, parse_codec
+from splitmq.shared.errors import UserError
+from splitmq.shared.model.plans import make_plan
+from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.model.preprocess import model_input
+from splitmq.shared.protocol.results import TopK
+from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
+from splitmq.shared.runtime.sessions import SessionCache
+
+#: Larger images are refused before they are decoded (a small file can hold a huge image).
+MAX_PIXELS = 40_000_000
+IMAGE_FORMATS = ("JPEG", "PNG")
+#: (model, cut) pairs tried before the sessions start afresh (see Tryout).
+MAX_TRIED = 8
+
+
+def read_image(data: bytes, channels: str, what: str = "the image") -> np.ndarray:
+    """A JPEG or PNG as an HxW(xC) uint8 array in ``channels`` (``RGB`` or ``L``)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise UserError(f"{what} is {img.format}: upload a JPEG or PNG image")
+            if img.width * img.height > MAX_PIXELS:
+                raise UserError(
+                    f"{what} is {img.width}x{img.height} pixels, over {MAX_PIXELS:,}: "
+                    "make it smaller"
+                )
+            return np.asarray(img.convert(channels))
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{what} is not a readable JPEG or PNG image ({exc})") from None
+
+
+def _top(tops: tuple[TopK, ...]) -> list[dict[str, Any]]:
+    return [{"index": t.index, "label": t.label, "score": t.score} for t in tops]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class Tryout:
+    """Runs images through splits of pool models (see module docstring); thread-safe.
+
+    Each (model, cut) tried loads up to three sessions (head, tail, the unsplit
+    model); after ``MAX_TRIED`` of them the sessions start afresh, so a page
+    clicking through every cut of a large model never holds them all.
+    """
+
+    def __init__(self, pool: ModelPool, threads: int, max_bytes: int) -> None:
+        self.pool, self.threads, self.max_bytes = pool, threads, max_bytes
+        self._lock = threading.Lock()
+        self._tried: set[tuple[str, int, int]] = set()
+        self._executor = HopExecutor(SessionCache(pool, threads), max_bytes)
+
+    def _executor_for(self, mv: ModelVersion, cut: int) -> HopExecutor:
+        with self._lock:
+            self._tried.add((mv.name, mv.version, cut))
+            if len(self._tried) > MAX_TRIED:
+                self._tried = {(mv.name, mv.version, cut)}
+                self._executor = HopExecutor(SessionCache(self.pool, self.threads), self.max_bytes)
+            return self._executor
+
+    def run(self, ref: str, cut: int, codec: str, image: bytes) -> dict[str, Any]:
+        mv = find(self.pool, ref)
+        plan = make_plan(mv, cut, codec, reason="dashboard")
+        pre = mv.manifest.preprocess
+        if pre is None:
+            raise UserError(
+                f"{mv.name} v{mv.version} has no image preprocessing: upload it again with "
+                "its input's mean and std to run images through it"
+            )
+        frame = read_image(image, pre.channels)
+        run = _Run(self._executor_for(mv, plan.cut), mv)
+        unsplit = run.hop(0, None, model_input(frame, mv))
+        assert unsplit.answer is not None
+        ms: dict[str, float] = {}
+        if plan.device_only:
+            answer, sent = unsplit.answer, None
+            ms["device"] = _ms(unsplit.t_done - unsplit.t_start)
+        else:
+            pixels = plan.cut == 0 and parse_codec(plan.codec).is_input
+            sent = run.head(plan.cut, plan.codec, model_input(frame, mv, pixels=pixels), ms)
+            tail = run.hop(plan.cut, None, sent)
+            assert tail.answer is not None
+            answer = tail.answer
+            ms["tail"] = _ms(tail.t_done - tail.t_start)
+        at = mv.cuts[plan.cut]
+        table = mv.manifest.calibration
+        row = None if table is None or sent is None else table.row(plan.cut, plan.codec)
+        return {
+            "model": mv.name,
+            "version": mv.version,
+            "cut": plan.cut,
+            "codec": None if plan.device_only else plan.codec,
+            "tensor": {"name": at.name, "shape": at.shape, "dtype": at.dtype, "bytes": at.bytes},
+            "sent_bytes": None if sent is None else len(sent.data),
+            "input_bytes": mv.manifest.input.bytes,
+            "output": answer.output,
+            "top": _top(answer.top),
+            "unsplit": _top(unsplit.answer.top[:1]),
+            "agrees": answer.top[0].index == unsplit.answer.top[0].index,
+            "ms": ms,
+            "calibrated": None if row is None else row.to_json(),
+        }
+
+
+class _Run:
+    """The hops of one tryout, on one executor."""
+
+    def __init__(self, executor: HopExecutor, mv: ModelVersion) -> None:
+        self.executor, self.mv = executor, mv
+
+    def head(self, cut: int, codec: str, x: np.ndarray, ms: dict[str, float]) -> EncodedTensor:
+        """The device's part: head 0 → cut and the codec (the input itself at cut 0)."""
+        if cut == 0:
+            t0 = time.time()
+            sent = encode(x, codec, self.mv.codec_params(0, codec))
+            ms["encode"] = _ms(time.time() - t0)
+            return sent
+        head = self.hop(0, cut, x, forward_codec=codec)
+        assert head.forward is not None  # no exit threshold: only the last cut answers
+        ms["head"] = _ms(head.t_done - head.t_start)
+        ms["encode"] = _ms(head.t_end - head.t_done)
+        return head.forward
+
+    def hop(
+        self,
+        cut: int,
+        to: int | None,
+        tensor: np.ndarray | EncodedTensor,
+        forward_codec: str | None = None,
+    ) -> Outcome:
+        job = Job(self.mv.name, self.mv.version, cut, to, tensor, forward_codec=forward_codec)
+        outcome = self.executor.execute([job])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome

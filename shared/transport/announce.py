@@ -1,0 +1,35 @@
+"""Telling workers and the planner that the pool has a new model version.
+
+The pool is files; the roles that serve and plan may run elsewhere. After a
+version is added (or calibrated), ``announce`` publishes it, retained, on
+``model/<name>``: workers read that model's manifests again, and the planner
+moves the model's devices to the new version. A broker that cannot be
+reached is a ``BrokerError``: the version is in the pool all the same, and
+``splitmq pool announce`` can say it later.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from splitmq.shared.protocol.announce import ModelAnnouncement
+from splitmq.shared.settings import Settings
+from splitmq.shared.transport.mqtt import MqttClient
+
+
+def announce(
+    settings: Settings, name: str, version: int, sha256: str, timeout: float = 5.0
+) -> ModelAnnouncement:
+    """Publish ``name`` v``version`` as the newest, retained; wait for the broker's ack."""
+    news = ModelAnnouncement(name=name, version=version, sha256=sha256, ts=time.time())
+    with MqttClient(settings, f"announce-{uuid.uuid4().hex[:8]}").connect(timeout) as client:
+        client.publish(
+            settings.topics.model(name),
+            news.to_json(),
+            qos=1,
+            retain=True,
+            json=True,
+            wait=timeout,
+        )
+    return news

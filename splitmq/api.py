@@ -1,0 +1,233 @@
+"""splitmq as a library: a device inside an application, and the what-if planner.
+
+A robot or camera application asks for answers in two lines; the device it
+embeds follows the planner's plans as ``splitmq device`` does (on the device
+alone until a plan arrives), retries, and ends every request as an
+``Answer`` or an ``InferenceFailed``::
+
+    import splitmq
+
+    with splitmq.Device("efficientnet-lite0") as device:  # broker, pool: SPLITMQ_* / .env
+        answer = device.infer("cat.jpg")
+        print(answer.label, answer.score, answer.tier)
+
+``splitmq.plan(...)`` answers what ``splitmq plan`` answers, as a ``Decision``.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from PIL import Image
+
+from splitmq.shared.errors import UserError
+
+if TYPE_CHECKING:
+    from splitmq.device.answers import Answer
+    from splitmq.device.runtime import Device as DeviceRuntime
+    from splitmq.planner import Decision
+    from splitmq.shared.model.pool import ModelVersion
+    from splitmq.shared.protocol.plan import Objective, Plan
+    from splitmq.shared.protocol.telemetry import Wants
+    from splitmq.shared.settings import Settings
+
+#: What ``infer`` and ``submit`` take: a file, its bytes, a PIL image or an HxW(xC) array.
+ImageLike = str | Path | bytes | Image.Image | np.ndarray
+
+
+def wants(
+    objective: str = "latency",
+    accuracy: float = 0.99,
+    slo: str | float | None = None,
+    max_bytes: str | int | None = None,
+    fps: float | None = None,
+    accuracy_target: float | None = None,
+    *,
+    prefix: str = "",
+) -> Wants:
+    """What a device asks of its plan (``slo`` as ``"100ms"`` or ms, ``max_bytes`` as
+    ``"10kB"`` or bytes); errors name each parameter with ``prefix`` (the CLI's ``--``)."""
+    from splitmq.shared.protocol.telemetry import Wants
+    from splitmq.shared.units import parse_bytes, parse_ms
+
+    if objective not in ("latency", "energy", "bytes"):
+        raise UserError(f"{prefix}objective must be latency, energy or bytes, got {objective!r}")
+    return Wants(
+        objective=cast("Objective", objective),  # one of the three: checked above
+        accuracy=accuracy,
+        slo_ms=parse_ms(slo, f"{prefix}slo") if isinstance(slo, str) else slo,
+        max_bytes=(
+            parse_bytes(max_bytes, f"{prefix}max-bytes")
+            if isinstance(max_bytes, str)
+            else max_bytes
+        ),
+        fps=fps,
+        accuracy_target=accuracy_target,
+    )
+
+
+def plan(
+    model: str | ModelVersion,
+    *,
+    uplink: str | float,
+    rtt: str | float = "20ms",
+    downlink: str | float | None = None,
+    device_speed: float = 1.0,
+    asked: Wants | None = None,
+    battery: float | None = None,
+    rate: float = 0.0,
+    tiers: Iterable[str] = ("edge", "cloud"),
+    edge_threads: int = 2,
+    edge_speed: float = 1.0,
+    edge_load: float = 0.0,
+    cloud_threads: int = 2,
+    cloud_speed: float = 1.0,
+    cloud_load: float = 0.0,
+    cloud_link: str = "100mbit/20ms",
+    settings: Settings | None = None,
+) -> Decision:
+    """The plan the planner would choose for a device in this situation, with its
+    alternatives and the fixed strategies it beat. Rates as ``"5mbit"`` or bit/s, times
+    as ``"40ms"`` or ms; ``model`` a pool name (``NAME[@VERSION]``) or a ``ModelVersion``;
+    loads are the share of a tier's threads other devices keep busy."""
+    from splitmq.planner import DeviceState, Link, Options, TierState, decide
+    from splitmq.shared.units import parse_ms, parse_rate
+
+    up = set(tiers)
+    if not up <= {"edge", "cloud"}:
+        raise UserError(f"tiers: expected edge and/or cloud, got {sorted(up)}")
+    device = DeviceState(
+        speed=device_speed,
+        link=Link(_rate(uplink, "uplink", parse_rate), _rate(rtt, "rtt", parse_ms)),
+        downlink_bps=None if downlink is None else _rate(downlink, "downlink", parse_rate),
+        battery=battery,
+        rate_rps=rate,
+    )
+    states = {
+        "edge": TierState("edge", edge_threads, edge_load * edge_threads, speed=edge_speed),
+        "cloud": TierState(
+            "cloud",
+            cloud_threads,
+            cloud_load * cloud_threads,
+            speed=cloud_speed,
+            link=Link.parse(cloud_link, "cloud_link"),
+        ),
+    }
+    mv = model if not isinstance(model, str) else _model(model, settings or _settings())
+    return decide(Options.of(mv), device, {t: states[t] for t in up}, asked or wants())
+
+
+class Device:
+    """A device inside an application (see module docstring). Use as a context manager.
+
+    Without ``plan`` it follows the planner's plans for ``model``; a ``Plan`` (or a plan
+    JSON file, as ``splitmq plan --json`` writes its ``plan``) pins one. ``broker`` and
+    ``pool`` default to the settings (``SPLITMQ_BROKER``, ``SPLITMQ_POOL``, ``.env``).
+    """
+
+    def __init__(
+        self,
+        model: str = "efficientnet-lite0",
+        *,
+        broker: str | None = None,
+        pool: str | Path | None = None,
+        device_id: str | None = None,
+        plan: Plan | str | Path | None = None,
+        asked: Wants | None = None,
+        window: int = 4,
+        timeout_s: float = 10.0,
+        settings: Settings | None = None,
+    ) -> None:
+        from splitmq.device.follow import local_plan
+        from splitmq.device.runtime import Device as DeviceRuntime
+        from splitmq.shared.protocol.plan import Plan, load_plan_file
+
+        cfg = settings or _settings(broker=broker, pool=pool)
+        if plan is None:
+            pinned = None
+        elif isinstance(plan, Plan):
+            pinned = plan
+        else:
+            pinned = load_plan_file(Path(plan))
+        self.runtime: DeviceRuntime = DeviceRuntime(
+            cfg,
+            device_id or f"app-{uuid.uuid4().hex[:8]}",
+            pinned or local_plan(_model(model, cfg)),
+            window=window,
+            timeout_s=timeout_s,
+            battery=None,
+            wants=asked or wants(),
+            follow=pinned is None,
+        )
+
+    def __enter__(self) -> Device:
+        self.runtime.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runtime.close()
+
+    @property
+    def id(self) -> str:
+        return self.runtime.id
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in force now (the planner's, once one arrived)."""
+        return self.runtime.plan
+
+    def infer(self, image: ImageLike) -> Answer:
+        """The answer for one image; ``InferenceFailed`` when it has none."""
+        return self.runtime.infer(as_frame(image))
+
+    def submit(self, image: ImageLike) -> Future[Answer]:
+        """A future of the answer; blocks while the window of requests in flight is full."""
+        return self.runtime.submit(as_frame(image))
+
+
+def as_frame(image: ImageLike) -> np.ndarray:
+    """An HxW(xC) array from any ``ImageLike`` (the model's preprocessing does the rest)."""
+    if isinstance(image, np.ndarray):
+        return image
+    if isinstance(image, str | Path):
+        try:
+            image = Image.open(Path(image).expanduser())
+        except OSError as exc:
+            raise UserError(f"cannot read the image {image}: {exc}") from exc
+    elif isinstance(image, bytes):
+        try:
+            image = Image.open(io.BytesIO(image))
+        except OSError as exc:
+            raise UserError(f"the bytes are not an image Pillow reads: {exc}") from exc
+    if not isinstance(image, Image.Image):
+        raise UserError(f"an image is a path, bytes, a PIL image or an array, not {image!r}")
+    return np.asarray(image.convert("RGB"))
+
+
+def _settings(**given: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from splitmq.shared.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:  # the reason, not pydantic's page of it
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"{where}: {str(error['msg']).removeprefix('Value error, ')}") from None
+
+
+def _model(ref: str, cfg: Settings) -> ModelVersion:
+    from splitmq.shared.model.pool import ModelPool, parse_ref
+
+    return ModelPool(cfg.pool).get(*parse_ref(ref))
+
+
+def _rate(value: str | float, what: str, parse: Callable[[str, str], float]) -> float:
+    return parse(value, what) if isinstance(value, str) else float(value)

@@ -1,0 +1,48 @@
+"""`splitmq dashboard`: the live web page over the broker and the model pool."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from splitmq.cli.output import out
+from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
+from splitmq.cli.serve import wait_for_signal
+
+log = logging.getLogger("splitmq")
+
+
+@app.command()
+def dashboard(
+    broker: BrokerOption = None,
+    pool: PoolOption = None,
+    topic_prefix: PrefixOption = None,
+    port: Annotated[
+        int, typer.Option(help="Port to serve the page on (0: any free one).", min=0, max=65535)
+    ] = 8080,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to bind; the page can add models to the pool, so keep "
+            "it on loopback unless every user of that network may."
+        ),
+    ] = "127.0.0.1",
+    max_upload: Annotated[str, typer.Option(help="Largest model upload, e.g. 200MB.")] = "200MB",
+) -> None:
+    """A web page of the running system (devices, plans, tiers, latency, results) and of
+    the model pool (cuts, uploads, an image run through a split). On a secure broker, log
+    in as the monitor user (SPLITMQ_USERNAME=monitor and its password)."""
+    from splitmq.dashboard.server import Dashboard
+    from splitmq.shared.units import parse_bytes
+
+    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
+    limit = parse_bytes(max_upload, "--max-upload")
+    with Dashboard(cfg, host, port, limit) as served:
+        out.print(
+            f"dashboard on {served.url} (broker {cfg.where}, pool {cfg.pool}); Ctrl-C stops",
+            soft_wrap=True,
+        )
+        wait_for_signal()
+        log.info("stopping the dashboard")

@@ -1,0 +1,126 @@
+"""The Python API: the README's example runs against a real broker; a Device takes any
+image form, follows plans and ends every request; `splitmq.plan` is `splitmq plan`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clitools import cli_env, run_cli
+from PIL import Image
+from skimage import data
+
+import splitmq
+from splitmq.edge.worker import edge_worker
+from splitmq.planner.service import PlannerService
+from splitmq.shared.errors import UserError
+
+pytestmark = pytest.mark.slow
+MODEL = "efficientnet-lite0"
+CAT = {"tabby", "tiger cat", "Egyptian cat"}
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    marker = text.index("<!-- example: api")
+    block = re.search(r"```python\n(.*?)```", text[marker:], re.S)
+    assert block, "the README's API example is a ```python block after its marker"
+    return block.group(1)
+
+
+@pytest.fixture
+def cfg(settings, real_pool):
+    return settings.model_copy(update={"pool": real_pool.root})
+
+
+def test_the_readme_example_runs_against_a_real_broker(cfg, tmp_path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(readme_example())
+    with edge_worker(cfg, "edge-api", threads=1), PlannerService(cfg, "pl-api"):
+        run = subprocess.run(
+            [sys.executable, str(script)],
+            env=cli_env(cfg),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, futures, reason = run.stdout.strip().splitlines()
+    label = first.split(" answered on the ")[0].rsplit(" ", 1)[0]
+    assert label in CAT, first
+    assert first.split()[-1] in ("device", "edge", "cloud")
+    assert futures.startswith("[") and futures.count("'") == 8  # four labels
+    assert reason  # the planner's sentence
+
+
+def test_a_device_takes_any_image_form_and_pins_plans(cfg, tmp_path) -> None:
+    photo = data.chelsea()
+    jpeg = io.BytesIO()
+    Image.fromarray(photo).save(jpeg, format="PNG")
+    (tmp_path / "cat.png").write_bytes(jpeg.getvalue())
+    decision = splitmq.plan(
+        MODEL, uplink="100mbit", rtt="2ms", device_speed=0.05, tiers=("edge",), settings=cfg
+    )
+    assert decision.plan.tiers == ("edge",)  # a slow device on a fast link offloads
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_bytes(decision.plan.to_json())
+    with (
+        edge_worker(cfg, "edge-forms", threads=1),
+        splitmq.Device(MODEL, settings=cfg, plan=plan_file) as device,
+    ):
+        forms = [photo, Image.fromarray(photo), jpeg.getvalue(), tmp_path / "cat.png"]
+        answers = [device.infer(form) for form in forms]
+        with pytest.raises(UserError, match="not an image"):
+            device.infer(b"not an image")
+        with pytest.raises(UserError, match="cannot read the image"):
+            device.infer(tmp_path / "missing.jpg")
+    assert {a.label for a in answers} <= CAT and len({a.top1 for a in answers}) == 1
+    assert {a.tier for a in answers} == {"edge"}
+    assert isinstance(answers[0], splitmq.Answer)
+
+
+def test_plan_is_what_the_cli_says(real_pool) -> None:
+    decision = splitmq.plan(
+        MODEL, uplink="5mbit", rtt="40ms", device_speed=0.25, settings=_pool(real_pool)
+    )
+    cli = run_cli(
+        "plan", MODEL, "--uplink", "5mbit", "--rtt", "40ms", "--device-speed", "0.25", "--json",
+        env=cli_env(pool=real_pool.root),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    said = json.loads(cli.stdout)
+    mine = decision.to_json()
+    same = ("cut", "codec", "route", "version")
+    assert {k: said["plan"][k] for k in same} == {k: mine["plan"][k] for k in same}
+    assert said["predicted"] == pytest.approx(mine["predicted"])
+    with pytest.raises(UserError, match="tiers"):
+        splitmq.plan(MODEL, uplink="5mbit", tiers=("fog",), settings=_pool(real_pool))
+    with pytest.raises(UserError, match="bad uplink"):
+        splitmq.plan(MODEL, uplink="fast", settings=_pool(real_pool))
+    with pytest.raises(UserError, match="objective"):
+        splitmq.wants(objective="speed")
+
+
+def test_the_public_api_is_named_and_loads_lazily() -> None:
+    for name in splitmq.__all__:
+        assert getattr(splitmq, name) is not None
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import splitmq, sys; print('splitmq.api' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fresh.stdout.strip() == "False"
+
+
+def _pool(real_pool):
+    from splitmq.shared.settings import Settings
+
+    return Settings(pool=real_pool.root)
