@@ -3,7 +3,7 @@
 The standard library's ``ThreadingHTTPServer`` is enough for a page a few
 people watch: a thread per connection, a Server-Sent Events stream per page
 (the browser's ``EventSource`` reconnects by itself), JSON endpoints, and two
-form posts. No framework, nothing to download: the page is three static files
+form posts. No framework, nothing to download: the page is a few static files
 shipped as package data.
 
 Endpoints (docs/dashboard.md):
@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -88,6 +89,7 @@ class Dashboard:
             self.httpd = _Server((host, port), _Handler, self)
         except OSError as exc:
             raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        self.loopback = ipaddress.ip_address(str(self.httpd.server_address[0])).is_loopback
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="dashboard-http", daemon=True
         )
@@ -128,6 +130,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, dashboard: Dashboard) -> None:
         self.dashboard = dashboard
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
 
@@ -204,8 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != host:
             return f"a post from a page at {origin} is not from this dashboard ({host})"
-        bound = ipaddress.ip_address(self.server.server_address[0])
-        if bound.is_loopback and urlsplit(f"//{host}").hostname not in LOOPBACK_NAMES:
+        if self.dash.loopback and urlsplit(f"//{host}").hostname not in LOOPBACK_NAMES:
             return f"this dashboard serves loopback: a post to {host!r} is not for it"
         return None
 

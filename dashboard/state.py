@@ -91,6 +91,7 @@ class LiveState:
                 entry["status"] = "online"
                 entry["doc"] = doc.model_dump(mode="json", by_alias=True)
                 if isinstance(doc, DeviceTelemetry):
+                    entry["doc"]["plan"] = _plan_json(doc.plan)
                     self._device_plan(role_id, doc)
             self._changed()
 
@@ -102,8 +103,8 @@ class LiveState:
                 {
                     "t": doc.ts,
                     "device": device,
-                    "from": before.to_json_dict(),
-                    "to": doc.plan.to_json_dict(),
+                    "from": _plan_json(before),
+                    "to": _plan_json(doc.plan),
                     "reason": doc.plan.reason,
                 }
             )
@@ -122,7 +123,7 @@ class LiveState:
                     "device": device,
                     "model": model,
                     "seen": seen,
-                    "plan": plan.to_json_dict(),
+                    "plan": _plan_json(plan),
                 }
             self._changed()
 
@@ -204,6 +205,11 @@ class LiveState:
             "rejected": dict(self._rejected),
             "rejections": list(self._rejections),
         }
+
+
+def _plan_json(plan: Plan) -> dict[str, Any]:
+    """A plan for the page, with its words (``Option.words``: one definition, in Python)."""
+    return {**plan.to_json_dict(), "words": plan.words}
 
 
 def _make_room(table: dict[Any, dict[str, Any]], kept: int) -> None:

@@ -122,7 +122,7 @@ class Plans:
             self._plan, self._mv = plan, mv
         change = Switch(time.time(), old, plan, reason or plan.reason)
         self.switches.append(change)
-        log.info("%s: plan %s -> %s (%s)", self.device, name(old), name(plan), change.reason)
+        log.info("%s: plan %s -> %s (%s)", self.device, old.words, plan.words, change.reason)
         self.on_switch(change)
         return True
 
@@ -169,7 +169,7 @@ class Plans:
         try:
             self.switch(plan, reason)
         except SplitMQError as exc:
-            log.warning("%s: cannot run plan %s: %s", self.device, name(plan), exc)
+            log.warning("%s: cannot run plan %s: %s", self.device, plan.words, exc)
 
     def _model_of(self, plan: Plan) -> ModelVersion:
         mv = self.sessions.model(plan.model, plan.version)
@@ -184,10 +184,3 @@ class Plans:
 def local_plan(mv: ModelVersion) -> Plan:
     """What a following device runs until the planner has spoken: everything itself."""
     return make_plan(mv, mv.last_cut, "raw", reason=NO_PLAN_YET)
-
-
-def name(plan: Plan) -> str:
-    """A plan in a few words, for logs and timelines."""
-    if plan.device_only:
-        return "device-only"
-    return f"cut {plan.cut} {plan.codec} -> {'/'.join(plan.tiers)}"

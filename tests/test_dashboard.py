@@ -34,8 +34,7 @@ from PIL import Image
 from splitmq.broker.launcher import Broker
 from splitmq.broker.secure import SecureDir
 from splitmq.dashboard.server import POST_HEADER, Dashboard
-from splitmq.device.follow import local_plan
-from splitmq.device.follow import name as plan_words
+from splitmq.device.follow import FROM_PLANNER, local_plan
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
@@ -86,12 +85,19 @@ class Page:
     def __init__(self, ws_url: str) -> None:
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.exceptions: list[str] = []  # uncaught in the page's scripts
+        self.send("Runtime.enable")
 
     def send(self, method: str, **params: Any) -> dict:
         ident = next(self.ids)
         self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:  # no domain is enabled, so replies are all that comes
+        while True:  # replies, and the Runtime domain's events
             reply = json.loads(self.ws.recv())
+            if reply.get("method") == "Runtime.exceptionThrown":
+                details = reply["params"]["exceptionDetails"]
+                self.exceptions.append(
+                    details.get("exception", {}).get("description", details["text"])
+                )
             if reply.get("id") == ident:
                 assert "error" not in reply, f"{method}: {reply['error']}"
                 return reply["result"]
@@ -247,7 +253,7 @@ def test_the_page_shows_the_devices_their_plans_the_tiers_and_results(
                 "the planner's plan to offload cam-a",
                 30,
             )
-            want = plan_words(offload)
+            want = offload.words
             shown = eventually(
                 lambda: [r for r in rows(page, "#devices") if r["device"] == "cam-a"
                          and (r["plan"], r["reason"]) == (want, offload.reason)],
@@ -263,7 +269,7 @@ def test_the_page_shows_the_devices_their_plans_the_tiers_and_results(
             cam_b_row = eventually(
                 lambda: [r for r in rows(page, "#devices") if r["device"] == "cam-b"], "cam-b"
             )[0]
-            assert cam_b_row["plan"].startswith(plan_words(fixed))  # and what the planner would do
+            assert cam_b_row["plan"].startswith(fixed.words)  # and what the planner would do
             assert cam_b_row["battery"] == "mains"
             edge = eventually(
                 lambda: [r for r in rows(page, "[data-tier=edge]") if r["worker"] == "dash-edge"],
@@ -300,12 +306,13 @@ def test_the_page_shows_the_devices_their_plans_the_tiers_and_results(
     )
     # Every switch cam-a made, as it recorded them, is on the timeline (newest first).
     made = [
-        (f"{plan_words(s.old)} → {plan_words(s.new)}", s.reason.removeprefix("planner: "))
+        (f"{s.old.words} → {s.new.words}", s.reason.removeprefix(FROM_PLANNER))
         for s in cam_a.plans.switches
     ]
-    assert made and made[0][0].startswith(plan_words(local_plan(mv)))
+    assert made and made[0][0].startswith(local_plan(mv).words)
     shown = [(r["change"], r["reason"]) for r in rows(page, "#switches") if r["device"] == "cam-a"]
     assert shown[::-1] == made
+    assert page.exceptions == []
 
 
 # -- the Models view ---------------------------------------------------------------------------
@@ -362,6 +369,7 @@ def test_the_models_view_lists_uploads_and_runs_an_image_through_a_split(
     sent = int(page.js("document.querySelector('#run-bytes').dataset.bytes"))
     assert 0 < sent < mv.cuts[4].bytes / 3  # int8: a quarter of fp32, and a few params
     assert page.text("#run-agrees") == "same top-1 as the unsplit model"
+    assert page.exceptions == []
 
 
 # -- the server on its own ---------------------------------------------------------------------

@@ -74,11 +74,10 @@ export function ago(seconds) {
   return `${Math.round(seconds / 60)} min`;
 }
 
-// A plan in a few words, as the demo's table and the device's log write it.
+// A plan in a few words: the server adds them (Option.words), as the demo's table and
+// the device's log write them.
 export function planWords(plan) {
-  if (!plan) return "—";
-  if (!plan.route || plan.route.length === 0) return "device-only";
-  return `cut ${plan.cut} ${plan.codec} -> ${plan.route.map((hop) => hop.tier).join("/")}`;
+  return plan ? plan.words : "—";
 }
 
 export function answerText(top) {

@@ -121,8 +121,9 @@ export function render(s) {
   const conn = $("conn");
   conn.textContent = s.connected ? "broker connected" : "broker disconnected";
   conn.className = `pill ${s.connected ? "ok" : "bad"}`;
-  const planned = new Map(s.plans.map((p) => [p.device, p]));
-  fill($("devices").tBodies[0], s.devices.map((d) => deviceRow(d, planned.get(d.id))), $("devices-empty"));
+  const planned = new Map(s.plans.map((p) => [`${p.device}/${p.model}`, p]));
+  const devices = s.devices.map((d) => deviceRow(d, planned.get(`${d.id}/${d.doc?.model.model}`)));
+  fill($("devices").tBodies[0], devices, $("devices-empty"));
   renderTiers(s);
   renderSwitches(s);
   renderResults(s);

@@ -73,6 +73,13 @@ class Option(Frozen):
         """The tiers the route goes through, in order."""
         return tuple(hop.tier for hop in self.route)
 
+    @property
+    def words(self) -> str:
+        """The option in a few words, for logs, timelines and the dashboard."""
+        if self.device_only:
+            return "device-only"
+        return f"cut {self.cut} {self.codec} -> {'/'.join(self.tiers)}"
+
     def to_json_dict(self) -> dict[str, Any]:
         """The document as JSON-ready values (hops as maps)."""
         return json.loads(self.model_dump_json(by_alias=True))

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from splitmq.device.follow import local_plan
-from splitmq.device.follow import name as plan_words
 from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Answer, Device
 from splitmq.planner.service import PlannerService
@@ -203,13 +202,13 @@ def timeline(devices: list[Device], t0: float) -> dict:
         {
             "t_s": round(s.t - t0, 2),
             "device": device,
-            "from": plan_words(s.old),
-            "to": plan_words(s.new),
+            "from": s.old.words,
+            "to": s.new.words,
             "reason": s.reason,
         }
         for device, s in changes
     ]
-    return {"plans": {dev.id: plan_words(dev.plan) for dev in devices}, "switches": switches}
+    return {"plans": {dev.id: dev.plan.words for dev in devices}, "switches": switches}
 
 
 def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:

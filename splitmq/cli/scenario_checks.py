@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from splitmq.device.follow import name as plan_words
-
 
 def _link_drop(devices, switches, ok, t0, wills, reference) -> dict:
     """How soon after the drop device 0 left its plan, and, once it reached the plan it
     ended on (``settled_after_drop_s``, reported), how close its p50 is to the best."""
     drop = devices[0].started_at + 10.0 - t0
-    final = plan_words(devices[0].plan)
+    final = devices[0].plan.words
     mine = [s for s in switches if s["device"] == devices[0].id and s["t_s"] > drop]
     moved = mine[0]["t_s"] if mine else None
     landed = next((s["t_s"] for s in mine if s["to"] == final), None)
@@ -58,7 +56,7 @@ def _edge_failure(devices, switches, ok, t0, wills, reference) -> dict:
 
 
 def _crowd(devices, switches, ok, t0, wills, reference) -> dict:
-    on_edge = sum(1 for d in devices if "edge" in plan_words(d.plan))
+    on_edge = sum(1 for d in devices if "edge" in d.plan.words)
     return {
         "devices_on_the_edge": {
             "value": on_edge,
