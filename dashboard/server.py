@@ -20,13 +20,15 @@ Endpoints (docs/dashboard.md):
 Posts must carry the ``X-Splitmq-Dashboard`` header, which the page sends: a form
 on another site cannot set it without the browser asking this server first
 (CORS preflight), which it never allows, so no other page can upload into the pool.
-A post naming another page as its Origin, or (on loopback) another host, is refused too.
+A post naming another page as its Origin, or a Host this server does not answer to
+(loopback names, the bound address, this machine's names, ``--allow-host``), is refused
+too: a page elsewhere that renamed itself to this address (DNS rebinding) still sends its
+own name as Host.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import socket
@@ -77,8 +79,10 @@ class Dashboard:
         host: str = "127.0.0.1",
         port: int = 8080,
         max_upload: int = DEFAULT_MAX_UPLOAD,
+        allow_hosts: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
+        self.hosts = {*LOOPBACK_NAMES, host, socket.gethostname(), socket.getfqdn(), *allow_hosts}
         self.max_upload = max_upload
         self.feed: Feed | None = None
         self.state = LiveState(connected=lambda: self.feed is not None and self.feed.connected)
@@ -89,7 +93,6 @@ class Dashboard:
             self.httpd = _Server((host, port), _Handler, self)
         except OSError as exc:
             raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-        self.loopback = ipaddress.ip_address(str(self.httpd.server_address[0])).is_loopback
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="dashboard-http", daemon=True
         )
@@ -138,6 +141,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "splitmq-dashboard"
+    timeout = 30  # seconds a client may take to send a request: a stalled one frees its thread
 
     @property
     def dash(self) -> Dashboard:
@@ -199,8 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Why a post may come from another site's page (see module docstring), or None.
 
         A page elsewhere cannot set the header; one that renamed its own host to this
-        address (DNS rebinding) still sends its own name as Host, which a dashboard on
-        loopback refuses; a browser names the page that posts as Origin.
+        address (DNS rebinding) still sends its own name as Host, which is not one this
+        dashboard answers to; a browser names the page that posts as Origin.
         """
         if self.headers.get(POST_HEADER) != "1":
             return f"posts need the {POST_HEADER}: 1 header"
@@ -208,8 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != host:
             return f"a post from a page at {origin} is not from this dashboard ({host})"
-        if self.dash.loopback and urlsplit(f"//{host}").hostname not in LOOPBACK_NAMES:
-            return f"this dashboard serves loopback: a post to {host!r} is not for it"
+        if urlsplit(f"//{host}").hostname not in self.dash.hosts:
+            return f"a post to {host!r} is not for this dashboard (--allow-host adds a name)"
         return None
 
     def _body(self) -> bytes | None:

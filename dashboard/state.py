@@ -180,11 +180,15 @@ class LiveState:
             self._cond.notify_all()
 
     def snapshot_json(self) -> bytes:
-        """The whole picture as JSON, built once per version."""
+        """The whole picture as JSON, built once per version; the time and the broker
+        connection, which change without a new version, are added to each copy."""
         with self._cond:
             if self._cached is None or self._cached[0] != self.version:
                 self._cached = (self.version, json.dumps(self._snapshot()).encode())
-            return self._cached[1]
+            body = self._cached[1]
+        connected = bool(self._connected()) if self._connected else None
+        live = json.dumps({"now": time.time(), "connected": connected}).encode()
+        return live[:-1] + b"," + body[1:]
 
     def snapshot(self) -> dict[str, Any]:
         return json.loads(self.snapshot_json())
@@ -193,8 +197,6 @@ class LiveState:
         roles = sorted(self._roles.values(), key=lambda e: (e["role"], e["id"]))
         return {
             "version": self.version,
-            "now": time.time(),
-            "connected": bool(self._connected()) if self._connected else None,
             "devices": [e for e in roles if e["role"] == "device"],
             "workers": [e for e in roles if e["role"] in ("edge", "cloud")],
             "planners": [e for e in roles if e["role"] == "planner"],

@@ -11,17 +11,16 @@ plan comes from ``make_plan``, so the cut and codec are checked as
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from splitmq.dashboard.models import find
 from splitmq.shared.codecs import EncodedTensor, encode, parse_codec
 from splitmq.shared.errors import UserError
+from splitmq.shared.model import preprocess
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.model.preprocess import model_input
@@ -29,29 +28,13 @@ from splitmq.shared.protocol.results import TopK
 from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
 from splitmq.shared.runtime.sessions import SessionCache
 
-#: Larger images are refused before they are decoded (a small file can hold a huge image).
-MAX_PIXELS = 40_000_000
-IMAGE_FORMATS = ("JPEG", "PNG")
 #: (model, cut) pairs tried before the sessions start afresh (see Tryout).
 MAX_TRIED = 8
 
 
 def read_image(data: bytes, channels: str, what: str = "the image") -> np.ndarray:
     """A JPEG or PNG as an HxW(xC) uint8 array in ``channels`` (``RGB`` or ``L``)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in IMAGE_FORMATS:
-                raise UserError(f"{what} is {img.format}: upload a JPEG or PNG image")
-            if img.width * img.height > MAX_PIXELS:
-                raise UserError(
-                    f"{what} is {img.width}x{img.height} pixels, over {MAX_PIXELS:,}: "
-                    "make it smaller"
-                )
-            return np.asarray(img.convert(channels))
-    except UserError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{what} is not a readable JPEG or PNG image ({exc})") from None
+    return np.asarray(preprocess.read_image(data, what).convert(channels))
 
 
 def _top(tops: tuple[TopK, ...]) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from splitmq.planner.state import Link
 from splitmq.shared.errors import SplitMQError, WireError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.protocol.announce import ModelAnnouncement
+from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
@@ -171,23 +171,21 @@ class PlannerService:
     def _on_model(self, msg: Message) -> None:
         """A new model version: devices on an older one move to it at the next round."""
         try:
-            name = self.topics.parse_model(msg.topic)
-            if not msg.payload:
+            news = parse_announcement(self.topics, msg.topic, msg.payload)
+            if news is None:
                 return
-            news = ModelAnnouncement.parse(msg.payload, msg.topic)
-            if news.name != name:
-                raise WireError(f"{msg.topic}: the document names model {news.name!r}")
             self.pool.matching(news.name, news.version, news.sha256)
         except SplitMQError as exc:
             self.errors["bad_model"] += 1
             log.warning("%s: ignoring a model announcement: %s", self.id, exc)
             return
-        with self._lock:
-            if news.version <= self._newest.get(name, 0):
-                return
-            self._newest[name] = news.version
+        name = news.name
+        with self._lock:  # new or re-calibrated: read its manifests again either way
             self._options = {k: v for k, v in self._options.items() if k[0] != name}
-        log.info("%s: %s v%d announced: moving its devices to it", self.id, name, news.version)
+            newer = news.version > self._newest.get(name, 0)
+            self._newest[name] = max(news.version, self._newest.get(name, 0))
+        moving = ": moving its devices to it" if newer else " again: re-reading it"
+        log.info("%s: %s v%d announced%s", self.id, name, news.version, moving)
         self._urgent.set()
         self._wake.set()
 

@@ -20,6 +20,7 @@ ERROR_CODES = frozenset(
         "bad_image",
         "bad_route",
         "expired",
+        "busy",
         "no_worker",
         "internal",
     }
@@ -46,6 +47,12 @@ class PoolError(UserError):
     """The model pool is missing something or holds a corrupted file."""
 
     code = "unknown_model"
+
+
+class ImageError(UserError):
+    """Bytes that should be a JPEG or PNG image are not one, or are too big."""
+
+    code = "bad_image"
 
 
 class CodecError(SplitMQError):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitmq.shared.codecs import DEFAULT_MAX_BYTES
+from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
 
 #: The port of each scheme when a URL names none (IANA's MQTT and MQTT over TLS).
@@ -134,6 +136,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free)"
     )
+
+    @classmethod
+    def given(cls, **overrides: Any) -> Settings:
+        """Settings from env/.env with ``overrides`` (None: not given) on top; a bad value
+        is a ``UserError`` naming the setting and the reason, not pydantic's page of it."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            reason = str(error["msg"]).removeprefix("Value error, ")
+            raise UserError(f"{where}: {reason}" if where else reason) from None
 
     @field_validator("broker")
     @classmethod

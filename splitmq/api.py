@@ -16,7 +16,6 @@ alone until a plan arrives), retries, and ends every request as an
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -91,21 +90,27 @@ def plan(
     cloud_load: float = 0.0,
     cloud_link: str = "100mbit/20ms",
     settings: Settings | None = None,
+    prefix: str = "",
 ) -> Decision:
     """The plan the planner would choose for a device in this situation, with its
     alternatives and the fixed strategies it beat. Rates as ``"5mbit"`` or bit/s, times
     as ``"40ms"`` or ms; ``model`` a pool name (``NAME[@VERSION]``) or a ``ModelVersion``;
-    loads are the share of a tier's threads other devices keep busy."""
+    loads are the share of a tier's threads other devices keep busy; errors name each
+    parameter with ``prefix`` (the CLI's ``--``)."""
     from splitmq.planner import DeviceState, Link, Options, TierState, decide
     from splitmq.shared.units import parse_ms, parse_rate
 
     up = set(tiers)
     if not up <= {"edge", "cloud"}:
-        raise UserError(f"tiers: expected edge and/or cloud, got {sorted(up)}")
+        raise UserError(f"{prefix}tiers: expected edge and/or cloud, got {sorted(up)}")
     device = DeviceState(
         speed=device_speed,
-        link=Link(_rate(uplink, "uplink", parse_rate), _rate(rtt, "rtt", parse_ms)),
-        downlink_bps=None if downlink is None else _rate(downlink, "downlink", parse_rate),
+        link=Link(
+            _rate(uplink, f"{prefix}uplink", parse_rate), _rate(rtt, f"{prefix}rtt", parse_ms)
+        ),
+        downlink_bps=(
+            None if downlink is None else _rate(downlink, f"{prefix}downlink", parse_rate)
+        ),
         battery=battery,
         rate_rps=rate,
     )
@@ -116,7 +121,7 @@ def plan(
             cloud_threads,
             cloud_load * cloud_threads,
             speed=cloud_speed,
-            link=Link.parse(cloud_link, "cloud_link"),
+            link=Link.parse(cloud_link, f"{prefix}cloud-link"),
         ),
     }
     mv = model if not isinstance(model, str) else _model(model, settings or _settings())
@@ -193,34 +198,27 @@ class Device:
 
 def as_frame(image: ImageLike) -> np.ndarray:
     """An HxW(xC) array from any ``ImageLike`` (the model's preprocessing does the rest)."""
+    from splitmq.shared.model.preprocess import read_image
+
     if isinstance(image, np.ndarray):
         return image
     if isinstance(image, str | Path):
         try:
-            image = Image.open(Path(image).expanduser())
+            data = Path(image).expanduser().read_bytes()
         except OSError as exc:
-            raise UserError(f"cannot read the image {image}: {exc}") from exc
+            raise UserError(f"cannot read the image {image}: {exc.strerror}") from None
+        image = read_image(data, str(image))
     elif isinstance(image, bytes):
-        try:
-            image = Image.open(io.BytesIO(image))
-        except OSError as exc:
-            raise UserError(f"the bytes are not an image Pillow reads: {exc}") from exc
+        image = read_image(image)
     if not isinstance(image, Image.Image):
         raise UserError(f"an image is a path, bytes, a PIL image or an array, not {image!r}")
     return np.asarray(image.convert("RGB"))
 
 
 def _settings(**given: Any) -> Settings:
-    from pydantic import ValidationError
-
     from splitmq.shared.settings import Settings
 
-    try:
-        return Settings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:  # the reason, not pydantic's page of it
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise UserError(f"{where}: {str(error['msg']).removeprefix('Value error, ')}") from None
+    return Settings.given(**given)
 
 
 def _model(ref: str, cfg: Settings) -> ModelVersion:

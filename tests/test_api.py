@@ -77,7 +77,7 @@ def test_a_device_takes_any_image_form_and_pins_plans(cfg, tmp_path) -> None:
     ):
         forms = [photo, Image.fromarray(photo), jpeg.getvalue(), tmp_path / "cat.png"]
         answers = [device.infer(form) for form in forms]
-        with pytest.raises(UserError, match="not an image"):
+        with pytest.raises(UserError, match="not a JPEG or PNG"):
             device.infer(b"not an image")
         with pytest.raises(UserError, match="cannot read the image"):
             device.infer(tmp_path / "missing.jpg")
@@ -86,7 +86,12 @@ def test_a_device_takes_any_image_form_and_pins_plans(cfg, tmp_path) -> None:
     assert isinstance(answers[0], splitmq.Answer)
 
 
-def test_plan_is_what_the_cli_says(real_pool) -> None:
+def test_plan_weighs_the_situation_and_the_cli_passes_its_flags(real_pool) -> None:
+    cfg = _pool(real_pool)
+    slow_link = splitmq.plan(MODEL, uplink="0.5mbit", rtt="40ms", device_speed=1.0, settings=cfg)
+    slow_device = splitmq.plan(MODEL, uplink="200mbit", rtt="2ms", device_speed=0.05, settings=cfg)
+    assert slow_link.plan.device_only and not slow_device.plan.device_only
+    assert slow_device.predicted.latency_ms < slow_device.fixed["device-only"].latency_ms
     decision = splitmq.plan(
         MODEL, uplink="5mbit", rtt="40ms", device_speed=0.25, settings=_pool(real_pool)
     )

@@ -3,6 +3,7 @@ by running workers and taken up by the planner, while a device streams, losing n
 
 from __future__ import annotations
 
+import io
 import shutil
 import threading
 from concurrent.futures import Future
@@ -11,6 +12,7 @@ import onnx
 import pytest
 from clitools import cli_env, run_cli
 from kit import eventually
+from PIL import Image
 
 from splitmq.device.follow import local_plan
 from splitmq.device.link import LinkSpec
@@ -22,6 +24,7 @@ from splitmq.shared.errors import WireError
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.offline.datasets import photos
 from splitmq.shared.protocol.announce import ModelAnnouncement
+from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.transport.announce import announce
 
 pytestmark = pytest.mark.slow
@@ -39,10 +42,16 @@ def pool(tmp_path, real_pool) -> ModelPool:
     return ModelPool(tmp_path / "pool")
 
 
-def test_a_new_version_is_taken_up_while_a_device_streams(settings, pool, tmp_path) -> None:
+def test_a_new_version_is_taken_up_while_a_device_streams(
+    settings, pool, tmp_path, make_client, inbox
+) -> None:
     cfg = settings.model_copy(update={"pool": pool.root})
     v1 = pool.get(MODEL)
     frames = photos(4, seed=5)
+    camera, answers = make_client("camera"), inbox("answers to the camera")
+    camera.subscribe(cfg.topics.result("camera"), answers, qos=1)
+    photo = io.BytesIO()
+    Image.fromarray(frames[0]).save(photo, format="JPEG")
     futures: list[Future] = []
     stop = threading.Event()
     with (
@@ -68,6 +77,9 @@ def test_a_new_version_is_taken_up_while_a_device_streams(settings, pool, tmp_pa
         streaming.start()
         try:
             eventually(lambda: not dev.plan.device_only, "v1 offloaded to the edge", 30)
+            # A frame runs the newest version the edge knows: v1 now, v2 once announced.
+            camera.publish(cfg.topics.frame(MODEL, "camera"), photo.getvalue(), qos=1)
+            assert unpack_result(answers.wait(1, timeout=30)[0].payload).version == 1
             # v2: the same network, new bytes; added without announcing, given v1's profile
             # and calibration (the same graph), then announced as an operator would.
             changed = onnx.load(v1.dir / "model.onnx")
@@ -86,6 +98,8 @@ def test_a_new_version_is_taken_up_while_a_device_streams(settings, pool, tmp_pa
             said = run_cli("pool", "announce", MODEL, env=env)
             assert said.returncode == 0 and f"{MODEL} v2" in said.stdout, said.stderr
             eventually(lambda: dev.mv.version == 2, "the device on v2", 30)
+            camera.publish(cfg.topics.frame(MODEL, "camera"), photo.getvalue(), qos=1)
+            assert unpack_result(answers.wait(2, timeout=30)[1].payload).version == 2
             eventually(lambda: (MODEL, 2) in worker.sessions.loaded(), "v2 served", 30)
             served = worker.stats.snapshot_counts().get("answered_edge", 0)
             eventually(

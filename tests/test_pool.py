@@ -9,7 +9,7 @@ import sys
 
 import onnx
 import pytest
-from graphs import chain, residual
+from graphs import chain, early_exit, residual
 
 from splitmq.shared.errors import ModelError, PoolError
 from splitmq.shared.model.pool import ModelPool, open_model
@@ -119,3 +119,20 @@ def test_a_checkout_finds_the_pool_make_built(tmp_path, files):
     assert missing.returncode == 2
     assert "SPLITMQ_POOL" in missing.stderr
     assert str(tmp_path / "home") in missing.stderr
+
+
+def test_a_new_version_keeps_the_previous_ones_preprocessing_and_labels(tmp_path, files):
+    from splitmq.shared.model.manifest import Preprocess
+
+    pool = ModelPool(tmp_path / "pool")
+    pre = Preprocess(size=(8, 8), mean=[0.0] * 16, std=[1.0] * 16, channels="RGB")
+    v1 = pool.add(files[0], "net", preprocess=pre, labels=["a", "b", "c"])
+    retrained = onnx.load(files[0])
+    retrained.doc_string = "retrained"
+    onnx.save(retrained, tmp_path / "v2.onnx")
+    v2 = pool.add(tmp_path / "v2.onnx", "net")
+    assert v2.version == 2 and v2.manifest.preprocess == v1.manifest.preprocess
+    assert v2.labels == ["a", "b", "c"]
+    onnx.save(early_exit(), tmp_path / "two-outputs.onnx")  # not the same network's shape
+    other = pool.add(tmp_path / "two-outputs.onnx", "net")
+    assert other.version == 3 and other.manifest.preprocess is None and other.labels is None

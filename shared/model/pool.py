@@ -227,7 +227,11 @@ class ModelPool:
         labels: list[str] | None = None,
         source: str | None = None,
     ) -> ModelVersion:
-        """Add an ONNX file; idempotent for identical bytes, a new version otherwise."""
+        """Add an ONNX file; idempotent for identical bytes, a new version otherwise.
+
+        A new version of a model whose input and outputs look as before keeps the
+        previous version's preprocessing and labels unless given: a retrained network
+        takes the same images, so devices and cameras can move to it unchanged."""
         check_name(name)
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         model = load_model(path)  # validates, with a clear error
@@ -238,6 +242,15 @@ class ModelPool:
                 return existing
         graph = Graph(model)
         cuts = find_cuts(graph)
+        inputs, outputs = (
+            _spec(graph, graph.input_name),
+            [_spec(graph, o) for o in graph.output_names],
+        )
+        if self.versions(name) and (preprocess is None or labels is None):
+            before = self.get(name)
+            if (before.manifest.input, before.manifest.outputs) == (inputs, outputs):
+                preprocess = preprocess or before.manifest.preprocess
+                labels = labels or before.labels
         with _locked(self.root / name / ".lock"):
             version = max(self.versions(name), default=0) + 1
             d = self.root / name / str(version)
@@ -247,8 +260,8 @@ class ModelPool:
                 sha256=digest,
                 size=len(data),
                 source=source or str(Path(path).resolve()),
-                input=_spec(graph, graph.input_name),
-                outputs=[_spec(graph, o) for o in graph.output_names],
+                input=inputs,
+                outputs=outputs,
                 preprocess=preprocess,
                 labels="labels.txt" if labels else None,
                 cuts=cuts,

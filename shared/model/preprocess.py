@@ -8,16 +8,48 @@ normalised by the receiving tier.
 
 from __future__ import annotations
 
+import io
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from splitmq.shared.errors import UserError
+from splitmq.shared.errors import ImageError, UserError
 from splitmq.shared.model.manifest import Preprocess
 
 if TYPE_CHECKING:
     from splitmq.shared.model.pool import ModelVersion
+
+
+#: Pixels an image may have: a 24 MP camera's fit, a decompression bomb's do not.
+MAX_PIXELS = 25_000_000
+#: The image formats splitmq reads from bytes, by their magic bytes.
+MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}
+
+
+def read_image(data: bytes, what: str = "the image", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A JPEG or PNG from bytes that came from a network or a user, decoded only after
+    its magic bytes and the size in its header passed; ``ImageError`` says what is wrong."""
+    kind = next((name for name, magic in MAGIC.items() if data.startswith(magic)), None)
+    if kind is None:
+        raise ImageError(f"{what} is not a JPEG or PNG image (starts {data[:8].hex()})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{what}: {kind} over {max_pixels:,} pixels ({exc})") from None
+    except Exception as exc:  # Pillow's many ways to say a file is broken
+        raise ImageError(f"{what}: {kind} does not decode: {exc}") from None
+    width, height = image.size  # from the header: nothing decoded yet
+    if width * height > max_pixels:
+        raise ImageError(f"{what}: {kind} of {width}x{height} is over {max_pixels:,} pixels")
+    try:
+        image.load()
+    except Exception as exc:
+        raise ImageError(f"{what}: {kind} does not decode: {exc}") from None
+    return image
 
 
 def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from splitmq.shared.errors import WireError
 from splitmq.shared.protocol.document import Document
 from splitmq.shared.protocol.ids import MAX_VERSION, MODEL_RULE, is_model_name
+from splitmq.shared.protocol.topics import Topics
 
 
 class ModelAnnouncement(Document):
@@ -26,3 +28,15 @@ class ModelAnnouncement(Document):
         if not is_model_name(value):
             raise ValueError(f"use {MODEL_RULE}")
         return value
+
+
+def parse_announcement(topics: Topics, topic: str, payload: bytes) -> ModelAnnouncement | None:
+    """The announcement received on ``topic`` (None: a cleared retained one); WireError
+    when the topic or the document is bad, or they name different models."""
+    name = topics.parse_model(topic)
+    if not payload:
+        return None
+    news = ModelAnnouncement.parse(payload, topic)
+    if news.name != name:
+        raise WireError(f"{topic}: the document names model {news.name!r}")
+    return news

@@ -13,27 +13,22 @@ from its input.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import time
-import warnings
+import threading
+import uuid
 from dataclasses import dataclass
 
 from PIL import Image
 
 from splitmq.shared.codecs import encode
-from splitmq.shared.errors import RequestFailed, UserError, WireError
+from splitmq.shared.errors import ImageError, RequestFailed, UserError, WireError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelVersion
-from splitmq.shared.model.preprocess import to_pixels
+from splitmq.shared.model.preprocess import read_image, to_pixels
 from splitmq.shared.protocol.ids import ID_RULE, MODEL_RULE, is_id, is_model_name
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.protocol.wire import DeviceTiming, Request, Timing
+from splitmq.shared.transport.messages import Message
 
-#: (magic bytes, format) of the images a frame may be.
-FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
-#: Decoded pixels a frame may have (a 24 MP camera still fits; a decompression bomb not).
-MAX_PIXELS = 25_000_000
 #: How long a frame may wait for the edge before it is dropped as expired.
 FRAME_TIMEOUT_S = 30.0
 
@@ -52,30 +47,80 @@ class Mapping:
         levels = _wildcard_levels(self.filter, topic)
         if levels is None:
             return None
-        device = "-".join(levels) or self.model
+        device = "-".join(levels)
         if not is_id(device):
             raise RequestFailed("bad_route", f"{topic}: the camera's levels are no {ID_RULE}")
         return device
 
 
-def parse_mappings(text: str | None) -> list[Mapping]:
-    """``FILTER=MODEL[,FILTER=MODEL...]`` from the ``frame_topics`` setting."""
+def parse_mappings(text: str | None, topics: Topics) -> list[Mapping]:
+    """``FILTER=MODEL[,FILTER=MODEL...]`` from the ``frame_topics`` setting.
+
+    A filter must have a wildcard (its levels name the device) and lie outside splitmq's
+    own tree and ``$SYS``: mapped topics are the cameras' own, written by whoever the
+    broker lets write them, so they never stand in for a splitmq topic."""
     mappings = []
     for entry in filter(None, (part.strip() for part in (text or "").split(","))):
         filt, sep, model = entry.rpartition("=")
-        if not sep or not filt or filt.startswith("$") or "#" in filt[:-1]:
-            raise UserError(f"frame_topics: {entry!r} is not FILTER=MODEL (e.g. cam/+/jpeg=m)")
+        levels = filt.split("/")
+        if (
+            not sep
+            or filt.startswith(("$", f"{topics.prefix}/"))
+            or not any(level in ("+", "#") for level in levels)
+            or any(("+" in lv or "#" in lv) and len(lv) > 1 for lv in levels)
+            or "#" in levels[:-1]
+        ):
+            raise UserError(
+                f"frame_topics: {entry!r} is not FILTER=MODEL with a + or a final # in the "
+                f"filter, outside $SYS and {topics.prefix}/ (e.g. frigate/+/+/snapshot=m)"
+            )
         if not is_model_name(model):
             raise UserError(f"frame_topics: bad model name {model!r}: use {MODEL_RULE}")
         mappings.append(Mapping(filt, model))
     return mappings
 
 
-class Frames:
-    """Which topics are frames, and the request each frame becomes."""
+@dataclass(frozen=True)
+class Refused:
+    """Why a frame is not queued: ``stale`` (a retained snapshot) or ``busy``."""
 
-    def __init__(self, topics: Topics, mappings: list[Mapping], max_bytes: int) -> None:
+    code: str
+    device: str | None
+    why: str
+
+
+class Frames:
+    """Which topics are frames, which frames to take, and the request each becomes."""
+
+    def __init__(
+        self, topics: Topics, mappings: list[Mapping], max_bytes: int, backlog: int = 8
+    ) -> None:
         self.topics, self.mappings, self.max_bytes = topics, mappings, max_bytes
+        self.backlog = backlog
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    def admit(self, msg: Message) -> Refused | None:
+        """None: queue this frame (it then counts until ``finished``). A retained frame is
+        a camera's last snapshot, which a new subscriber gets again, not a new frame; and
+        cameras publish at QoS 0, which no Receive Maximum holds back, so past ``backlog``
+        waiting frames the next is refused rather than waited for."""
+        if msg.retain:
+            return Refused("stale", None, f"{msg.topic}: a retained (old) frame: not run")
+        with self._lock:
+            if self._waiting < self.backlog:
+                self._waiting += 1
+                return None
+        try:
+            target = self.route(msg.topic)
+        except RequestFailed:
+            target = None
+        why = f"{self.backlog} frames are waiting at this edge worker: frame dropped"
+        return Refused("busy", target[1] if target else None, why)
+
+    def finished(self) -> None:
+        with self._lock:
+            self._waiting -= 1
 
     def filters(self) -> list[str]:
         """The shared subscriptions the edge takes frames on."""
@@ -100,14 +145,12 @@ class Frames:
         """The ``u8`` input request a device would have sent for this image."""
         pre = mv.manifest.preprocess
         if pre is None:
-            raise RequestFailed(
-                "bad_image", f"{mv.name} has no image preprocessing: it takes tensors, not frames"
-            )
+            raise ImageError(f"{mv.name} has no image preprocessing: it takes tensors, not frames")
         image = self.decode(data)
         pixels = to_pixels(image, pre)
         plan = make_plan(mv, 0, "u8", "edge", reason="frame from a camera")
         return Request(
-            id=request_id or f"f{hashlib.sha256(data).hexdigest()[:31]}",
+            id=request_id or f"f{uuid.uuid4().hex[:31]}",  # the same bytes twice: two frames
             device=device,
             model=mv.name,
             version=mv.version,
@@ -116,33 +159,14 @@ class Frames:
             hop=0,
             tensor=encode(pixels, "u8", mv.codec_params(0, "u8")),
             deadline=t_recv + FRAME_TIMEOUT_S,
-            timing=Timing(DeviceTiming(t_recv, t_recv, t_recv, time.time())),
+            timing=Timing(DeviceTiming(t_recv, t_recv, t_recv, t_recv)),  # no device part
         )
 
     def decode(self, data: bytes) -> Image.Image:
         """The image in ``data``, refused before decoding when it is not one or too big."""
         if len(data) > self.max_bytes:
-            raise RequestFailed("bad_image", f"frame of {len(data)} B > {self.max_bytes} B")
-        kind = next((name for magic, name in FORMATS if data.startswith(magic)), None)
-        if kind is None:
-            raise RequestFailed(
-                "bad_image", f"frame is not a JPEG or PNG image (starts {data[:8].hex()})"
-            )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data), formats=[kind])
-                width, height = image.size  # from the header: nothing decoded yet
-                if width * height > MAX_PIXELS:
-                    raise RequestFailed(
-                        "bad_image", f"{kind} of {width}x{height} > {MAX_PIXELS} pixels"
-                    )
-                image.load()
-        except RequestFailed:
-            raise
-        except Exception as exc:  # Pillow's many ways to say the file is broken
-            raise RequestFailed("bad_image", f"{kind} does not decode: {exc}") from exc
-        return image
+            raise ImageError(f"frame of {len(data)} B > {self.max_bytes} B")
+        return read_image(data, "frame")
 
 
 def _wildcard_levels(filt: str, topic: str) -> list[str] | None:

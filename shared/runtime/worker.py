@@ -33,7 +33,7 @@ from splitmq.shared.errors import (
     WireError,
 )
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.protocol.announce import ModelAnnouncement
+from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.ids import Tier, is_id
 from splitmq.shared.protocol.results import (
     ErrorReport,
@@ -104,7 +104,11 @@ class Worker:
         self.stats: Stats[tuple[str, int, int, int | None]] = Stats(window=64)
         self.replays = Replays()
         self.threads = threads
-        self._queue: queue.Queue[tuple[Message, float] | None] = queue.Queue(threads + queue_size)
+        # Requests are at most the Receive Maximum; frames (QoS 0 from cameras, which no
+        # Receive Maximum holds back) at most the frames' backlog: a put never waits.
+        self._queue: queue.Queue[tuple[Message, float, bool] | None] = queue.Queue(
+            2 * (threads + queue_size)
+        )
         self._in_flight = 0
         self._lock = threading.Lock()
         self.client = MqttClient(
@@ -121,7 +125,12 @@ class Worker:
         self.metrics = WorkerMetrics(tier, self._telemetry, self.stats)
         # Plain cameras publish frames for the edge (frame/<model>/<device>, mapped topics).
         self.frames = (
-            Frames(self.topics, parse_mappings(settings.frame_topics), settings.max_payload_bytes)
+            Frames(
+                self.topics,
+                parse_mappings(settings.frame_topics, self.topics),
+                settings.max_payload_bytes,
+                backlog=threads + queue_size,
+            )
             if tier == "edge"
             else None
         )
@@ -139,7 +148,7 @@ class Worker:
             self._pool.append(t)
         self.client.subscribe(self.topics.shared_requests(self.tier), self._enqueue, qos=1)
         for frames in self.frames.filters() if self.frames else []:
-            self.client.subscribe(frames, self._enqueue, qos=1)
+            self.client.subscribe(frames, self._take_frame, qos=1)
         self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
         self.telemetry.start()
         log.info("%s serving %s", self.id, self.topics.shared_requests(self.tier))
@@ -167,29 +176,41 @@ class Worker:
 
     # --- network thread: parse nothing heavy, just queue ---------------------------------
 
-    def _enqueue(self, msg: Message) -> None:
+    def _enqueue(self, msg: Message, frame: bool = False) -> None:
         self.metrics.received.inc(len(msg.payload))
-        self._queue.put((msg, time.time()))  # never blocks: capacity >= Receive Maximum
+        self._queue.put((msg, time.time(), frame))  # never waits: see the queue's size
+
+    def _take_frame(self, msg: Message) -> None:
+        """A camera's frame: queued, or refused at once (never waited for on this thread)."""
+        assert self.frames is not None
+        refused = self.frames.admit(msg)
+        if refused is None:
+            self._enqueue(msg, frame=True)
+            return
+        self.stats.count(f"frames_{refused.code}")
+        if refused.code == "busy":  # the camera hears it: nothing ends in silence
+            self._fail(refused.device, _correlation_id(msg), "busy", refused.why)
+        else:
+            log.info("%s: %s", self.id, refused.why)
 
     def _on_model(self, msg: Message) -> None:
         """A model version was added or re-calibrated: read its manifests again on next use
         (requests naming an older version are still served: their segments stay)."""
         try:
-            name = self.topics.parse_model(msg.topic)
-            if msg.payload:
-                news = ModelAnnouncement.parse(msg.payload, msg.topic)
-                log.info("%s: %s v%d announced", self.id, news.name, news.version)
+            news = parse_announcement(self.topics, msg.topic, msg.payload)
         except WireError as exc:
             self.stats.count("bad_announcements")
             log.warning("%s: ignoring a model announcement: %s", self.id, exc)
             return
-        self.sessions.forget(name)
+        if news is not None:
+            log.info("%s: %s v%d announced", self.id, news.name, news.version)
+            self.sessions.forget(news.name)
 
     # --- worker threads --------------------------------------------------------------------
 
     def _serve(self) -> None:
         while (item := self._queue.get()) is not None:
-            msg, t_recv = item
+            msg, t_recv, frame = item
             with self._lock:
                 self._in_flight += 1
             try:
@@ -198,6 +219,8 @@ class Worker:
                 log.exception("cannot report a failure on %s", msg.topic)
             finally:
                 msg.ack()
+                if frame and self.frames:
+                    self.frames.finished()
                 with self._lock:
                     self._in_flight -= 1
 

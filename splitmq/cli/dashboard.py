@@ -30,6 +30,13 @@ def dashboard(
         ),
     ] = "127.0.0.1",
     max_upload: Annotated[str, typer.Option(help="Largest model upload, e.g. 200MB.")] = "200MB",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name or address browsers reach this page by (posts to any other "
+            "Host are refused); repeatable."
+        ),
+    ] = None,
 ) -> None:
     """A web page of the running system (devices, plans, tiers, latency, results) and of
     the model pool (cuts, uploads, an image run through a split). On a secure broker, log
@@ -39,7 +46,7 @@ def dashboard(
 
     cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix)
     limit = parse_bytes(max_upload, "--max-upload")
-    with Dashboard(cfg, host, port, limit) as served:
+    with Dashboard(cfg, host, port, limit, tuple(allow_host or ())) as served:
         out.print(
             f"dashboard on {served.url} (broker {cfg.where}, pool {cfg.pool}); Ctrl-C stops",
             soft_wrap=True,

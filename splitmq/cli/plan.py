@@ -96,6 +96,7 @@ def plan(
         cloud_load=cloud_load,
         cloud_link=cloud_link,
         settings=cfg,
+        prefix="--",
     )
     if as_json:
         print_json(decision.to_json())

@@ -7,12 +7,12 @@ imports a command module, so the CLI has no import cycle.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
+from splitmq.shared.errors import UserError
 from splitmq.shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,14 +82,10 @@ def verbosity() -> int:
 
 def settings(**overrides: object) -> Settings:
     """Settings from env/.env, with the flags the user gave on top."""
-    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)
-    except ValidationError as exc:  # the reason, not pydantic's URL or the input echoed
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        raise typer.BadParameter(f"{where}: {reason}" if where else reason) from exc
+        return Settings.given(**overrides)
+    except UserError as exc:  # a usage error, as click reports a bad flag
+        raise typer.BadParameter(str(exc)) from None
 
 
 def wants(

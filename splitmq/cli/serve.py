@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -112,21 +113,23 @@ def _serve(
     cfg = settings(
         broker=broker_, pool=pool, topic_prefix=prefix, results=results, metrics_port=metrics_port
     )
-    recorder = Recorder(cfg.results) if cfg.results else None
-    on_result = recorder.add if recorder else None
-    if tier == "edge":
-        from splitmq.edge.worker import edge_worker
-
-        worker = edge_worker(cfg, worker_id, workers, queue, speed, on_result)
-    else:
-        from splitmq.cloud.worker import cloud_worker
-
-        worker = cloud_worker(cfg, worker_id, workers, queue, on_result=on_result)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    if recorder:  # closed after the worker stopped: its last answers are kept
-        worker.on_stop.append(recorder.close)
-        log.info("recording answers in the results store %s", recorder.store.url)
-    with worker, metrics_served(worker.id, worker.metrics.registry, cfg.metrics_port):
+    with contextlib.ExitStack() as stack:  # the recorder closes last, whatever failed first
+        recorder = Recorder(cfg.results) if cfg.results else None
+        if recorder:  # closed after the worker stopped: its last answers are kept
+            stack.callback(recorder.close)
+            log.info("recording answers in the results store %s", recorder.store.url)
+        on_result = recorder.add if recorder else None
+        if tier == "edge":
+            from splitmq.edge.worker import edge_worker
+
+            worker = edge_worker(cfg, worker_id, workers, queue, speed, on_result)
+        else:
+            from splitmq.cloud.worker import cloud_worker
+
+            worker = cloud_worker(cfg, worker_id, workers, queue, on_result=on_result)
+        stack.enter_context(worker)
+        stack.enter_context(metrics_served(worker.id, worker.metrics.registry, cfg.metrics_port))
         log.info("%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.where, cfg.pool)
         wait_for_signal()
         log.info("stopping %s", worker.id)
