@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,6 +73,18 @@ class Outcome:
     @property
     def compute_ms(self) -> float:
         return (self.t_done - self.t_start) * 1000
+
+    def slowed(self, cpu_s: float, speed: float) -> Outcome:
+        """This hop as a server ``speed`` times as fast would run it (an emulated slower
+        server): its CPU time (not the wall time, which includes waiting for the
+        emulating host) 1/speed times over; returns when that server would be done."""
+        wall = self.t_end - self.t_start
+        scale = min(cpu_s, wall) / wall / speed if wall > 0 and cpu_s > 0 else 1 / speed
+        end = self.t_start + wall * scale
+        if end > time.time():
+            time.sleep(end - time.time())
+        done = self.t_start + (self.t_done - self.t_start) * scale
+        return replace(self, t_done=done, t_end=end)
 
 
 class HopExecutor:

@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 
 from splitmq.shared.errors import (
     PayloadTooLarge,
@@ -34,7 +33,7 @@ from splitmq.shared.errors import (
 )
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
-from splitmq.shared.protocol.ids import Tier, is_id
+from splitmq.shared.protocol.ids import Tier
 from splitmq.shared.protocol.results import (
     ErrorReport,
     Result,
@@ -189,7 +188,7 @@ class Worker:
             return
         self.stats.count(f"frames_{refused.code}")
         if refused.code == "busy":  # the camera hears it: nothing ends in silence
-            self._fail(refused.device, _correlation_id(msg), "busy", refused.why)
+            self._fail(refused.device, msg.correlation_id(), "busy", refused.why)
         else:
             log.info("%s: %s", self.id, refused.why)
 
@@ -227,7 +226,7 @@ class Worker:
     def _handle(self, msg: Message, t_recv: float) -> None:
         device, request_id, key = self.topics.device_of_request(msg.topic), None, None
         try:
-            request_id = _correlation_id(msg)
+            request_id = msg.correlation_id()
             if self.frames is not None and (frame := self.frames.route(msg.topic)):
                 model, device = frame
                 request = self.frames.request(
@@ -293,7 +292,7 @@ class Worker:
         if outcome.error is not None:
             raise outcome.error
         if self.speed < 1:
-            outcome = _slowed(outcome, time.thread_time() - cpu, self.speed)
+            outcome = outcome.slowed(time.thread_time() - cpu, self.speed)
         mv = outcome.mv
         assert mv is not None
         self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
@@ -422,24 +421,3 @@ class Worker:
             answered=counts.get(f"answered_{self.tier}", 0),
             forwarded=self.stats.by_prefix("forwarded_"),
         )
-
-
-def _slowed(outcome: Outcome, cpu_s: float, speed: float) -> Outcome:
-    """The hop as a server ``speed`` times as fast would run it: its CPU time (not the
-    wall time, which includes waiting for the emulating host) 1/speed times over."""
-    wall = outcome.t_end - outcome.t_start
-    scale = min(cpu_s, wall) / wall / speed if wall > 0 and cpu_s > 0 else 1 / speed
-    end = outcome.t_start + wall * scale
-    if end > time.time():
-        time.sleep(end - time.time())
-    done = outcome.t_start + (outcome.t_done - outcome.t_start) * scale
-    return replace(outcome, t_done=done, t_end=end)
-
-
-def _correlation_id(msg: Message) -> str | None:
-    """The request id from the MQTT correlation data, if it is a valid id."""
-    try:
-        cid = (msg.correlation_data or b"").decode()
-    except UnicodeDecodeError:
-        return None
-    return cid if is_id(cid) else None

@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from splitmq.shared.errors import WireError
+from splitmq.shared.protocol.ids import is_id
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -42,6 +43,14 @@ class Message:
     expiry_interval: int | None = None
     payload_format_indicator: int | None = None
     ack: Callable[[], None] = field(default=noop, repr=False, compare=False)
+
+    def correlation_id(self) -> str | None:
+        """The request id in the MQTT correlation data, if it is a valid id."""
+        try:
+            cid = (self.correlation_data or b"").decode()
+        except UnicodeDecodeError:
+            return None
+        return cid if is_id(cid) else None
 
     def json(self) -> Any:
         """The payload decoded as JSON; WireError if it is not."""
