@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import onnx
 import pytest
+from clitools import run_cli
 from graphs import chain, early_exit, residual
 
 from splitmq.shared.errors import ModelError, PoolError
@@ -91,31 +90,20 @@ def test_bad_names_and_missing_models(tmp_path, files):
         pool.add(junk, "net")
 
 
-def _splitmq(*args: str, cwd, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "splitmq", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_checkout_finds_the_pool_make_built(tmp_path, files):
     """After `make`, commands run in the checkout use its ./.pool with no settings; an
     empty pool elsewhere names the setting that points at the right one."""
     ModelPool(tmp_path / ".pool").add(files[0], "net")
     env = {k: v for k, v in os.environ.items() if k != "SPLITMQ_POOL"}
     env["HOME"] = str(tmp_path / "home")  # and no pool in the user's cache
-    listed = _splitmq("pool", "list", "--json", cwd=tmp_path, env=env)
+    listed = run_cli("pool", "list", "--json", env=env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     answer = json.loads(listed.stdout)
     assert answer["pool"] == str(tmp_path / ".pool")
     assert [m["name"] for m in answer["models"]] == ["net"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    missing = _splitmq("inspect", "net", cwd=elsewhere, env=env)
+    missing = run_cli("inspect", "net", env=env, cwd=elsewhere)
     assert missing.returncode == 2
     assert "SPLITMQ_POOL" in missing.stderr
     assert str(tmp_path / "home") in missing.stderr

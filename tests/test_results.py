@@ -11,7 +11,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -340,14 +339,7 @@ def splitmq_here(cwd: Path, *args: str, pool: Path | None = None) -> subprocess.
     """`splitmq ARGS` run in ``cwd``, with no results store set in the environment."""
     env = cli_env(pool=pool)
     env.pop("SPLITMQ_RESULTS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "splitmq", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, env=env, timeout=300, cwd=cwd)
 
 
 def test_the_cli_reads_the_demos_store_here_or_says_how_to_name_one(tmp_path):
