@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import page  # noqa: F401  (a headless chromium tab, per module)
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from kit import Inbox

@@ -60,6 +60,15 @@ def demo(
             show_default=False,
         ),
     ] = None,
+    dashboard: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the live dashboard on this port while the demo runs (0: any free "
+            "one; its address is printed); more --frames give more time to watch.",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
     broker: BrokerOption = None,
     pool: PoolOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -104,10 +113,16 @@ def demo(
         planner,
         secure,
         cfg.results or DEMO_STORE,  # the demo always records: `splitmq results` then shows it
+        dashboard,
     )
     with progress_bar() as bar:
         task = bar.add_task("frames answered", total=frames)
-        summary = run_demo(opts, cfg, lambda n, total: bar.update(task, completed=n))
+        summary = run_demo(
+            opts,
+            cfg,
+            lambda n, total: bar.update(task, completed=n),
+            lambda url: err.print(f"dashboard on {url}", highlight=False),
+        )
     if as_json:
         print(json.dumps(summary, indent=1))
     else:

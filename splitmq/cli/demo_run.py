@@ -57,6 +57,7 @@ class DemoOptions:
     planner: bool = True  # devices follow the planner; False: all run the fixed plan
     secure: bool = False  # TLS, a user per role and device, the ACL (splitmq secure)
     results: str | None = None  # the results store the workers record in; None: none
+    dashboard: int | None = None  # serve `splitmq dashboard` on this port while it runs
 
 
 def _same(settings: Settings) -> Callable[[str], Settings]:
@@ -104,6 +105,7 @@ def run_demo(
     opts: DemoOptions,
     settings: Settings,
     on_progress: Callable[[int, int], None] | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the demo and return its summary (see ``summarize``)."""
     from splitmq.broker.launcher import Broker
@@ -142,6 +144,12 @@ def run_demo(
             login = _same(settings)
         # Entered first, closed last: it keeps what the workers answer until they stop.
         recorder = stack.enter_context(Recorder(opts.results)) if opts.results else None
+        if opts.dashboard is not None:  # before the roles start: the page sees them arrive
+            from splitmq.dashboard.server import Dashboard
+
+            page = stack.enter_context(Dashboard(login("monitor"), port=opts.dashboard))
+            if on_dashboard:
+                on_dashboard(page.url)
         on_result = recorder.add if recorder else None
         stack.enter_context(edge_worker(login("edge"), "demo-edge", on_result=on_result))
         stack.enter_context(cloud_worker(login("cloud"), "demo-cloud", on_result=on_result))
