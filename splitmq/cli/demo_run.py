@@ -180,7 +180,7 @@ def run_demo(
         t0 = time.time()
         started = time.monotonic()
         futures = _stream(devices, frames, on_progress)
-        answers = [_outcome(f) for f in futures]
+        answers = [outcome(f) for f in futures]
         wall_s = time.monotonic() - started
     summary = summarize(plan, devices, answers, reference, wall_s, settings)
     summary["results"] = str(recorder.store.url) if recorder else None
@@ -261,7 +261,8 @@ def _stream(
     return [f for f in futures if f is not None]
 
 
-def _outcome(future: Future) -> Answer | SplitMQError | None:
+def outcome(future: Future) -> Answer | SplitMQError | None:
+    """A request's end: its answer, its failure, or None if it had none within a minute."""
     try:
         return future.result(timeout=60)
     except SplitMQError as exc:

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from splitmq.cli.demo_run import timeline
+from splitmq.cli.demo_run import outcome, timeline
 from splitmq.cli.scenario_checks import CHECKS, percentile
 from splitmq.device.follow import local_plan
 from splitmq.device.link import LinkSchedule
@@ -165,7 +165,7 @@ def run_setup(
         ]
         t0 = time.time()
         sent = _stream(devices, setup, frames, seconds or setup.seconds, edges)
-        outcomes = [(k, t, _outcome(f)) for k, t, f in sent]
+        outcomes = [(k, t, outcome(f)) for k, t, f in sent]
         measured = _reference(settings, mv, setup, frames) if reference else None
     return Run(devices, outcomes, t0, wills, measured)
 
@@ -304,15 +304,6 @@ def _stream(
     for t in threads:
         t.join()
     return sent
-
-
-def _outcome(future: Future) -> Answer | SplitMQError | None:
-    try:
-        return future.result(timeout=60)
-    except SplitMQError as exc:
-        return exc
-    except TimeoutError:
-        return None
 
 
 def _reference(settings: Settings, mv: ModelVersion, setup: Setup, frames: list) -> dict:
