@@ -18,6 +18,7 @@ COPY edge ./edge
 COPY cloud ./cloud
 COPY planner ./planner
 COPY dashboard ./dashboard
+COPY lab ./lab
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM python:3.11-slim

@@ -26,11 +26,13 @@ test: venv mosquitto models postgresql chromium check
 CHECK := build/check
 check: venv
 	$(BIN)/ruff check -q .
+	@if grep -rnE '(from|import) splitmq\.cli' bench/; then \
+		echo "bench/ imports the CLI: benchmarks import splitmq.lab"; exit 1; fi
 	rm -rf $(CHECK) build/lib && $(BIN)/pip install -q --no-deps --no-build-isolation --target $(CHECK) .
 	cd $(CHECK) && ../../$(BIN)/lint-imports --config ../../pyproject.toml
 	set -o pipefail; cd $(CHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml \
 		--cache-dir ../../.mypy_cache -p splitmq \
-		| sed -E 's#^splitmq/(broker|shared|device|edge|cloud|planner)/#\1/#'
+		| sed -E 's#^splitmq/(broker|shared|device|edge|cloud|planner|dashboard|lab)/#\1/#'
 
 lint: venv
 	$(BIN)/ruff check .

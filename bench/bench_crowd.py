@@ -30,8 +30,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from splitmq.cli.scenarios import MODEL, SETUPS, run_setup
-from splitmq.device.runtime import Answer
+from splitmq.device.answers import Answer
+from splitmq.lab.scenarios import MODEL, SETUPS, run_setup
 from splitmq.planner import DeviceState, Link, Options, TierState, decide
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool

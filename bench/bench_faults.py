@@ -131,7 +131,7 @@ class BenchBroker:
         )
         self.proc = start_broker(self.port, self.data)
         self.dropped = 0
-        self.watch = MqttClient(self.cfg, "bench-watch")
+        self.watch = MqttClient(self.cfg.connection("bench-watch"))
         self.watch.subscribe(DROPPED, self._dropped)
         self.watch.connect()
 

@@ -62,7 +62,7 @@ class BareEcho:
             text=True,
         )
         assert self.server.stdout and self.server.stdout.readline().strip() == "ready"
-        self.client = MqttClient(settings, "bare-client").connect()
+        self.client = MqttClient(settings.connection("bare-client")).connect()
         self.client.subscribe(self.rsp, lambda m: self.got.set())
 
     def round_trip(self, payload: bytes) -> float:
@@ -83,7 +83,7 @@ def echo_server(broker: str, req: str, rsp: str, reply_bytes: int) -> None:
     """The bare responder, in its own process like a worker: every request gets a reply."""
     cfg = Settings(_env_file=None, broker=broker)
     reply = os.urandom(reply_bytes)
-    with MqttClient(cfg, "bare-server") as server:
+    with MqttClient(cfg.connection("bare-server")) as server:
         server.subscribe(req, lambda m: server.publish(rsp, reply, qos=1))
         print("ready", flush=True)
         threading.Event().wait()

@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from splitmq.broker.launcher import Broker
-from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
+from splitmq.lab.emulation import Emulated
 from splitmq.planner import DeviceState, Link, Options, TierState, decide, evaluate
 from splitmq.planner.options import EDGE
 from splitmq.shared.model.plans import make_plan
@@ -125,9 +125,7 @@ def _row(options: Options, costs, option: Option) -> int | None:
     return None
 
 
-def measure(
-    cands: list[Candidate], cfg: Settings, link: LinkSpec, speed: float, frames, rounds: int
-):
+def measure(cands: list[Candidate], cfg: Settings, link: Link, speed: float, frames, rounds: int):
     """The p50 latency of every candidate, in round-robin turns of one frame each.
 
     Turns spread a burst of load from a noisy neighbour over all candidates
@@ -151,7 +149,8 @@ def measure(
                     c.skipped = True
                 continue
             name = f"bench-{uuid.uuid4().hex[:6]}"
-            dev = Device(cfg, name, group[0].plan, link=link, speed=speed, window=1, timeout_s=120)
+            conditions = Emulated(link, speed)
+            dev = Device(cfg, name, group[0].plan, conditions=conditions, window=1, timeout_s=120)
             devices[k] = stack.enter_context(dev)
             devices[k].infer(frames[0])
             times[k] = [devices[k].infer(frames[1]).e2e_ms]
@@ -186,7 +185,7 @@ def run_point(cfg, mv, options, frames, up_bps, rtt, speed, args) -> dict:
     decide_ms = (time.perf_counter() - started) * 1000
     costs = evaluate(options, device, tiers, wants.accuracy)
     cands = candidates(mv, options, costs, decision, device, wants.accuracy)
-    measure(cands, cfg, LinkSpec(up_bps, rtt), speed, frames, args.frames)
+    measure(cands, cfg, Link(up_bps, rtt), speed, frames, args.frames)
     oracle = min(cands, key=lambda c: c.measured_ms if c.measured_ms is not None else float("inf"))
     plan = next(c for c in cands if c.name == "plan")
     ratios = {}

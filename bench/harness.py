@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import threading
 import uuid
 from pathlib import Path
 
 from splitmq.broker.launcher import Broker
+from splitmq.lab.spawn import spawn
 from splitmq.shared.settings import Settings
-from splitmq.shared.transport.mqtt import MqttClient
 
 
 def bench_settings(broker: Broker, pool: Path) -> Settings:
@@ -28,32 +25,5 @@ def start_worker(
     cfg: Settings, threads: int, tier: str = "edge", worker_id: str = "bench-edge"
 ) -> subprocess.Popen:
     """`splitmq edge` (or cloud) in its own process; returns once it serves."""
-    env = {
-        **os.environ,
-        "SPLITMQ_BROKER": cfg.broker,
-        "SPLITMQ_POOL": str(cfg.pool),
-        "SPLITMQ_TOPIC_PREFIX": cfg.topic_prefix,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitmq",
-            tier,
-            "--id",
-            worker_id,
-            "--workers",
-            str(threads),
-            "--queue",
-            "8",
-        ],
-        env=env,
-    )
-    online = threading.Event()
-    topic = cfg.topics.telemetry(tier, worker_id)
-    with MqttClient(cfg, f"{worker_id}-watch") as watch:
-        watch.subscribe(topic, lambda m: m.json().get("status") == "online" and online.set())
-        if not online.wait(60):
-            proc.kill()
-            raise RuntimeError(f"the {tier} worker did not come online")
+    (proc,) = spawn(cfg, tier, [worker_id], ["--workers", str(threads), "--queue", "8"])
     return proc

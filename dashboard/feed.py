@@ -3,10 +3,11 @@
 One MQTT client (as the ``monitor`` user on a secure broker: it only reads)
 subscribes to ``telemetry/+/+``, ``plan/+/+``, ``result/+`` and ``error/+``.
 Each message is parsed into its typed document and checked against its topic
-(a document must name the role, id or device its topic names, as the planner
-checks); one that fails is logged, counted and skipped, so a bad publisher can
-never take the dashboard down or put a lie on the page. Handlers run on paho's
-thread and only update the in-memory state.
+(a document must name the role, id, device or model its topic names); telemetry
+and plans are read by ``protocol.reading``, as the planner reads them. One that
+fails is logged, counted and skipped, so a bad publisher can never take the
+dashboard down or put a lie on the page; a cleared retained topic removes what it
+held. Handlers run on paho's thread and only update the in-memory state.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from collections.abc import Callable
 
 from splitmq.dashboard.state import LiveState
 from splitmq.shared.errors import SplitMQError, WireError
-from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.reading import Rejected, read_plan, read_telemetry
 from splitmq.shared.protocol.results import unpack_error, unpack_result
-from splitmq.shared.protocol.telemetry import Offline, parse_telemetry
 from splitmq.shared.protocol.topics import ANY
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import Message, MqttClient
@@ -34,7 +34,9 @@ class Feed:
     def __init__(self, settings: Settings, state: LiveState, client_id: str | None = None):
         self.settings, self.state = settings, state
         self.topics = settings.topics
-        self.client = MqttClient(settings, client_id or f"dashboard-{uuid.uuid4().hex[:8]}")
+        self.client = MqttClient(
+            settings.connection(client_id or f"dashboard-{uuid.uuid4().hex[:8]}")
+        )
 
     def start(self) -> Feed:
         self.client.connect()
@@ -63,29 +65,27 @@ class Feed:
             try:
                 handler(msg)
             except SplitMQError as exc:
-                log.warning("skipping a bad %s message on %s: %s", kind, msg.topic, exc)
-                self.state.reject(kind, msg.topic, str(exc))
+                self._reject(kind, msg.topic, str(exc))
 
         return handle
 
+    def _reject(self, kind: str, topic: str, why: str) -> None:
+        log.warning("skipping a bad %s message on %s: %s", kind, topic, why)
+        self.state.reject(kind, topic, why)
+
     def _telemetry(self, msg: Message) -> None:
-        role, role_id = self.topics.parse_telemetry(msg.topic)
-        if not msg.payload:
-            return  # a retained document was cleared
-        doc = parse_telemetry(msg.payload, msg.topic)
-        if not isinstance(doc, Offline) and (doc.role, doc.id) != (role, role_id):
-            raise WireError(f"the document is from {doc.role} {doc.id!r}, not {role} {role_id!r}")
-        self.state.telemetry(role, role_id, doc, time.time())
+        heard = read_telemetry(self.topics, msg.topic, msg.payload)
+        if isinstance(heard, Rejected):
+            self._reject("telemetry", msg.topic, heard.why)
+        else:
+            self.state.telemetry(*heard.key, heard.doc, time.time())
 
     def _plan(self, msg: Message) -> None:
-        device, model = self.topics.parse_plan(msg.topic)
-        if not msg.payload:
-            self.state.plan(device, model, None, time.time())
-            return
-        plan = Plan.parse(msg.payload, msg.topic)
-        if plan.device not in (None, device) or plan.model != model:
-            raise WireError(f"the plan is for {plan.device!r} and {plan.model!r}")
-        self.state.plan(device, model, plan, time.time())
+        heard = read_plan(self.topics, msg.topic, msg.payload)
+        if isinstance(heard, Rejected):
+            self._reject("plan", msg.topic, heard.why)
+        else:
+            self.state.plan(*heard.key, heard.doc, time.time())
 
     def _result(self, msg: Message) -> None:
         result = unpack_result(msg.payload, self.settings.max_payload_bytes)

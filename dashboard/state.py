@@ -77,9 +77,16 @@ class LiveState:
 
     # -- what the feed reports -------------------------------------------------------
 
-    def telemetry(self, role: str, role_id: str, doc: TelemetryDoc, seen: float) -> None:
-        """The retained telemetry of one process, or its Last Will (``Offline``)."""
+    def telemetry(self, role: str, role_id: str, doc: TelemetryDoc | None, seen: float) -> None:
+        """The retained telemetry of one process, its Last Will (``Offline``), or None: the
+        retained document was cleared, the process is gone for good."""
         with self._cond:
+            if doc is None:
+                self._roles.pop((role, role_id), None)
+                if role == "device":
+                    self._running.pop(role_id, None)
+                self._changed()
+                return
             entry = self._roles.get((role, role_id))
             if entry is None:
                 _make_room(self._roles, ROLES_KEPT)

@@ -138,7 +138,7 @@ class _Run:
         forward_codec: str | None = None,
     ) -> Outcome:
         job = Job(self.mv.name, self.mv.version, cut, to, tensor, forward_codec=forward_codec)
-        outcome = self.executor.execute([job])[0]
+        outcome = self.executor.execute_one(job)
         if outcome.error is not None:
             raise outcome.error
         return outcome

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from splitmq.shared.errors import SplitMQError, WireError
+from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.protocol.plan import Option, Plan
+from splitmq.shared.protocol.reading import Rejected, read_plan
+from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.transport.messages import Message
 
@@ -89,9 +91,11 @@ class Plans:
         device: str,
         plan: Plan,
         sessions: SessionCache,
+        topics: Topics,
         on_switch: Callable[[Switch], None],
     ) -> None:
         self.device, self.sessions, self.on_switch = device, sessions, on_switch
+        self.topics = topics
         self._lock = threading.Lock()
         self._plan, self._mv = plan, self._model_of(plan)
         self.switches: deque[Switch] = deque(maxlen=SWITCHES_KEPT)
@@ -127,24 +131,14 @@ class Plans:
         return True
 
     def received(self, msg: Message) -> None:
-        """A plan from the planner (network thread: the switch happens on a thread of ours)."""
-        if not msg.payload:
-            return  # a retained plan was cleared
-        try:
-            plan = Plan.parse(msg.payload, msg.topic)
-        except WireError as exc:
-            log.warning("%s: ignoring an unreadable plan: %s", self.device, exc)
-            return
-        model = self.plan.model
-        refused = (
-            f"it is for device {plan.device!r}"
-            if plan.device not in (None, self.device)
-            else (f"it is for model {plan.model!r}" if plan.model != model else None)
-        )
-        if refused:
-            log.warning("%s: ignoring the plan on %s: %s", self.device, msg.topic, refused)
-            return
-        self._worker.submit(self._safely, plan, f"{FROM_PLANNER}{plan.reason}")
+        """A plan from the planner on this device's plan topic, checked by the one plan
+        reader (network thread: the switch happens on a thread of ours)."""
+        heard = read_plan(self.topics, msg.topic, msg.payload)
+        if isinstance(heard, Rejected):
+            log.warning("%s: ignoring a plan: %s", self.device, heard.why)
+        elif heard.doc is not None:  # None: a retained plan was cleared
+            plan = heard.doc
+            self._worker.submit(self._safely, plan, f"{FROM_PLANNER}{plan.reason}")
 
     def timed_out(self, tier: str) -> None:
         """A request to ``tier`` got no answer at all: maybe fall back."""

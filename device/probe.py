@@ -12,7 +12,7 @@ four times larger instead. The first pair goes out at once. Nobody
 subscribes there: the PUBACK is the answer. The probe rate stays at most
 ``MAX_SHARE`` (1%) of the estimated bandwidth: the period grows when the
 large probe would otherwise use more. Over an emulated link
-the probes pass the same delay lines as requests and results.
+the probes pass the same delay lines as requests and results (``Conditions``).
 
 While the plan sends requests, every ``TICK_S`` the oldest unanswered one
 tells the estimator how long it has been out (``LinkEstimator.overdue``).
@@ -25,8 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from splitmq.device.conditions import Conditions
 from splitmq.device.estimates import LinkEstimator
-from splitmq.device.link import DelayLine
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.transport.mqtt import MqttClient
 
@@ -64,14 +64,13 @@ class Prober:
         estimates: LinkEstimator,
         wanted: Callable[[], bool],
         oldest: Callable[[], tuple[int, float] | None],
-        uplink: DelayLine | None,
-        downlink: DelayLine | None,
+        conditions: Conditions,
         on_sample: Callable[[], None],
         name: str,
     ) -> None:
         self.client, self.topic, self.estimates = client, topic, estimates
         self.wanted, self.oldest, self.on_sample = wanted, oldest, on_sample
-        self.uplink, self.downlink = uplink, downlink
+        self.conditions = conditions
         self.sent_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -112,17 +111,15 @@ class Prober:
     def _time(self, nbytes: int) -> float:
         """Seconds from sending ``nbytes`` to hearing the broker has them."""
         start = time.monotonic()
-        _through(self.uplink, nbytes)
+        _through(self.conditions.uplink, nbytes)
         self.client.publish(self.topic, bytes(nbytes), qos=1, wait=5.0)
-        _through(self.downlink, 8)  # the acknowledgement's way back
+        _through(self.conditions.downlink, 8)  # the acknowledgement's way back
         self.sent_bytes += nbytes
         return time.monotonic() - start
 
 
-def _through(line: DelayLine | None, nbytes: int) -> None:
-    """Wait as long as ``nbytes`` take over an emulated link (nothing without one)."""
-    if line is None:
-        return
+def _through(line: Callable[[int, Callable[[], None]], None], nbytes: int) -> None:
+    """Wait as long as ``nbytes`` take over the device's link (no time on a real one)."""
     arrived = threading.Event()
-    line.send(nbytes, arrived.set)
+    line(nbytes, arrived.set)
     arrived.wait(60)

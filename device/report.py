@@ -4,10 +4,7 @@ A row is ``{"frame", "id", "tier", "exit", "top1", "index", "score", "e2e_ms",
 "bytes", "cloud_bytes", "attempts"}`` for an answer (``bytes`` the device sent,
 ``cloud_bytes`` what reached the cloud: 0 unless it escalated), or ``{"frame",
 "error"}`` for a request that failed visibly (a worker's error, or no answer
-after the retry). With the true classes of a labelled source, the summary
-says how many answers were right. A run ends
-with a ``Summary`` of them, which holds counts and a bounded latency window,
-never the rows: a device may stream for days.
+after the retry). A run's rows add up to its summary (``lab.summary``).
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from splitmq.shared.errors import SplitMQError
-from splitmq.shared.runtime.stats import LatencyWindow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,56 +52,6 @@ def answer_rows(futures: Iterable[Future]) -> Iterator[dict]:
             yield {"frame": frame, "error": str(exc)}
         else:
             yield answer_row(frame, answer)
-
-
-class Summary:
-    """What a run did, from its rows: the last line ``splitmq device --json`` prints.
-
-    ``lost`` counts frames submitted that ended with neither an answer nor an error (0
-    unless the device was stopped before its requests ended); the percentiles are over
-    the last ``LATENCY_WINDOW`` answers, so the summary stays bounded however long it runs.
-    """
-
-    LATENCY_WINDOW = 10_000
-
-    def __init__(self, labels: list[int] | None = None) -> None:
-        self.answered = self.failed = self.retries = self.correct = self.cloud_bytes = 0
-        self.by_tier: dict[str, int] = {}
-        self._labels = labels
-        self._e2e = LatencyWindow(self.LATENCY_WINDOW)
-
-    def add(self, row: dict) -> None:
-        if "error" in row:
-            self.failed += 1
-            return
-        self.answered += 1
-        self.retries += row["attempts"] - 1
-        self.by_tier[row["tier"]] = self.by_tier.get(row["tier"], 0) + 1
-        self.cloud_bytes += row["cloud_bytes"]
-        if self._labels is not None and row["index"] == self._labels[row["frame"]]:
-            self.correct += 1
-        self._e2e.add(row["e2e_ms"])
-
-    def to_json(self, submitted: int, answered_after_failure: int = 0) -> dict:
-        """``answered_after_failure``: answers that came after their request had failed."""
-        e2e = self._e2e.summary() or {}
-        return {
-            "summary": True,
-            "frames": submitted,
-            "answered": self.answered,
-            "failed": self.failed,
-            "lost": submitted - self.answered - self.failed,
-            "retries": self.retries,
-            "p50_ms": e2e.get("p50_ms"),
-            "p95_ms": e2e.get("p95_ms"),
-            "answered_after_failure": answered_after_failure,
-            "by_tier": dict(sorted(self.by_tier.items())),
-            "cloud_bytes": self.cloud_bytes,
-            # right answers over frames answered, for a labelled source
-            "accuracy": round(self.correct / self.answered, 4)
-            if self._labels is not None and self.answered
-            else None,
-        }
 
 
 class Stream:

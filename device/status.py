@@ -4,48 +4,73 @@ It carries what the planner decides from: the plan in force, the link
 estimate and its age, speed, battery and power draw, what the device wants
 (objective, accuracy floor, SLO, byte budget, frame rate), and its own
 measured times per frame (preprocessing, head and encoding) that correct
-the profile's predictions. Telemetry goes out every period, and early when
-the plan changes or the link estimate moves by ``LINK_MOVE`` or more.
+the profile's predictions. The runtime takes a ``Snapshot`` of itself and
+the document is built from that value alone. Telemetry goes out every
+period, and early when the plan changes or the link estimate moves by
+``LINK_MOVE`` or more.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from splitmq.shared.protocol.telemetry import DeviceTelemetry, LatencySummary, Link, ModelRef
-
-if TYPE_CHECKING:
-    from splitmq.device.runtime import Device
+from splitmq.device.estimates import LinkEstimator
+from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.telemetry import (
+    DeviceTelemetry,
+    LatencySummary,
+    LinkEstimate,
+    ModelRef,
+    Power,
+    Wants,
+)
 
 #: A relative change of the uplink or RTT estimate worth telling the planner at once.
 LINK_MOVE = 0.25
+#: At most this often, telemetry goes out early because the link estimate moved.
+REPORT_EVERY_S = 0.5
 
 
-def device_telemetry(device: Device, ts: float) -> DeviceTelemetry:
-    """The documented telemetry of ``device`` now."""
-    latencies = device.stats.latencies()
-    own = device.timing.latencies()
-    plan, mv = device.plan, device.mv
-    e2e, pre, head = latencies.get("e2e"), own.get("preprocess"), own.get("head")
+@dataclass(frozen=True)
+class Snapshot:
+    """A device's state at one moment: everything its telemetry says."""
+
+    id: str
+    plan: Plan
+    model: ModelRef
+    rps: float
+    in_flight: int
+    errors: dict[str, int]
+    answered: dict[str, int]
+    latencies: dict[str, dict]  # e2e, as the stats summarise it
+    own: dict[str, dict]  # this device's own work: preprocess, head
+    link: LinkEstimate
+    speed: float
+    battery: float | None
+    power: Power
+    wants: Wants
+
+
+def device_telemetry(snap: Snapshot, ts: float) -> DeviceTelemetry:
+    """The documented telemetry of the device ``snap`` was taken of."""
+    e2e, pre, head = snap.latencies.get("e2e"), snap.own.get("preprocess"), snap.own.get("head")
     return DeviceTelemetry(
-        id=device.id,
+        id=snap.id,
         ts=ts,
-        rps=device.stats.rate(),
-        in_flight=len(device.flights),
-        errors=device.stats.failures(),
-        model=ModelRef(model=mv.name, version=mv.version),
-        plan=plan.for_device(device.id),
-        link=Link(
-            uplink_bps=device.estimates.uplink_bps(),
-            rtt_ms=device.estimates.rtt_ms(),
-            age_s=device.estimates.age_s(),
-        ),
-        speed=device.speed,
-        battery=None if device.battery is None else round(device.battery.level, 4),
-        power=device.power,
-        wants=device.wants,
+        rps=snap.rps,
+        in_flight=snap.in_flight,
+        errors=snap.errors,
+        model=snap.model,
+        plan=snap.plan.for_device(snap.id),
+        link=snap.link,
+        speed=snap.speed,
+        battery=snap.battery,
+        power=snap.power,
+        wants=snap.wants,
         e2e=None if e2e is None else LatencySummary.model_validate(e2e),
-        answered=device.stats.by_prefix("answered_"),
+        answered=snap.answered,
         preprocess=None if pre is None else LatencySummary.model_validate(pre),
         head=None if head is None else LatencySummary.model_validate(head),
     )
@@ -61,3 +86,21 @@ def link_moved(
         if a is not None and b is not None and abs(b - a) > LINK_MOVE * max(a, 1e-9):
             return True
     return False
+
+
+class EarlyReports:
+    """Publishes telemetry before its period ends when the link estimate moved (the
+    planner acts on it), at most every ``REPORT_EVERY_S``."""
+
+    def __init__(self, estimates: LinkEstimator, publish: Callable[[], None]) -> None:
+        self.estimates, self.publish = estimates, publish
+        self._reported: tuple[float | None, float | None] = (None, None)
+        self._at = 0.0
+
+    def sampled(self) -> None:
+        """The estimator took a sample: report it if the estimate moved enough."""
+        now = (self.estimates.uplink_bps(), self.estimates.rtt_ms())
+        soon = time.monotonic() - self._at < REPORT_EVERY_S
+        if not soon and link_moved(self._reported, now):
+            self._reported, self._at = now, time.monotonic()
+            self.publish()

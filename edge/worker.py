@@ -1,34 +1,20 @@
-"""The edge worker: continues requests from devices, answers early, escalates the rest.
+"""The edge worker: continues devices' requests, answers early, escalates the rest, and
+takes plain cameras' frames besides.
 
-All the mechanics live in :class:`splitmq.shared.runtime.worker.Worker`, shared with
-the cloud tier; the edge is the tier whose hops may end at an early-exit head, so it
-records its answers too when given ``on_result`` (a results store's ``Recorder.add``).
+The mechanics are :class:`splitmq.shared.runtime.worker.Worker`, which the cloud tier
+runs as it is (``Worker(settings, "cloud", ...)``); what the edge adds is its frame
+ingress (``edge.frames``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from splitmq.shared.protocol.results import Result
-from splitmq.shared.protocol.wire import Request
+from splitmq.edge.frames import Frames
 from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
 
 
-def edge_worker(
-    settings: Settings,
-    worker_id: str | None = None,
-    threads: int = 2,
-    queue_size: int = 8,
-    speed: float = 1.0,
-    on_result: Callable[[Result, Request], None] | None = None,
-) -> Worker:
-    return Worker(
-        settings,
-        "edge",
-        worker_id,
-        threads=threads,
-        queue_size=queue_size,
-        on_result=on_result,
-        speed=speed,
-    )
+def edge_worker(settings: Settings, worker_id: str | None = None, **options: Any) -> Worker:
+    """A worker of the edge tier; ``options`` are the Worker's (threads, on_result, ...)."""
+    return Worker(settings, "edge", worker_id, ingress=[Frames(settings)], **options)

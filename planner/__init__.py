@@ -11,7 +11,8 @@ docs/planner.md explains the model and its measured error.
 from splitmq.planner.cost import Costs, evaluate
 from splitmq.planner.decide import LOW_BATTERY, Decision, Infeasible, decide
 from splitmq.planner.options import KINDS, NotReady, Options
-from splitmq.planner.state import DeviceState, Link, Overheads, TierState
+from splitmq.planner.state import DeviceState, Overheads, TierState
+from splitmq.shared.units import Link
 
 __all__ = [
     "KINDS",

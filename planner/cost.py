@@ -29,7 +29,8 @@ import numpy as np
 
 from splitmq.planner.options import CLOUD, DEVICE, SPLIT, Options
 from splitmq.planner.queueing import mmc_wait_ms
-from splitmq.planner.state import DeviceState, Link, Overheads, TierState
+from splitmq.planner.state import DeviceState, Overheads, TierState
+from splitmq.shared.units import Link
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from splitmq.planner.options import Options
-from splitmq.planner.state import DeviceState, Link, TierState
+from splitmq.planner.state import DeviceState, TierState
 from splitmq.shared.protocol.ids import TIERS, Tier
 from splitmq.shared.protocol.telemetry import DeviceTelemetry, WorkerTelemetry
+from splitmq.shared.units import Link
 
 #: A link estimate older than this is treated as unknown (seconds).
 STALE_LINK_S = 60.0

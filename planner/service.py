@@ -13,9 +13,12 @@ once; routine telemetry (every device's, every period) waits until
 ``min_gap_s`` after the last round, so a crowd of devices does not keep the
 planner planning.
 
-A telemetry document that does not parse, or whose role and id differ from
-its topic's (forged), is dropped with a log line and counted in the
-planner's own telemetry (``errors``); the planner keeps serving.
+Telemetry and plans are read by ``protocol.reading``, as the dashboard reads
+them. A document that does not parse, or that names another role, id, device or
+model than its topic (forged), is dropped with a log line and counted in the
+planner's own telemetry (``errors``); the planner keeps serving. A plan topic
+holding such a document, or cleared, holds no plan of ours: the next round
+publishes one there again.
 """
 
 from __future__ import annotations
@@ -28,24 +31,23 @@ from collections import Counter
 
 from splitmq.planner.control import Control, Target, plan_fleet
 from splitmq.planner.fleet import device_state, tier_states
+from splitmq.planner.metrics import PlannerMetrics
 from splitmq.planner.options import NotReady, Options
 from splitmq.planner.state import Link
-from splitmq.shared.errors import SplitMQError, WireError
+from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.reading import Heard, Rejected, read_plan, read_telemetry
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
     Offline,
     PlannerTelemetry,
-    Telemetry,
     TelemetryDoc,
     WorkerTelemetry,
-    parse_telemetry,
 )
 from splitmq.shared.protocol.topics import BROKER_DROPPED
-from splitmq.shared.runtime.metrics import PlannerMetrics
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.messages import Message
 from splitmq.shared.transport.mqtt import MqttClient
@@ -77,7 +79,8 @@ class PlannerService:
         self.period_s, self.min_gap_s, self.settle_s = period_s, min_gap_s, settle_s
         self.pool = ModelPool(settings.pool)
         self.client = MqttClient(
-            settings, self.id, will=TelemetryPublisher.will(self.topics, "planner", self.id)
+            settings.connection(self.id),
+            will=TelemetryPublisher.will(self.topics, "planner", self.id),
         )
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, "planner", self.id, self._status, telemetry_period_s
@@ -144,27 +147,20 @@ class PlannerService:
             )
 
     def _on_telemetry(self, msg: Message) -> None:
-        try:
-            role, role_id = self.topics.parse_telemetry(msg.topic)
-            if not msg.payload:
-                doc = None  # a cleared retained topic: the role is gone for good
-            else:
-                doc = parse_telemetry(msg.payload, msg.topic)
-                if isinstance(doc, Telemetry) and (doc.role, doc.id) != (role, role_id):
-                    raise WireError(f"{msg.topic}: forged: the document says {doc.role}/{doc.id}")
-        except WireError as exc:
+        heard = read_telemetry(self.topics, msg.topic, msg.payload)
+        if isinstance(heard, Rejected):
             self.errors["bad_telemetry"] += 1
-            log.warning("%s: rejected telemetry: %s", self.id, exc)
+            log.warning("%s: rejected telemetry: %s", self.id, heard.why)
             return
-        if role == "planner":
+        if heard.key[0] == "planner":
             return
         with self._lock:
-            before = self._docs.get((role, role_id))
-            if doc is None:
-                self._docs.pop((role, role_id), None)
+            before = self._docs.get(heard.key)
+            if heard.doc is None:  # a cleared retained topic: the role is gone for good
+                self._docs.pop(heard.key, None)
             else:
-                self._docs[(role, role_id)] = doc
-        if _news(before, doc):
+                self._docs[heard.key] = heard.doc
+        if _news(before, heard.doc):
             self._urgent.set()  # a role came or went, or a link changed a lot: plan now
         self._wake.set()
 
@@ -190,18 +186,18 @@ class PlannerService:
         self._wake.set()
 
     def _on_plan(self, msg: Message) -> None:
-        try:
-            device, model = self.topics.parse_plan(msg.topic)
-            plan = Plan.parse(msg.payload, msg.topic) if msg.payload else None
-        except WireError as exc:
+        heard = read_plan(self.topics, msg.topic, msg.payload)
+        if isinstance(heard, Rejected):
             self.errors["bad_plan"] += 1
-            log.warning("%s: ignoring a retained plan: %s", self.id, exc)
-            return
-        with self._lock:
-            if plan is None or plan.device not in (None, device) or plan.model != model:
-                self._plans.pop((device, model), None)
+            log.warning("%s: ignoring a retained plan: %s", self.id, heard.why)
+            if heard.key is None:
+                return
+            heard = Heard(heard.key, None)  # the topic holds no plan of ours now
+        with self._lock:  # no plan there: the next round publishes one
+            if heard.doc is None:
+                self._plans.pop(heard.key, None)
             else:
-                self._plans[(device, model)] = plan
+                self._plans[heard.key] = heard.doc
 
     # --- the loop ------------------------------------------------------------------------
 

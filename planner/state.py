@@ -13,25 +13,7 @@ from dataclasses import dataclass, field
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.ids import Tier
 from splitmq.shared.protocol.telemetry import Power
-from splitmq.shared.units import parse_ms, parse_rate
-
-
-@dataclass(frozen=True)
-class Link:
-    """Bandwidth (bit/s) and round-trip time (ms) between a host and the broker."""
-
-    bps: float
-    rtt_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.bps > 0 or self.rtt_ms < 0:
-            raise UserError(f"a link needs bandwidth > 0 and RTT >= 0, got {self}")
-
-    @classmethod
-    def parse(cls, text: str, what: str = "link") -> Link:
-        """``100mbit/20ms`` (or just ``100mbit``: no RTT)."""
-        rate, _, rtt = text.partition("/")
-        return cls(parse_rate(rate, what), parse_ms(rtt or "0ms", what))
+from splitmq.shared.units import Link
 
 
 @dataclass(frozen=True)

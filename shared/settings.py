@@ -5,26 +5,22 @@ environment anywhere else. The broker is a URL (``mqtt://host:1883``,
 ``mqtts://user:pass@host:8883``) or a bare ``host:port``; credentials may also
 come from their own settings, so a password need never sit in a URL or on a
 command line (``SPLITMQ_PASSWORD_FILE``). The password is a ``SecretStr``, and
-``where`` (what logs and errors print) leaves it out of the address.
+``where`` (what logs and errors print) leaves it out of the address. An MQTT
+client takes the :class:`Connection` that ``connection()`` builds, not these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitmq.shared.codecs import DEFAULT_MAX_BYTES
+from splitmq.shared.connection import DEFAULT_KEEPALIVE_S, BrokerUrl, Connection
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
-
-#: The port of each scheme when a URL names none (IANA's MQTT and MQTT over TLS).
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-
 
 #: The pool ``make`` builds in a checkout, found from that directory without settings.
 PROJECT_POOL = Path(".pool")
@@ -35,65 +31,6 @@ def default_pool() -> Path:
     if PROJECT_POOL.is_dir():
         return PROJECT_POOL.resolve()
     return Path.home() / ".cache" / "splitmq" / "pool"
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    """Where the broker is and how to log in: the parsed ``broker`` setting."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> BrokerUrl:
-        """``mqtt[s]://[user[:pass]@]host[:port]`` or ``host:port``; ValueError says why not."""
-        if "://" not in text:
-            host, sep, port = text.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ValueError(
-                    f"broker must be mqtt://host:port, mqtts://host:port or host:port, got {text!r}"
-                )
-            return cls(host, _port(int(port), text))
-        parts = urlsplit(text)
-        if parts.scheme not in DEFAULT_PORTS:
-            raise ValueError(f"broker URL scheme must be mqtt or mqtts, got {parts.scheme!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"broker URL takes no path or query: {cls._redact(text)!r}")
-        try:
-            given = parts.port
-        except ValueError:
-            raise ValueError(f"broker URL has a bad port: {cls._redact(text)!r}") from None
-        if not parts.hostname:
-            raise ValueError(f"broker URL names no host: {cls._redact(text)!r}")
-        return cls(
-            parts.hostname,
-            _port(given or DEFAULT_PORTS[parts.scheme], text),
-            parts.scheme == "mqtts",
-            unquote(parts.username) if parts.username else None,
-            unquote(parts.password) if parts.password is not None else None,
-        )
-
-    @staticmethod
-    def _redact(text: str) -> str:
-        head, at, tail = text.rpartition("@")
-        return f"{head.split(':')[0]}:***@{tail}" if at and ":" in head.split("//")[-1] else text
-
-    def __str__(self) -> str:
-        """The address with its user but never its password (safe for logs)."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"BrokerUrl({self})"
-
-
-def _port(port: int, text: str) -> int:
-    if not 0 < port < 65536:
-        raise ValueError(f"broker port must be 1-65535, got {port} in {BrokerUrl._redact(text)!r}")
-    return port
 
 
 class Settings(BaseSettings):
@@ -171,6 +108,20 @@ class Settings(BaseSettings):
             password = _read_secret(self.password_file)
         tls = url.tls or self.ca_file is not None
         return BrokerUrl(url.host, url.port, tls, url.username or self.username, password)
+
+    def connection(
+        self, client_id: str | None = None, keepalive: int = DEFAULT_KEEPALIVE_S
+    ) -> Connection:
+        """What an MQTT client named ``client_id`` (None: a fresh id) needs from here."""
+        return Connection(
+            self.broker_url,
+            client_id,
+            self.ca_file,
+            self.cert_file,
+            self.key_file,
+            keepalive,
+            self.max_payload_bytes,
+        )
 
     @property
     def where(self) -> str:

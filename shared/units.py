@@ -1,4 +1,5 @@
-"""Quantities people type: bandwidths (``5mbit``), durations (``40ms``), sizes (``10kB``).
+"""Quantities people type: bandwidths (``5mbit``), durations (``40ms``), sizes (``10kB``),
+and the link they make together (``50mbit/10ms``).
 
 One parser each, so flags, link specs and settings accept the same spellings
 and refuse anything else with a message that shows a valid one. Bandwidths
@@ -9,6 +10,7 @@ durations are milliseconds; sizes are bytes (k, M, G: powers of 1000).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from splitmq.shared.errors import UserError
 
@@ -56,3 +58,35 @@ def format_rate(bits_per_s: float) -> str:
         if bits_per_s >= scale:
             return f"{bits_per_s / scale:g}{unit}"
     return f"{bits_per_s:g}bit"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network path: bandwidth in bit/s and round-trip time in ms (``10mbit/20ms``).
+
+    The one link type: what the planner costs a transfer with, what an emulated
+    link delays messages by, and what ``--link``, ``--cloud-link`` and the like parse.
+    """
+
+    bps: float
+    rtt_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.bps > 0 or self.rtt_ms < 0:
+            raise UserError(f"a link needs bandwidth > 0 and RTT >= 0, got {self}")
+
+    @classmethod
+    def parse(cls, text: str, what: str = "link") -> Link:
+        """``BANDWIDTH/RTT``: ``10mbit/20ms``, ``500kbit/80ms``, ``1gbit/0.5ms``."""
+        rate, sep, rtt = text.strip().partition("/")
+        if not sep:
+            raise UserError(
+                f"bad {what} {text!r}: use BANDWIDTH/RTT like 10mbit/20ms or 500kbit/80ms"
+            )
+        return cls(
+            parse_rate(rate, f"{what} bandwidth in {text!r}"),
+            parse_ms(rtt, f"RTT in {text!r}"),
+        )
+
+    def __str__(self) -> str:
+        return f"{format_rate(self.bps)}/{self.rtt_ms:g}ms"

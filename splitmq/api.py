@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
 
 
+def _as_named(param: str) -> str:
+    """A parameter as errors name it unless the caller says otherwise: its Python name."""
+    return param
+
+
 def wants(
     objective: str = "latency",
     accuracy: float = 0.99,
@@ -48,21 +53,24 @@ def wants(
     fps: float | None = None,
     accuracy_target: float | None = None,
     *,
-    prefix: str = "",
+    name_of: Callable[[str], str] = _as_named,
 ) -> Wants:
     """What a device asks of its plan (``slo`` as ``"100ms"`` or ms, ``max_bytes`` as
-    ``"10kB"`` or bytes); errors name each parameter with ``prefix`` (the CLI's ``--``)."""
+    ``"10kB"`` or bytes); errors name each parameter as ``name_of`` spells it, so a
+    caller that took the values under other names (the CLI) can have them said so."""
     from splitmq.shared.protocol.telemetry import Wants
     from splitmq.shared.units import parse_bytes, parse_ms
 
     if objective not in ("latency", "energy", "bytes"):
-        raise UserError(f"{prefix}objective must be latency, energy or bytes, got {objective!r}")
+        raise UserError(
+            f"{name_of('objective')} must be latency, energy or bytes, got {objective!r}"
+        )
     return Wants(
         objective=cast("Objective", objective),  # one of the three: checked above
         accuracy=accuracy,
-        slo_ms=parse_ms(slo, f"{prefix}slo") if isinstance(slo, str) else slo,
+        slo_ms=parse_ms(slo, name_of("slo")) if isinstance(slo, str) else slo,
         max_bytes=(
-            parse_bytes(max_bytes, f"{prefix}max-bytes")
+            parse_bytes(max_bytes, name_of("max_bytes"))
             if isinstance(max_bytes, str)
             else max_bytes
         ),
@@ -90,26 +98,26 @@ def plan(
     cloud_load: float = 0.0,
     cloud_link: str = "100mbit/20ms",
     settings: Settings | None = None,
-    prefix: str = "",
+    name_of: Callable[[str], str] = _as_named,
 ) -> Decision:
     """The plan the planner would choose for a device in this situation, with its
     alternatives and the fixed strategies it beat. Rates as ``"5mbit"`` or bit/s, times
     as ``"40ms"`` or ms; ``model`` a pool name (``NAME[@VERSION]``) or a ``ModelVersion``;
     loads are the share of a tier's threads other devices keep busy; errors name each
-    parameter with ``prefix`` (the CLI's ``--``)."""
+    parameter as ``name_of`` spells it (see ``wants``)."""
     from splitmq.planner import DeviceState, Link, Options, TierState, decide
     from splitmq.shared.units import parse_ms, parse_rate
 
     up = set(tiers)
     if not up <= {"edge", "cloud"}:
-        raise UserError(f"{prefix}tiers: expected edge and/or cloud, got {sorted(up)}")
+        raise UserError(f"{name_of('tiers')}: expected edge and/or cloud, got {sorted(up)}")
     device = DeviceState(
         speed=device_speed,
         link=Link(
-            _rate(uplink, f"{prefix}uplink", parse_rate), _rate(rtt, f"{prefix}rtt", parse_ms)
+            _rate(uplink, name_of("uplink"), parse_rate), _rate(rtt, name_of("rtt"), parse_ms)
         ),
         downlink_bps=(
-            None if downlink is None else _rate(downlink, f"{prefix}downlink", parse_rate)
+            None if downlink is None else _rate(downlink, name_of("downlink"), parse_rate)
         ),
         battery=battery,
         rate_rps=rate,
@@ -121,7 +129,7 @@ def plan(
             cloud_threads,
             cloud_load * cloud_threads,
             speed=cloud_speed,
-            link=Link.parse(cloud_link, f"{prefix}cloud-link"),
+            link=Link.parse(cloud_link, name_of("cloud_link")),
         ),
     }
     mv = model if not isinstance(model, str) else _model(model, settings or _settings())
@@ -166,7 +174,6 @@ class Device:
             pinned or local_plan(_model(model, cfg)),
             window=window,
             timeout_s=timeout_s,
-            battery=None,
             wants=asked or wants(),
             follow=pinned is None,
         )

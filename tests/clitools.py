@@ -52,6 +52,6 @@ def wait_online(settings: Settings, role: str, role_id: str, timeout: float = 60
         if json.loads(msg.payload).get("status") == "online":
             online.set()
 
-    with MqttClient(settings, f"watch-{role_id}") as client:
+    with MqttClient(settings.connection(f"watch-{role_id}")) as client:
         client.subscribe(settings.topics.telemetry(role, role_id), seen)
         assert online.wait(timeout), f"{role} {role_id} never came online"

@@ -78,13 +78,13 @@ def settings(broker: Broker, topic_prefix: str) -> Settings:
 
 @pytest.fixture
 def make_client(settings: Settings) -> Iterator[Callable[..., MqttClient]]:
-    """Factory for connected clients (same arguments as MqttClient); all closed afterwards."""
+    """Factory for connected clients (a client id, MqttClient's keywords); all closed afterwards."""
     clients: list[MqttClient] = []
 
     def make(
         client_id: str | None = None, *, settings: Settings = settings, **kwargs: Any
     ) -> MqttClient:
-        client = MqttClient(settings, client_id, **kwargs)
+        client = MqttClient(settings.connection(client_id), **kwargs)
         clients.append(client)
         return client.connect(timeout=5)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from copy import deepcopy as copy
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from splitmq.shared.model.graph import checked
+from splitmq.shared.model.pool import ModelPool
 
 RNG = np.random.default_rng(7)
 C = 4  # channels everywhere: small, but enough to catch layout mistakes
@@ -211,3 +213,16 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "old_style_inputs": old_style_inputs,
     "classic_ir3": classic,
 }
+
+
+def pool_of(
+    root: Path, models: Mapping[str, onnx.ModelProto], labels: list[str] | None = None
+) -> ModelPool:
+    """A pool under ``root`` holding ``models`` (pool name -> graph), each added from a
+    saved file as ``splitmq pool add`` does."""
+    pool = ModelPool(root / "pool")
+    for name, model in models.items():
+        path = root / f"{name}.onnx"
+        onnx.save(model, path)
+        pool.add(path, name, labels=labels)
+    return pool

@@ -125,6 +125,16 @@ def test_the_public_api_is_named_and_loads_lazily() -> None:
     assert fresh.stdout.strip() == "False"
 
 
+def test_errors_name_a_parameter_as_the_caller_spells_it() -> None:
+    """The API names its own parameters; the CLI has them said as its flags."""
+    with pytest.raises(UserError, match=r"^bad max_bytes 'lots'"):
+        splitmq.wants(max_bytes="lots")
+    with pytest.raises(UserError, match=r"^bad --max-bytes 'lots'"):
+        splitmq.wants(max_bytes="lots", name_of=lambda p: "--" + p.replace("_", "-"))
+    with pytest.raises(UserError, match=r"^OBJECTIVE must be latency"):
+        splitmq.wants(objective="fast", name_of=str.upper)
+
+
 def _pool(real_pool):
     from splitmq.shared.settings import Settings
 

@@ -111,18 +111,18 @@ def test_a_kill_9_keeps_the_qos1_messages_queued_for_a_durable_session(tmp_path:
 
     with Broker(data_dir=tmp_path / "data") as broker:
         cfg = broker.settings()
-        away = MqttClient(cfg, "cam", session_expiry_s=300)
+        away = MqttClient(cfg.connection("cam"), session_expiry_s=300)
         away.subscribe("results/cam", lambda m: None)
         away.connect(timeout=5)
         away.close()  # away, its session kept by the broker
-        with MqttClient(cfg, "worker").connect(timeout=5) as worker:
+        with MqttClient(cfg.connection("worker")).connect(timeout=5) as worker:
             for i in range(20):
                 worker.publish("results/cam", str(i).encode(), qos=1, wait=5)
         os.kill(broker.pid or 0, signal.SIGKILL)
         assert broker.wait() == -signal.SIGKILL
         broker.restart()
         got = Inbox("results")
-        back = MqttClient(cfg, "cam", session_expiry_s=300)
+        back = MqttClient(cfg.connection("cam"), session_expiry_s=300)
         back.subscribe("results/cam", lambda m: got(m.payload.decode()))
         with back.connect(timeout=5):
             back_again = got.wait(19, timeout=10)

@@ -15,12 +15,12 @@ from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
     LatencySummary,
+    LinkEstimate,
     ModelRef,
     ServiceTime,
     Wants,
     WorkerTelemetry,
 )
-from splitmq.shared.protocol.telemetry import Link as LinkEstimate
 
 EDGE = {"edge": TierState("edge", servers=1)}
 

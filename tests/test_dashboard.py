@@ -35,9 +35,9 @@ from splitmq.broker.launcher import Broker
 from splitmq.broker.secure import SecureDir
 from splitmq.dashboard.server import POST_HEADER, Dashboard
 from splitmq.device.follow import FROM_PLANNER, local_plan
-from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
+from splitmq.lab.emulation import Emulated
 from splitmq.planner.control import Control
 from splitmq.planner.service import PlannerService
 from splitmq.shared.model.graph import make_session
@@ -49,6 +49,7 @@ from splitmq.shared.offline.zoo import ready
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import ModelRef, WorkerTelemetry
 from splitmq.shared.transport.mqtt import MqttClient
+from splitmq.shared.units import Link
 
 pytestmark = pytest.mark.slow
 MODEL = "mnist-cnn"
@@ -153,9 +154,9 @@ def test_the_page_shows_the_devices_their_plans_the_tiers_and_results(
         edge_worker(cfg, "dash-edge", threads=1),
         PlannerService(cfg, "dash-planner", control=Control(dwell_s=0.0)),
         # cam-a follows the planner; cam-b runs a fixed plan to the edge
-        Device(cfg, "cam-a", local_plan(mv), link=LinkSpec.parse("200mbit/1ms"), speed=0.01,
-               follow=True, telemetry_period_s=0.5, battery=0.8) as cam_a,
-        Device(cfg, "cam-b", fixed, telemetry_period_s=0.5, battery=None) as cam_b,
+        Device(cfg, "cam-a", local_plan(mv), conditions=Emulated(Link.parse("200mbit/1ms"), 0.01,
+               battery=0.8), follow=True, telemetry_period_s=0.5) as cam_a,
+        Device(cfg, "cam-b", fixed, telemetry_period_s=0.5) as cam_b,
     ):  # fmt: skip
         streams = [threading.Thread(target=stream, args=(d,)) for d in (cam_a, cam_b)]
         for thread in streams:
@@ -341,7 +342,10 @@ def test_on_a_secure_broker_it_reads_as_the_monitor(tmp_path, pool) -> None:
     secure = SecureDir.init(tmp_path / "secure", devices=["cam"])
     with Broker(secure=secure.root) as broker:
         monitor = broker.user_settings("monitor", pool=pool.root)
-        with Dashboard(monitor, port=0) as dash, MqttClient(broker.user_settings("edge")) as edge:
+        with (
+            Dashboard(monitor, port=0) as dash,
+            MqttClient(broker.user_settings("edge").connection()) as edge,
+        ):
             doc = worker_doc("w-tls").to_json()
             edge.publish(monitor.topics.telemetry("edge", "w-tls"), doc, retain=True, wait=5)
             state = eventually(

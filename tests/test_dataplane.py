@@ -17,7 +17,6 @@ import pytest
 from clitools import cli_env, start_cli, wait_online
 from kit import make_request
 
-from splitmq.cloud.worker import cloud_worker
 from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
@@ -28,6 +27,7 @@ from splitmq.shared.offline.datasets import mnist_digits, photos
 from splitmq.shared.offline.exits import softmax
 from splitmq.shared.protocol.results import unpack_error
 from splitmq.shared.protocol.wire import Hop, pack_request
+from splitmq.shared.runtime.worker import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def cfg(settings, real_pool):
 @pytest.fixture
 def workers(cfg):
     """One edge and one cloud worker, in-process, on this test's topics."""
-    with edge_worker(cfg, "t-edge") as edge, cloud_worker(cfg, "t-cloud") as cloud:
+    with edge_worker(cfg, "t-edge") as edge, Worker(cfg, "cloud", "t-cloud") as cloud:
         yield edge, cloud
 
 

@@ -14,6 +14,7 @@ from splitmq.shared.model.profile import Profile
 from splitmq.shared.protocol.announce import ModelAnnouncement
 from splitmq.shared.protocol.document import Document
 from splitmq.shared.protocol.plan import Plan, load_plan_file, parse_plan
+from splitmq.shared.protocol.reading import Heard, Rejected, read_plan, read_telemetry
 from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
@@ -22,6 +23,7 @@ from splitmq.shared.protocol.telemetry import (
     WorkerTelemetry,
     parse_telemetry,
 )
+from splitmq.shared.protocol.topics import Topics
 
 DOC = Path(__file__).parent.parent / "docs" / "topics.md"
 KINDS: dict[str, type[Document]] = {
@@ -147,6 +149,68 @@ def test_a_plan_file_round_trips(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(UserError, match="not JSON"):
         load_plan_file(path)
+
+
+TOPICS = Topics("site/splitmq/v1")
+WORKER = json.dumps(EXAMPLES["Worker telemetry"]).encode()  # edge edge-1
+PLAN = json.dumps(EXAMPLES["Plan"]).encode()  # cam-1, efficientnet-lite0-ee
+
+
+def test_the_reader_hears_telemetry_wills_and_cleared_topics() -> None:
+    topic = TOPICS.telemetry("edge", "edge-1")
+    heard = read_telemetry(TOPICS, topic, WORKER)
+    assert heard == Heard(("edge", "edge-1"), WorkerTelemetry.parse(WORKER))
+    # A Last Will names nobody: it is the topic's role going offline.
+    will = read_telemetry(TOPICS, topic, b'{"status":"offline"}')
+    assert will == Heard(("edge", "edge-1"), Offline())
+    assert read_telemetry(TOPICS, topic, b"") == Heard(("edge", "edge-1"), None)
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "why", "key"),
+    [
+        ("site/splitmq/v1/telemetry/edge", WORKER, "must be", None),
+        ("other/splitmq/v1/telemetry/edge/edge-1", WORKER, "must be", None),
+        ("site/splitmq/v1/telemetry/edge/a b", b"", "role and id", None),
+        ("site/splitmq/v1/telemetry/edge/edge-1", b"{not json", "not JSON", ("edge", "edge-1")),
+        ("site/splitmq/v1/telemetry/edge/edge-2", WORKER, "forged", ("edge", "edge-2")),
+        ("site/splitmq/v1/telemetry/cloud/edge-1", WORKER, "forged", ("cloud", "edge-1")),
+    ],
+)
+def test_the_reader_rejects_telemetry_its_topic_does_not_vouch_for(
+    topic: str, payload: bytes, why: str, key: tuple[str, str] | None
+) -> None:
+    heard = read_telemetry(TOPICS, topic, payload)
+    assert isinstance(heard, Rejected) and heard.topic == topic and heard.key == key
+    assert why in heard.why
+
+
+def test_the_reader_hears_plans_and_cleared_plans() -> None:
+    topic = TOPICS.plan("cam-1", "efficientnet-lite0-ee")
+    plan = Plan.parse(PLAN)
+    key = ("cam-1", "efficientnet-lite0-ee")
+    assert read_plan(TOPICS, topic, PLAN) == Heard(key, plan)
+    anyones = plan.model_copy(update={"device": None})  # a plan for any device
+    assert read_plan(TOPICS, topic, anyones.to_json()) == Heard(key, anyones)
+    assert read_plan(TOPICS, topic, b"") == Heard(key, None)
+
+
+@pytest.mark.parametrize(
+    ("device", "model", "payload", "why"),
+    [
+        ("cam-2", "efficientnet-lite0-ee", PLAN, "forged"),
+        ("cam-1", "efficientnet-lite0", PLAN, "forged"),
+        ("cam-1", "efficientnet-lite0-ee", b"[]", "valid dictionary"),
+    ],
+)
+def test_the_reader_rejects_plans_for_another_device_or_model(
+    device: str, model: str, payload: bytes, why: str
+) -> None:
+    topic = TOPICS.plan(device, model)
+    heard = read_plan(TOPICS, topic, payload)
+    assert isinstance(heard, Rejected) and heard.key == (device, model) and why in heard.why
+    bad_topic = read_plan(TOPICS, f"{topic}/extra", PLAN)
+    assert isinstance(bad_topic, Rejected) and bad_topic.key is None
 
 
 def test_calibration_reads_what_encoders_need() -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
-from graphs import C, chain, early_exit
+from graphs import C, chain, early_exit, pool_of
 
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.model.graph import make_session
@@ -20,13 +17,8 @@ MAX_BYTES = 1 << 20
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> ModelPool:
-    root = tmp_path_factory.mktemp("pool")
-    mp = ModelPool(root / "pool")
-    for name, model in (("chain", chain()), ("exits", early_exit())):
-        path = root / f"{name}.onnx"
-        onnx.save(model, path)
-        mp.add(Path(path), name, labels=["a", "b"])  # fewer labels than the 3 classes
-    return mp
+    models = {"chain": chain(), "exits": early_exit()}
+    return pool_of(tmp_path_factory.mktemp("pool"), models, ["a", "b"])  # fewer than 3 classes
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +38,10 @@ def _full(mv: ModelVersion, x: np.ndarray) -> np.ndarray:
 def test_two_hops_reproduce_the_whole_model(pool: ModelPool, executor: HopExecutor) -> None:
     mv = pool.get("chain")
     x = _x()
-    first = executor.execute([Job("chain", None, 0, 2, x, forward_codec="raw")])[0]
+    first = executor.execute_one(Job("chain", None, 0, 2, x, forward_codec="raw"))
     assert first.error is None and first.answer is None and first.forward is not None
     assert first.t_start <= first.t_done <= first.t_end
-    second = executor.execute([Job("chain", None, 2, None, first.forward)])[0]
+    second = executor.execute_one(Job("chain", None, 2, None, first.forward))
     assert second.error is None and second.answer is not None
     assert second.answer.output == mv.output_names[-1]
     probs = np.exp(_full(mv, x) - _full(mv, x).max())
@@ -61,7 +53,7 @@ def test_two_hops_reproduce_the_whole_model(pool: ModelPool, executor: HopExecut
 def test_labels_are_used_only_where_the_label_file_has_one(
     pool: ModelPool, executor: HopExecutor
 ) -> None:
-    outcome = executor.execute([Job("chain", None, 0, None, _x(1))])[0]
+    outcome = executor.execute_one(Job("chain", None, 0, None, _x(1)))
     assert outcome.answer is not None
     labels = {t.index: t.label for t in outcome.answer.top}
     assert labels == {0: "a", 1: "b", 2: None}
@@ -70,8 +62,8 @@ def test_labels_are_used_only_where_the_label_file_has_one(
 def test_forward_uses_the_hop_codec(pool: ModelPool, executor: HopExecutor) -> None:
     mv = pool.get("chain")
     x = _x(2)
-    raw = executor.execute([Job("chain", None, 0, 2, x, forward_codec="raw")])[0].forward
-    q = executor.execute([Job("chain", None, 0, 2, x, forward_codec="int8")])[0].forward
+    raw = executor.execute_one(Job("chain", None, 0, 2, x, forward_codec="raw")).forward
+    q = executor.execute_one(Job("chain", None, 0, 2, x, forward_codec="int8")).forward
     assert raw is not None and q is not None
     assert (raw.codec, q.codec) == ("raw", "int8")
     assert list(q.shape[1:]) == mv.cuts[2].shape[1:]
@@ -111,7 +103,7 @@ def test_an_exit_head_answers_only_when_confident(pool: ModelPool, executor: Hop
     ],
 )
 def test_failures_carry_their_wire_code(executor: HopExecutor, job: Job, code: str) -> None:
-    (outcome,) = executor.execute([job])
+    outcome = executor.execute_one(job)
     assert outcome.answer is None and outcome.forward is None
     assert outcome.error is not None and outcome.error.code == code, outcome.error
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from clitools import cli_env, run_cli
 
-from splitmq.cloud.worker import cloud_worker
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.errors import UserError
 from splitmq.shared.offline import datasets
 from splitmq.shared.offline.exit_report import passes, score
 from splitmq.shared.offline.temperature import ece, fit_temperature
+from splitmq.shared.runtime.worker import Worker
 
 MODEL = "fashion-mnist-ee"
 
@@ -95,7 +95,7 @@ def test_a_labelled_source_reports_accuracy_through_edge_and_cloud(settings, rea
     cfg = settings.model_copy(update={"pool": real_pool.root})
     mv = real_pool.get(MODEL)
     last_exit = max(e.cut for e in mv.manifest.exits.exits)
-    with edge_worker(cfg, "fm-edge"), cloud_worker(cfg, "fm-cloud"):
+    with edge_worker(cfg, "fm-edge"), Worker(cfg, "cloud", "fm-cloud"):
         r = run_cli(
             "device", "--model", MODEL, "--source", "fashion-mnist:test", "--frames", "300",
             "--cut", "1", "--cloud-cut", str(last_exit), "--exit", "0.9", "--window", "8",

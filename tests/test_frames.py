@@ -16,12 +16,12 @@ from kit import eventually
 from PIL import Image
 from skimage import data
 
+from splitmq.edge.frames import Mapping, parse_mappings
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.preprocess import MAX_PIXELS
 from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.protocol.topics import Topics
-from splitmq.shared.runtime.frames import Mapping, parse_mappings
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"

@@ -8,18 +8,19 @@ import pytest
 
 from splitmq.device.estimates import LinkEstimator
 from splitmq.device.follow import Fallback
-from splitmq.device.link import DelayLine, LinkSchedule, LinkSpec
 from splitmq.device.probe import MAX_SHARE, PERIOD_S, SMALL, probe_period_s, probe_size
+from splitmq.lab.link import DelayLine, LinkSchedule
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.plan import Option, Plan
+from splitmq.shared.units import Link
 
 
 def test_link_schedules() -> None:
     s = LinkSchedule.parse("50mbit/10ms@0,1mbit/40ms@10s")
-    assert s.at(0) == LinkSpec(50e6, 10) and s.at(9.99) == LinkSpec(50e6, 10)
-    assert s.at(10) == LinkSpec(1e6, 40) and s.at(1e6) == LinkSpec(1e6, 40)
+    assert s.at(0) == Link(50e6, 10) and s.at(9.99) == Link(50e6, 10)
+    assert s.at(10) == Link(1e6, 40) and s.at(1e6) == Link(1e6, 40)
     assert str(s) == "50mbit/10ms@0s,1mbit/40ms@10s"
-    assert LinkSchedule.parse("5mbit/20ms").at(99) == LinkSpec(5e6, 20)
+    assert LinkSchedule.parse("5mbit/20ms").at(99) == Link(5e6, 20)
     for bad in ("1mbit/4ms@3s", "1mbit/4ms@0,2mbit/4ms@0", "fast@0"):
         with pytest.raises(UserError):
             LinkSchedule.parse(bad)

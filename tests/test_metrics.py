@@ -18,24 +18,25 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from clitools import cli_env, run_cli, start_cli
-from graphs import chain
+from graphs import chain, pool_of
 from kit import Inbox, eventually, make_request
 from prometheus_client.parser import text_string_to_metric_families
 
-from splitmq.cloud.worker import cloud_worker
 from splitmq.device.follow import local_plan
 from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.edge.worker import edge_worker
+from splitmq.lab.emulation import Emulated
+from splitmq.planner.metrics import PLAN_REASONS, PlannerMetrics
 from splitmq.planner.service import PlannerService
+from splitmq.shared.metrics import MetricsServer, serving
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import PlannerTelemetry
 from splitmq.shared.protocol.wire import pack_request
-from splitmq.shared.runtime.metrics import PLAN_REASONS, MetricsServer, PlannerMetrics, serving
+from splitmq.shared.runtime.worker import Worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -43,11 +44,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> ModelPool:
     """A pool with one tiny real model, ``chain`` (cuts 0-6, input [N, 4, 8, 8] float32)."""
-    root = tmp_path_factory.mktemp("pool")
-    models = ModelPool(root / "pool")
-    onnx.save(chain(), root / "chain.onnx")
-    models.add(root / "chain.onnx", "chain")
-    return models
+    return pool_of(tmp_path_factory.mktemp("pool"), {"chain": chain()})
 
 
 @pytest.fixture
@@ -116,7 +113,7 @@ def test_workers_and_a_device_count_what_they_did(cfg, pool, topics, make_client
     # One edge thread serves in arrival order: the repeat comes after the first is answered.
     with (
         edge_worker(cfg, "m-edge", threads=1) as edge,
-        cloud_worker(cfg, "m-cloud") as cloud,
+        Worker(cfg, "cloud", "m-cloud") as cloud,
         MetricsServer(edge.metrics.registry, 0) as edge_http,
         MetricsServer(cloud.metrics.registry, 0) as cloud_http,
         Device(cfg, "dev-m", plan) as dev,
@@ -447,7 +444,8 @@ def test_the_docs_and_the_dashboard_name_every_metric_and_only_those(cfg, pool):
     documented = set(re.findall(r"`(splitmq_\w+)`", section))
     roles = (
         edge_worker(cfg, "d-edge"),
-        Device(cfg, "d-dev", make_plan(pool.get("chain"), 2, "raw")),
+        # a lab device: its simulated battery is a metric too
+        Device(cfg, "d-dev", make_plan(pool.get("chain"), 2, "raw"), conditions=Emulated()),
         PlannerService(cfg, "d-planner"),
     )  # never started: their metrics exist from the start
     exposed = {

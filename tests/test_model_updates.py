@@ -15,9 +15,9 @@ from kit import eventually
 from PIL import Image
 
 from splitmq.device.follow import local_plan
-from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
+from splitmq.lab.emulation import Emulated
 from splitmq.planner.control import Control
 from splitmq.planner.service import PlannerService
 from splitmq.shared.errors import WireError
@@ -26,6 +26,7 @@ from splitmq.shared.offline.datasets import photos
 from splitmq.shared.protocol.announce import ModelAnnouncement
 from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.transport.announce import announce
+from splitmq.shared.units import Link
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
@@ -61,8 +62,7 @@ def test_a_new_version_is_taken_up_while_a_device_streams(
             cfg,
             "streamer",
             local_plan(v1),
-            link=LinkSpec.parse("200mbit/2ms"),
-            speed=0.05,
+            conditions=Emulated(Link.parse("200mbit/2ms"), 0.05),
             follow=True,
             telemetry_period_s=0.5,
             window=2,
@@ -119,8 +119,10 @@ def test_a_new_version_is_taken_up_while_a_device_streams(
 def test_a_forged_announcement_is_refused_and_nothing_moves(settings, pool, caplog) -> None:
     cfg = settings.model_copy(update={"pool": pool.root})
     with PlannerService(cfg, "pl-forged") as planner:
-        announce(cfg, MODEL, 1, "0" * 64)  # our pool's v1 has other bytes
-        announce(cfg, MODEL, 7, pool.get(MODEL).manifest.sha256)  # no such version
+        announce(cfg.connection(), cfg.topics, MODEL, 1, "0" * 64)  # our pool's v1 has other bytes
+        announce(
+            cfg.connection(), cfg.topics, MODEL, 7, pool.get(MODEL).manifest.sha256
+        )  # no such version
         eventually(lambda: planner.errors["bad_model"] == 2, "both announcements refused")
     assert "not the announced one" in caplog.text and "no version 7" in caplog.text
 

@@ -87,7 +87,7 @@ def tiny_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def test_broker_packet_limit_is_checked_before_sending(tiny_broker: Broker) -> None:
-    with MqttClient(tiny_broker.settings()) as client:
+    with MqttClient(tiny_broker.settings().connection()) as client:
         assert client.broker_max_packet == 4096
         with pytest.raises(PayloadTooLarge, match="broker's maximum packet size of 4,096"):
             client.publish("t/big", b"x" * 4090)
@@ -136,9 +136,9 @@ def test_reconnect_restores_plain_and_shared_subscriptions(tmp_path: Path) -> No
     plans, requests = Inbox(), Inbox()
     with Broker(data_dir=tmp_path / "data") as broker:
         settings = broker.settings()
-        with MqttClient(settings, "planner") as planner:
+        with MqttClient(settings.connection("planner")) as planner:
             planner.publish_json(plan, {"cut": 1}, retain=True, wait=5)
-        with MqttClient(settings, "dev", reconnect_delay=(0.05, 0.5)) as client:
+        with MqttClient(settings.connection("dev"), reconnect_delay=(0.05, 0.5)) as client:
             client.subscribe(topics.edge_requests_shared(), requests)
             client.subscribe(plan, plans)  # subscribed after the share, restored after it
             assert plans.wait(1)[0].retain
@@ -148,7 +148,7 @@ def test_reconnect_restores_plain_and_shared_subscriptions(tmp_path: Path) -> No
             again = plans.wait(2)[1]  # redelivered by the restored subscription
             assert again.json() == {"cut": 1} and again.retain
             assert client.connected
-            with MqttClient(settings, "sender") as sender:
+            with MqttClient(settings.connection("sender")) as sender:
                 sender.publish(request, b"after restart", wait=5)
             assert requests.wait(1)[0].payload == b"after restart"
 

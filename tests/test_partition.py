@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from clitools import cli_env, run_cli
-from graphs import CLASSIC_IR_OPSETS, MODELS, classic
+from graphs import CLASSIC_IR_OPSETS, MODELS, classic, pool_of
 from onnx import numpy_helper
 
 from splitmq.shared.errors import ModelError
@@ -26,13 +26,8 @@ from splitmq.shared.model.split import (
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pool")
-    mp = ModelPool(root / "pool")
-    for name, build in MODELS.items():
-        path = root / f"{name}.onnx"
-        onnx.save(build(), path)
-        mp.add(path, name.replace("_", "-"))
-    return mp
+    models = {name.replace("_", "-"): build() for name, build in MODELS.items()}
+    return pool_of(tmp_path_factory.mktemp("pool"), models)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -11,9 +11,9 @@ import pytest
 from clitools import cli_env, run_cli, start_cli, wait_online
 from kit import Inbox, eventually
 
-from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
+from splitmq.lab.emulation import Emulated
 from splitmq.planner.control import Control
 from splitmq.planner.service import PlannerService
 from splitmq.shared.model.plans import make_plan
@@ -21,11 +21,12 @@ from splitmq.shared.offline.datasets import photos
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
-    Link,
+    LinkEstimate,
     ModelRef,
     Wants,
     parse_telemetry,
 )
+from splitmq.shared.units import Link
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
@@ -52,7 +53,7 @@ def device_doc(
         errors={},
         model=ModelRef(model=MODEL, version=mv.version),
         plan=runs or own,
-        link=Link(uplink_bps=mbit * 1e6, rtt_ms=rtt_ms, age_s=0.5),
+        link=LinkEstimate(uplink_bps=mbit * 1e6, rtt_ms=rtt_ms, age_s=0.5),
         speed=0.05,
         wants=Wants(),
         answered={},
@@ -164,8 +165,7 @@ def test_a_following_device_switches_between_requests_and_loses_none(cfg, real_p
             cfg,
             "follower",
             local,
-            link=LinkSpec.parse("200mbit/2ms"),
-            speed=0.25,
+            conditions=Emulated(Link.parse("200mbit/2ms"), 0.25),
             follow=True,
             telemetry_period_s=0.5,
             window=3,

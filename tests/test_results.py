@@ -16,23 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import psycopg
 import pytest
 from clitools import cli_env, run_cli, start_cli, wait_online
-from graphs import C, early_exit
+from graphs import C, early_exit, pool_of
 from kit import eventually, hop_record, make_request
 
 from splitmq.cloud.results import Recorder, ResultsStore, StoreUrl
 from splitmq.cloud.results import store as store_module
 from splitmq.cloud.results.schema import COLUMNS, MIGRATIONS, row
-from splitmq.cloud.worker import cloud_worker
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.results import Result, TopK, latency_breakdown, unpack_result
 from splitmq.shared.protocol.wire import Hop, Request, pack_request
+from splitmq.shared.runtime.worker import Worker
 
 MODEL = "exits"  # early_exit(): an exit head inside the edge's hop, the final head after it
 
@@ -47,11 +46,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> ModelPool:
-    root = tmp_path_factory.mktemp("pool")
-    onnx.save(early_exit(), root / "exits.onnx")
-    mp = ModelPool(root / "pool")
-    mp.add(root / "exits.onnx", MODEL, labels=["cat", "dog", "fox"])
-    return mp
+    return pool_of(tmp_path_factory.mktemp("pool"), {MODEL: early_exit()}, ["cat", "dog", "fox"])
 
 
 @pytest.fixture
@@ -184,7 +179,7 @@ def test_both_tiers_record_what_the_devices_received(url, cfg, pool, make_client
         Recorder(url) as at_edge,
         Recorder(url) as at_cloud,
         edge_worker(cfg, "rec-edge", on_result=at_edge.add),
-        cloud_worker(cfg, "rec-cloud", on_result=at_cloud.add),
+        Worker(cfg, "cloud", "rec-cloud", on_result=at_cloud.add),
     ):
         received = send(cfg, make_client, inbox, pool)
     assert at_edge.counts() == {"recorded": 1, "failed": 0, "dropped": 0}

@@ -12,12 +12,13 @@ import pytest
 from clitools import cli_env, run_cli, start_cli
 from kit import eventually, make_request
 
-from splitmq.device.link import LinkSpec
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
+from splitmq.lab.emulation import Emulated
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.protocol.results import unpack_result
 from splitmq.shared.protocol.wire import pack_request
+from splitmq.shared.units import Link
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +63,16 @@ def test_device_telemetry_estimates_its_link(cfg, real_pool, topics, make_client
     make_client("watch").subscribe(
         topics.telemetry("device", "dev-tele"), lambda m: docs(json.loads(m.payload))
     )
-    link = LinkSpec.parse("20mbit/10ms")
+    link = Emulated(Link.parse("20mbit/10ms"))
     with (
         edge_worker(cfg, "tele-edge"),
         Device(
-            cfg, "dev-tele", make_plan(mv, 4, "raw"), link=link, window=1, telemetry_period_s=0.2
+            cfg,
+            "dev-tele",
+            make_plan(mv, 4, "raw"),
+            conditions=link,
+            window=1,
+            telemetry_period_s=0.2,
         ) as dev,
     ):
         for im in np.zeros((10, 28, 28), np.uint8):

@@ -55,11 +55,13 @@ def test_splitmq_broker_secure_serves_tls_and_refuses_anonymous(tmp_path: Path) 
     try:
         assert proc.stderr is not None
         next(line for line in proc.stderr if "TLS on port" in line)  # logged once it is up
-        with MqttClient(sd.settings("cam1", f"mqtts://localhost:{tls_port}"), "cam1") as cam:
+        with MqttClient(
+            sd.settings("cam1", f"mqtts://localhost:{tls_port}").connection("cam1")
+        ) as cam:
             cam.publish(Topics(sd.prefix).telemetry("device", "cam1"), b"{}", qos=1, wait=5)
         anonymous = Settings(_env_file=None, broker=f"mqtt://127.0.0.1:{port}")
         try:
-            MqttClient(anonymous, "anon").connect(timeout=5)
+            MqttClient(anonymous.connection("anon")).connect(timeout=5)
             raise AssertionError("an anonymous client got in")
         except BrokerError as exc:
             assert "refused" in str(exc) or "Not authorized" in str(exc)

@@ -18,13 +18,13 @@ from kit import Inbox, eventually
 
 from splitmq.broker.launcher import Broker
 from splitmq.broker.secure import SecureDir, hash_password
-from splitmq.cloud.worker import cloud_worker
 from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.edge.worker import edge_worker
 from splitmq.shared.errors import BrokerError, UserError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.offline.datasets import mnist_digits
 from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
 
@@ -126,7 +126,9 @@ def secure_broker(secure_dir: SecureDir) -> Iterator[Broker]:
 @pytest.fixture(scope="module")
 def clients(secure_broker: Broker) -> Iterator[dict[str, MqttClient]]:
     made = {
-        user: MqttClient(secure_broker.user_settings(user), f"{user}-{uuid.uuid4().hex[:6]}")
+        user: MqttClient(
+            secure_broker.user_settings(user).connection(f"{user}-{uuid.uuid4().hex[:6]}")
+        )
         for user in (*USER.values(), OTHER)
     }
     for client in made.values():
@@ -225,13 +227,15 @@ def test_inference_over_tls_with_an_intruder_device_next_door(secure_broker, rea
     """A real request through edge and cloud; another device can neither see nor forge."""
     mv = real_pool.get("mnist-cnn")
     pool = {"pool": real_pool.root}
-    spy = MqttClient(secure_broker.user_settings(OTHER, **pool), OTHER).connect(timeout=5)
+    spy = MqttClient(secure_broker.user_settings(OTHER, **pool).connection(OTHER)).connect(
+        timeout=5
+    )
     seen = Inbox("what the intruder gets")
     spy.subscribe(T.result(OTHER), seen, qos=1)
     try:
         with (
             edge_worker(secure_broker.user_settings("edge", **pool), "sec-edge"),
-            cloud_worker(secure_broker.user_settings("cloud", **pool), "sec-cloud"),
+            Worker(secure_broker.user_settings("cloud", **pool), "cloud", "sec-cloud"),
             Device(
                 secure_broker.user_settings(ME, **pool), ME, make_plan(mv, 4, "raw", cloud_cut=7)
             ) as dev,
@@ -260,7 +264,9 @@ def test_a_device_whose_id_is_not_its_user_gets_not_authorized(secure_broker, re
 
 
 def _login(**fields) -> MqttClient:
-    return MqttClient(Settings(_env_file=None, **fields), "login-" + uuid.uuid4().hex[:6])
+    return MqttClient(
+        Settings(_env_file=None, **fields).connection("login-" + uuid.uuid4().hex[:6])
+    )
 
 
 def test_anonymous_and_wrong_passwords_are_refused_on_both_listeners(secure_broker, secure_dir):
@@ -280,7 +286,7 @@ def test_tls_with_the_wrong_ca_is_refused(secure_broker, tmp_path) -> None:
     stranger = SecureDir.init(tmp_path / "other-ca")
     settings = secure_broker.user_settings(ME).model_copy(update={"ca_file": stranger.ca})
     with pytest.raises(BrokerError, match="certificate verify failed"):
-        MqttClient(settings, "wrong-ca").connect(timeout=5)
+        MqttClient(settings.connection("wrong-ca")).connect(timeout=5)
 
 
 def test_added_device_logs_in_after_a_reload(secure_broker, secure_dir) -> None:
@@ -289,7 +295,7 @@ def test_added_device_logs_in_after_a_reload(secure_broker, secure_dir) -> None:
 
     def logs_in() -> bool:
         try:
-            MqttClient(secure_broker.user_settings("dev-late"), "dev-late").connect(
+            MqttClient(secure_broker.user_settings("dev-late").connection("dev-late")).connect(
                 timeout=5
             ).close()
         except BrokerError:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitmq.device.link import LinkSpec
 from splitmq.shared.errors import UserError
-from splitmq.shared.units import format_rate, parse_bytes, parse_ms, parse_rate
+from splitmq.shared.units import Link, format_rate, parse_bytes, parse_ms, parse_rate
 
 
 @pytest.mark.parametrize(
@@ -56,8 +55,8 @@ def test_bad_quantities_say_what_is_valid(parse, text: str, message: str) -> Non
 
 
 def test_link_specs_use_the_same_parsers() -> None:
-    link = LinkSpec.parse("20mbit/10ms")
-    assert (link.bits_per_s, link.rtt_ms) == (20e6, 10.0) and str(link) == "20mbit/10ms"
-    assert LinkSpec.parse("1.5gbit/0.5s").rtt_ms == 500.0
+    link = Link.parse("20mbit/10ms")
+    assert (link.bps, link.rtt_ms) == (20e6, 10.0) and str(link) == "20mbit/10ms"
+    assert Link.parse("1.5gbit/0.5s").rtt_ms == 500.0
     with pytest.raises(UserError, match="BANDWIDTH/RTT"):
-        LinkSpec.parse("20mbit")
+        Link.parse("20mbit")

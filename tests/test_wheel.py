@@ -224,7 +224,7 @@ def test_the_broker_starts_from_the_wheel_with_its_packaged_config(installed: In
 
         inbox = queue.Queue()
         with Broker() as broker:
-            with MqttClient(broker.settings(), "wheel-check") as client:
+            with MqttClient(broker.settings().connection("wheel-check")) as client:
                 client.subscribe("wheel/check", inbox.put)
                 client.publish("wheel/check", b"from the wheel", wait=5)
                 message = inbox.get(timeout=5)

@@ -1,4 +1,4 @@
-"""Plans from flags, checked against a model version's cut table."""
+"""A plan from its parts (cut, codec, tiers, exit), checked against a model version's cut table."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def make_plan(
         route = (Hop(tier, None, None),)
     else:
         if tier != "edge":
-            raise UserError("a cloud cut needs the edge tier first (--tier edge)")
+            raise UserError(f"a cloud cut needs the edge as the first tier, not the {tier}")
         mv.check_cut(cloud_cut)
         if not cut < cloud_cut < mv.last_cut:
             raise UserError(f"the cloud cut must be between {cut + 1} and {mv.last_cut - 1}")

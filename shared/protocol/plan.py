@@ -1,6 +1,6 @@
 """The plan: where a device cuts, how it compresses, and the route its requests take.
 
-Plans come from flags (``model.plans.make_plan``), a JSON file (``splitmq
+Plans come from their parts (``model.plans.make_plan``), a JSON file (``splitmq
 device --plan``) or the planner's retained ``plan/<device>/<model>`` topic;
 all three are this one document (docs/topics.md, Plan), validated the same way.
 """

@@ -51,7 +51,7 @@ class ServiceTime(LatencySummary):
     model_config = Frozen.model_config | {"populate_by_name": True}
 
 
-class Link(Frozen):
+class LinkEstimate(Frozen):
     """The device's own estimate of its uplink, from its requests; null until measured."""
 
     uplink_bps: float | None = Field(None, gt=0)
@@ -60,7 +60,7 @@ class Link(Frozen):
 
 
 class Wants(Frozen):
-    """What the device asks of a plan (flags of ``splitmq device``)."""
+    """What the device asks of a plan (``splitmq device --objective ...``, the API's ``wants``)."""
 
     objective: Objective = "latency"
     accuracy: float = Field(0.99, ge=0, le=1)  # top-1 agreement floor with the unsplit model
@@ -102,7 +102,7 @@ class DeviceTelemetry(Telemetry):
     role: Literal["device"] = "device"
     model: ModelRef
     plan: Plan
-    link: Link
+    link: LinkEstimate
     speed: float = Field(gt=0, le=1)  # vs the host its profile was measured on
     battery: float | None = Field(None, ge=0, le=1)  # null: mains powered
     power: Power = Power()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,18 +74,6 @@ class Outcome:
     def compute_ms(self) -> float:
         return (self.t_done - self.t_start) * 1000
 
-    def slowed(self, cpu_s: float, speed: float) -> Outcome:
-        """This hop as a server ``speed`` times as fast would run it (an emulated slower
-        server): its CPU time (not the wall time, which includes waiting for the
-        emulating host) 1/speed times over; returns when that server would be done."""
-        wall = self.t_end - self.t_start
-        scale = min(cpu_s, wall) / wall / speed if wall > 0 and cpu_s > 0 else 1 / speed
-        end = self.t_start + wall * scale
-        if end > time.time():
-            time.sleep(end - time.time())
-        done = self.t_start + (self.t_done - self.t_start) * scale
-        return replace(self, t_done=done, t_end=end)
-
 
 class HopExecutor:
     """Runs jobs on the sessions of a ``SessionCache``; see module docstring."""
@@ -95,9 +83,10 @@ class HopExecutor:
         self.max_bytes = max_bytes
 
     def execute(self, jobs: Sequence[Job]) -> list[Outcome]:
-        return [self._run(job) for job in jobs]
+        return [self.execute_one(job) for job in jobs]
 
-    def _run(self, job: Job) -> Outcome:
+    def execute_one(self, job: Job) -> Outcome:
+        """The outcome of one job; it never raises: a failure is the outcome's ``error``."""
         try:
             return self._hop(job)
         except SplitMQError as exc:
@@ -164,6 +153,11 @@ class HopExecutor:
                 f"{list(x.shape)} {x.dtype}",
             )
         return x
+
+
+#: How a worker makes its executor from its sessions and the payload limit: this one,
+#: or an emulation's (a slower server's, ``splitmq.lab.speed.slowed``).
+ExecutorFactory = Callable[[SessionCache, int], HopExecutor]
 
 
 def _codec_of(tensor: EncodedTensor | np.ndarray) -> str:

@@ -21,11 +21,15 @@ class LatencyWindow:
         self._values.append(ms)
 
     def summary(self) -> dict[str, float] | None:
-        values = list(self._values)
-        if not values:
-            return None
-        p50, p95 = np.percentile(values, [50, 95])
-        return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "n": len(values)}
+        return percentiles(list(self._values))
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50 and p95 (ms) and the count of ``values``; None for none: every report's method."""
+    if not values:
+        return None
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "n": len(values)}
 
 
 K = TypeVar("K", bound=Hashable)

@@ -13,6 +13,9 @@ the hop's ``to``) through ``HopExecutor``, answers when an exit head is
 confident or the model's output is reached, and otherwise forwards the tensor
 at ``to`` to the next tier. Any bad request gets a JSON error on ``error/<device>``; the worker
 keeps serving.
+
+What differs by tier plugs in: a role adds its own ways in (the edge: camera frames) as
+``ingress``, and an emulation its own executor (``splitmq.lab.speed.slowed``).
 """
 
 from __future__ import annotations
@@ -22,15 +25,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from splitmq.shared.errors import (
-    PayloadTooLarge,
-    RequestFailed,
-    SplitMQError,
-    UserError,
-    WireError,
-)
+from splitmq.shared.errors import PayloadTooLarge, RequestFailed, SplitMQError, WireError
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.ids import Tier
@@ -51,8 +48,8 @@ from splitmq.shared.protocol.wire import (
     unpack_request,
 )
 from splitmq.shared.runtime.dedupe import Replays, Reply
-from splitmq.shared.runtime.executor import HopExecutor, Job, Outcome
-from splitmq.shared.runtime.frames import Frames, parse_mappings
+from splitmq.shared.runtime.executor import ExecutorFactory, HopExecutor, Job, Outcome
+from splitmq.shared.runtime.ingress import Ingress
 from splitmq.shared.runtime.metrics import WorkerMetrics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
@@ -87,55 +84,42 @@ class Worker:
         queue_size: int = 8,
         telemetry_period_s: float = 5.0,
         on_result: Callable[[Result, Request], None] | None = None,  # answer, its request
-        speed: float = 1.0,
+        *,
+        executor: ExecutorFactory = HopExecutor,
+        ingress: Sequence[Ingress] = (),
     ) -> None:
-        if not 0 < speed <= 1:
-            raise UserError(f"a worker's speed must be in (0, 1] (1 = this host), got {speed}")
-        self.speed = speed  # < 1 emulates a slower server: each hop takes 1/speed as long
         self.settings = settings
         self.tier: Tier = tier
         self.id = worker_id or f"{tier}-{uuid.uuid4().hex[:8]}"
         self.topics = settings.topics
         self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
-        self.executor = HopExecutor(self.sessions, settings.max_payload_bytes)
+        self.executor = executor(self.sessions, settings.max_payload_bytes)
         # Service time per segment: (model, version, from cut, to cut or None).
         # Recent runs only: a worker slowed by other load shows within a few periods.
         self.stats: Stats[tuple[str, int, int, int | None]] = Stats(window=64)
         self.replays = Replays()
         self.threads = threads
-        # Requests are at most the Receive Maximum; frames (QoS 0 from cameras, which no
-        # Receive Maximum holds back) at most the frames' backlog: a put never waits.
-        self._queue: queue.Queue[tuple[Message, float, bool] | None] = queue.Queue(
-            2 * (threads + queue_size)
+        self.capacity = threads + queue_size
+        self.ingress = list(ingress)
+        # Requests are at most the Receive Maximum, what each ingress takes (e.g. QoS 0
+        # frames, which no Receive Maximum holds back) at most as many: a put never waits.
+        self._queue: queue.Queue[tuple[Message, float, Ingress | None] | None] = queue.Queue(
+            (1 + len(self.ingress)) * self.capacity
         )
         self._in_flight = 0
         self._lock = threading.Lock()
         self.client = MqttClient(
-            settings,
-            self.id,
+            settings.connection(self.id, keepalive=KEEPALIVE_S),
             will=TelemetryPublisher.will(self.topics, tier, self.id),
             receive_maximum=threads + queue_size,
             manual_ack=True,
-            keepalive=KEEPALIVE_S,
         )
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, tier, self.id, self._telemetry, telemetry_period_s
         )
         self.metrics = WorkerMetrics(tier, self._telemetry, self.stats)
-        # Plain cameras publish frames for the edge (frame/<model>/<device>, mapped topics).
-        self.frames = (
-            Frames(
-                self.topics,
-                parse_mappings(settings.frame_topics, self.topics),
-                settings.max_payload_bytes,
-                backlog=threads + queue_size,
-            )
-            if tier == "edge"
-            else None
-        )
         self._pool: list[threading.Thread] = []
         self.on_result = on_result
-        self.on_stop: list[Callable[[], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -145,9 +129,9 @@ class Worker:
             t = threading.Thread(target=self._serve, name=f"{self.id}-{i}", daemon=True)
             t.start()
             self._pool.append(t)
-        self.client.subscribe(self.topics.shared_requests(self.tier), self._enqueue, qos=1)
-        for frames in self.frames.filters() if self.frames else []:
-            self.client.subscribe(frames, self._take_frame, qos=1)
+        self.client.subscribe(self.topics.shared_requests(self.tier), self.submit, qos=1)
+        for ingress in self.ingress:
+            ingress.start(self)
         self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
         self.telemetry.start()
         log.info("%s serving %s", self.id, self.topics.shared_requests(self.tier))
@@ -156,16 +140,14 @@ class Worker:
     def stop(self) -> None:
         """Stop taking requests, finish the queued ones, say offline, disconnect."""
         self.client.unsubscribe(self.topics.shared_requests(self.tier))
-        for frames in self.frames.filters() if self.frames else []:
-            self.client.unsubscribe(frames)
+        for ingress in self.ingress:
+            ingress.stop()
         for _ in self._pool:
             self._queue.put(None)
         for t in self._pool:
             t.join(timeout=30)
         self.telemetry.stop()
         self.client.close()
-        for action in self.on_stop:
-            action()
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -175,22 +157,10 @@ class Worker:
 
     # --- network thread: parse nothing heavy, just queue ---------------------------------
 
-    def _enqueue(self, msg: Message, frame: bool = False) -> None:
+    def submit(self, msg: Message, ingress: Ingress | None = None) -> None:
+        """Queue ``msg``, a request or what ``ingress`` took (``shared.runtime.ingress``)."""
         self.metrics.received.inc(len(msg.payload))
-        self._queue.put((msg, time.time(), frame))  # never waits: see the queue's size
-
-    def _take_frame(self, msg: Message) -> None:
-        """A camera's frame: queued, or refused at once (never waited for on this thread)."""
-        assert self.frames is not None
-        refused = self.frames.admit(msg)
-        if refused is None:
-            self._enqueue(msg, frame=True)
-            return
-        self.stats.count(f"frames_{refused.code}")
-        if refused.code == "busy":  # the camera hears it: nothing ends in silence
-            self._fail(refused.device, msg.correlation_id(), "busy", refused.why)
-        else:
-            log.info("%s: %s", self.id, refused.why)
+        self._queue.put((msg, time.time(), ingress))  # never waits: see the queue's size
 
     def _on_model(self, msg: Message) -> None:
         """A model version was added or re-calibrated: read its manifests again on next use
@@ -209,29 +179,27 @@ class Worker:
 
     def _serve(self) -> None:
         while (item := self._queue.get()) is not None:
-            msg, t_recv, frame = item
+            msg, t_recv, ingress = item
             with self._lock:
                 self._in_flight += 1
             try:
-                self._handle(msg, t_recv)
+                self._handle(msg, t_recv, ingress)
             except Exception:  # even reporting failed (e.g. disconnected): keep serving
                 log.exception("cannot report a failure on %s", msg.topic)
             finally:
                 msg.ack()
-                if frame and self.frames:
-                    self.frames.finished()
+                if ingress is not None:
+                    ingress.finished()
                 with self._lock:
                     self._in_flight -= 1
 
-    def _handle(self, msg: Message, t_recv: float) -> None:
+    def _handle(self, msg: Message, t_recv: float, ingress: Ingress | None) -> None:
         device, request_id, key = self.topics.device_of_request(msg.topic), None, None
         try:
             request_id = msg.correlation_id()
-            if self.frames is not None and (frame := self.frames.route(msg.topic)):
-                model, device = frame
-                request = self.frames.request(
-                    msg.payload, self.sessions.model(model), device, request_id, t_recv
-                )
+            if ingress is not None:
+                device = ingress.device(msg)
+                request = ingress.request(msg, t_recv)
             else:
                 device, request = self._unpack(msg)
             request_id = request.id
@@ -247,10 +215,10 @@ class Worker:
             self.replays.done(key, reply)
             self.stats.finished()
         except SplitMQError as exc:
-            self._fail(device, request_id, exc.code, str(exc), key)
+            self.fail(device, request_id, exc.code, str(exc), key)
         except Exception as exc:  # a bug or a runtime failure: the device must still hear
             log.exception("unexpected failure on %s", msg.topic)
-            self._fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}", key)
+            self.fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}", key)
 
     def _unpack(self, msg: Message) -> tuple[str, Request]:
         """The request a device sent, and its device, checked against the topic."""
@@ -287,12 +255,9 @@ class Worker:
         job = Job(
             request.model, request.version, request.cut, hop.to, request.tensor, hop.exit, hop.codec
         )
-        cpu = time.thread_time()
-        outcome = self.executor.execute([job])[0]
+        outcome = self.executor.execute_one(job)
         if outcome.error is not None:
             raise outcome.error
-        if self.speed < 1:
-            outcome = outcome.slowed(time.thread_time() - cpu, self.speed)
         mv = outcome.mv
         assert mv is not None
         self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
@@ -365,14 +330,14 @@ class Worker:
             return
         nxt = request.route[request.hop + 1].tier if request.hop + 1 < len(request.route) else "?"
         self.stats.count("no_worker")
-        self._fail(
+        self.fail(
             request.device,
             request.id,
             "no_worker",
             f"no {nxt} worker is subscribed: request {request.id} has nowhere to go",
         )
 
-    def _fail(
+    def fail(
         self,
         device: str | None,
         request_id: str | None,
@@ -380,6 +345,8 @@ class Worker:
         message: str,
         key: tuple[str, str, int] | None = None,
     ) -> None:
+        """Count a failure and tell ``device`` on ``error/<device>`` (an ingress's too);
+        with ``key``, a retry of the request gets the same error again."""
         self.stats.fail(code)
         log.warning("request %s from %s: %s: %s", request_id, device, code, message)
         if device is None:

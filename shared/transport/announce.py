@@ -10,22 +10,34 @@ reached is a ``BrokerError``: the version is in the pool all the same, and
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
+from splitmq.shared.connection import Connection
 from splitmq.shared.protocol.announce import ModelAnnouncement
-from splitmq.shared.settings import Settings
+from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.transport.mqtt import MqttClient
 
 
 def announce(
-    settings: Settings, name: str, version: int, sha256: str, timeout: float = 5.0
+    connection: Connection,
+    topics: Topics,
+    name: str,
+    version: int,
+    sha256: str,
+    timeout: float = 5.0,
 ) -> ModelAnnouncement:
-    """Publish ``name`` v``version`` as the newest, retained; wait for the broker's ack."""
+    """Publish ``name`` v``version`` as the newest, retained; wait for the broker's ack.
+
+    A connection without a client id gets a fresh ``announce-...`` one.
+    """
     news = ModelAnnouncement(name=name, version=version, sha256=sha256, ts=time.time())
-    with MqttClient(settings, f"announce-{uuid.uuid4().hex[:8]}").connect(timeout) as client:
+    if connection.client_id is None:
+        connection = dataclasses.replace(connection, client_id=f"announce-{uuid.uuid4().hex[:8]}")
+    with MqttClient(connection).connect(timeout) as client:
         client.publish(
-            settings.topics.model(name),
+            topics.model(name),
             news.to_json(),
             qos=1,
             retain=True,

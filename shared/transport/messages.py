@@ -7,7 +7,6 @@ nothing outside ``splitmq.shared.transport`` imports paho.
 from __future__ import annotations
 
 import json as jsonlib
-import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -17,9 +16,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from splitmq.shared.errors import WireError
+from splitmq.shared.errors import PayloadTooLarge, WireError
 from splitmq.shared.protocol.ids import is_id
 
 JSON_CONTENT_TYPE = "application/json"
@@ -92,13 +90,6 @@ class Once:
             return not taken
 
 
-def matches(topic_filter: str, topic: str) -> bool:
-    """Filter match, ignoring a ``$share/<group>/`` head (fallback without sub ids)."""
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return paho.topic_matches_sub(topic_filter, topic)
-
-
 def json_payload(topic: str, obj: Any, packet_type: int) -> tuple[bytes, Properties]:
     try:
         text = jsonlib.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -139,29 +130,22 @@ def packet_size(topic: str, data: bytes, props: Properties, qos: int) -> int:
     return 1 + length_bytes + remaining
 
 
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    topic_filter: str
-    handler: Handler
-    qos: int
-    sub_id: int  # MQTT v5 subscription identifier: routes a message to its handler
-
-
-@dataclass(slots=True)
-class PendingSubscribe:
-    done: threading.Event = field(default_factory=threading.Event)
-    codes: list[ReasonCode] = field(default_factory=list)
-
-
-class DropLastLoopNoise(logging.Filter):
-    """paho 2.2 logs an ERROR from its last loop pass after every clean disconnect."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected.")
-
-
-paho_log = logging.getLogger("splitmq.shared.transport.mqtt.paho")
-paho_log.addFilter(DropLastLoopNoise())
+def check_size(
+    topic: str, data: bytes, props: Properties, qos: int, limit: int, broker_limit: int | None
+) -> None:
+    """PayloadTooLarge unless ``data`` fits our ``limit`` and the packet the broker's."""
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"payload of {len(data):,} bytes for {topic!r} exceeds max_payload_bytes="
+            f"{limit:,}: compress it more, or raise max_payload_bytes together with "
+            "max_packet_size in mosquitto.conf"
+        )
+    size = packet_size(topic, data, props, qos)
+    if broker_limit is not None and size > broker_limit:
+        raise PayloadTooLarge(
+            f"a packet of {size:,} bytes for {topic!r} exceeds the broker's maximum packet "
+            f"size of {broker_limit:,} bytes (max_packet_size in mosquitto.conf)"
+        )
 
 
 def from_paho(msg: paho.MQTTMessage, ack: Callable[[], None]) -> Message:

@@ -17,12 +17,15 @@ Handlers run on paho's network thread. They must return quickly: a role puts
 the :class:`Message` on its own bounded queue and its worker pool runs the
 inference, then calls ``message.ack()`` when manual acks are on. Never run a
 model, sleep or wait for a publish inside a handler.
+
+The client takes a :class:`~splitmq.shared.connection.Connection`, never the
+settings. Its parts: ``connect`` (login, TLS, CONNECT options), ``subscriptions``
+(routing, resubscription), ``acks`` (PUBACKs) and ``messages`` (values, packets).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import socket
 import threading
@@ -33,29 +36,27 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from splitmq.shared.errors import BrokerError, PayloadTooLarge
-from splitmq.shared.settings import Settings
+from splitmq.shared.connection import BrokerUrl, Connection
+from splitmq.shared.errors import BrokerError
+from splitmq.shared.transport.acks import AckListener, PubAcks
+from splitmq.shared.transport.connect import connect_properties, new_paho
 from splitmq.shared.transport.messages import (
     JSON_CONTENT_TYPE,
     Handler,
     Message,
     Once,
-    PendingSubscribe,
-    Subscription,
     Will,
+    check_size,
     from_paho,
     json_payload,
-    matches,
     noop,
-    packet_size,
-    paho_log,
     publish_properties,
 )
+from splitmq.shared.transport.subscriptions import Subscriptions
 
 __all__ = ["JSON_CONTENT_TYPE", "Handler", "Message", "MqttClient", "Will"]
 
@@ -89,35 +90,24 @@ class MqttClient:
 
     def __init__(
         self,
-        settings: Settings,
-        client_id: str | None = None,
+        connection: Connection,
         *,
         will: Will | None = None,
         receive_maximum: int | None = None,
         manual_ack: bool = False,
-        keepalive: int = 30,
         reconnect_delay: tuple[float, float] = (0.1, 1.0),
         session_expiry_s: int | None = None,
     ) -> None:
-        self.settings = settings
-        self.client_id = client_id or f"splitmq-{uuid.uuid4().hex[:12]}"
+        self.connection = connection
+        self.client_id = connection.client_id or f"splitmq-{uuid.uuid4().hex[:12]}"
         self._will = will
         self._receive_maximum = receive_maximum
         self._manual_ack = manual_ack
-        self._keepalive = keepalive
         # A durable session (clean_start=False): the broker keeps what is queued for
         # this client id while it is away, for session_expiry_s.
         self._session_expiry_s = session_expiry_s
         self._connected_at = 0.0  # monotonic, of the latest connection
-        self._ack_lock = threading.Lock()  # never held while paho's mutex is
-        self._on_acks: dict[int, Callable[[int, str], None]] = {}
-        self._early_acks: dict[int, tuple[int, str]] = {}
-        self._lock = threading.Lock()  # guards the tables below; never held while waiting
-        self._subs: dict[str, Subscription] = {}
-        self._by_id: dict[int, Subscription] = {}
-        self._sub_ids = itertools.count(1)
-        self._pending_subs: dict[int, PendingSubscribe] = {}
-        self._puback_failures: dict[int, ReasonCode] = {}
+        self._acks = PubAcks()
         self._state = threading.Condition()
         self._connected = False
         self._refused: str | None = None
@@ -125,54 +115,25 @@ class MqttClient:
         self._generation = 0  # bumps per connection; stale acks are dropped
         self._loop_ident: int | None = None
         self._closed = False
-        self._paho = self._make_paho(reconnect_delay)
+        self._paho = new_paho(
+            connection,
+            self.client_id,
+            manual_ack=manual_ack,
+            will=will,
+            reconnect_delay=reconnect_delay,
+        )
+        self._paho.on_socket_open = self._on_socket_open
+        self._paho.on_connect = self._on_connect
+        self._paho.on_disconnect = self._on_disconnect
+        self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_publish = self._on_publish
+        self._paho.on_message = self._on_message
+        self._subs = Subscriptions(self._paho, lambda: self._connected)
 
     @classmethod
     def at(cls, host: str, port: int, client_id: str | None = None, **kwargs: Any) -> MqttClient:
-        """A client for ``host:port`` with default settings otherwise."""
-        return cls(Settings(_env_file=None, broker=f"{host}:{port}"), client_id, **kwargs)
-
-    def _make_paho(self, reconnect_delay: tuple[float, float]) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=self._manual_ack,
-        )
-        self._login(client)
-        client.enable_logger(paho_log)
-        client.suppress_exceptions = True  # second line of defence behind @_logged
-        client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]  # floats work
-        client.on_socket_open = self._on_socket_open
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        if self._will is not None:
-            payload, props = json_payload(
-                self._will.topic, self._will.payload, PacketTypes.WILLMESSAGE
-            )
-            client.will_set(
-                self._will.topic, payload, self._will.qos, self._will.retain, properties=props
-            )
-        return client
-
-    def _login(self, client: paho.Client) -> None:
-        """Credentials and TLS from the settings (``Settings.broker_url``, ``ca_file``...)."""
-        cfg, url = self.settings, self.settings.broker_url
-        if url.username is not None:
-            client.username_pw_set(url.username, url.password)
-        if not url.tls:
-            return
-        try:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
-        except (OSError, ValueError) as exc:  # a missing or unreadable CA/cert/key file
-            raise BrokerError(f"cannot set up TLS for {url}: {exc}") from exc
+        """A client for ``host:port``: no login, no TLS, default limits (tests, benchmarks)."""
+        return cls(Connection(BrokerUrl(host, port), client_id), **kwargs)
 
     # -- connection ---------------------------------------------------------
 
@@ -192,16 +153,15 @@ class MqttClient:
 
     def connect(self, timeout: float = 10.0) -> MqttClient:
         """Connect, start the network thread and wait for CONNACK; BrokerError on failure."""
-        url = self.settings.broker_url
-        host, port = url.host, url.port
+        url = self.connection.url
         self._paho.connect_timeout = timeout
         try:
             self._paho.connect(
-                host,
-                port,
-                self._keepalive,
+                url.host,
+                url.port,
+                self.connection.keepalive,
                 clean_start=self._session_expiry_s is None,
-                properties=self._connect_properties(),
+                properties=connect_properties(self._receive_maximum, self._session_expiry_s),
             )
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad host
             raise BrokerError(f"cannot connect to the MQTT broker at {url}: {exc}") from exc
@@ -214,16 +174,6 @@ class MqttClient:
             raise
         return self
 
-    def _connect_properties(self) -> Properties | None:
-        if self._receive_maximum is None and self._session_expiry_s is None:
-            return None
-        props = Properties(PacketTypes.CONNECT)
-        if self._receive_maximum is not None:
-            props.ReceiveMaximum = self._receive_maximum
-        if self._session_expiry_s is not None:
-            props.SessionExpiryInterval = self._session_expiry_s
-        return props
-
     def wait_connected(self, timeout: float = 10.0) -> None:
         """Block until connected (returns at once if connected); BrokerError on timeout/refusal."""
         with self._state:
@@ -231,7 +181,7 @@ class MqttClient:
             if self._connected:
                 return
             reason = self._refused
-        where = self.settings.where
+        where = self.connection.url
         if reason is not None:
             raise BrokerError(f"the MQTT broker at {where} refused {self.client_id}: {reason}")
         raise BrokerError(f"not connected to the MQTT broker at {where} within {timeout:g} s")
@@ -273,50 +223,15 @@ class MqttClient:
         Subscribing to the same filter again replaces its handler. Called from
         a handler (the network thread), it does not wait; a refusal is logged.
         """
-        can_wait = threading.get_ident() != self._loop_ident
-        with self._lock:
-            old = self._subs.get(topic_filter)
-            sub_id = old.sub_id if old else next(self._sub_ids)
-            sub = Subscription(topic_filter, handler, qos, sub_id)
-            self._subs[topic_filter] = self._by_id[sub_id] = sub
-            if not self._connected:
-                return  # on_connect subscribes it
-            rc, mid = self._send_subscribe(sub)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None or not can_wait:
-                return  # if the connection was lost meanwhile, on_connect subscribes it
-            pending = self._pending_subs[mid] = PendingSubscribe()
-        self._await_suback(sub, mid, pending, timeout)
+        sent = self._subs.add(
+            topic_filter, handler, qos, wait=threading.get_ident() != self._loop_ident
+        )
+        if sent is not None:
+            self._subs.await_suback(sent, timeout)
 
     def unsubscribe(self, topic_filter: str) -> None:
-        with self._lock:
-            sub = self._subs.pop(topic_filter, None)
-            if sub is not None:
-                del self._by_id[sub.sub_id]
-        if sub is not None and self._connected:
+        if self._subs.remove(topic_filter) and self._connected:
             self._paho.unsubscribe(topic_filter)
-
-    def _send_subscribe(self, sub: Subscription) -> tuple[MQTTErrorCode, int | None]:
-        props = Properties(PacketTypes.SUBSCRIBE)
-        props.SubscriptionIdentifier = sub.sub_id
-        return self._paho.subscribe(sub.topic_filter, sub.qos, properties=props)
-
-    def _await_suback(
-        self, sub: Subscription, mid: int, pending: PendingSubscribe, timeout: float
-    ) -> None:
-        try:
-            if not pending.done.wait(timeout):
-                raise BrokerError(f"no SUBACK for {sub.topic_filter!r} within {timeout:g} s")
-        finally:
-            with self._lock:
-                self._pending_subs.pop(mid, None)
-        failures = [str(code) for code in pending.codes if code.is_failure]
-        if failures:
-            with self._lock:
-                if self._subs.get(sub.topic_filter) is sub:
-                    del self._subs[sub.topic_filter], self._by_id[sub.sub_id]
-            raise BrokerError(
-                f"the broker refused subscription {sub.topic_filter!r}: {failures[0]}"
-            )
 
     # -- publishing -------------------------------------------------------------
 
@@ -333,7 +248,7 @@ class MqttClient:
         expiry_s: float | None = None,
         json: bool = False,
         wait: float | None = None,
-        on_ack: Callable[[int, str], None] | None = None,
+        on_ack: AckListener | None = None,
     ) -> None:
         """Publish one message; PayloadTooLarge before anything is sent if it is too big.
 
@@ -348,7 +263,9 @@ class MqttClient:
         """
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         props = publish_properties(correlation_data, response_topic, content_type, expiry_s, json)
-        self._check_size(topic, data, props, qos)
+        check_size(
+            topic, data, props, qos, self.connection.max_payload_bytes, self._broker_max_packet
+        )
         try:
             info = self._paho.publish(topic, data, qos, retain, properties=props)
         except ValueError as exc:  # wildcards in the topic, bad QoS
@@ -360,12 +277,7 @@ class MqttClient:
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         if on_ack is not None and qos > 0:
-            with self._ack_lock:
-                early = self._early_acks.pop(info.mid, None)
-                if early is None:
-                    self._on_acks[info.mid] = on_ack
-            if early is not None:
-                on_ack(*early)
+            self._acks.listen(info.mid, on_ack)
         if wait is not None:
             self._await_publish(topic, info, wait)
 
@@ -376,22 +288,6 @@ class MqttClient:
         payload, _ = json_payload(topic, obj, PacketTypes.PUBLISH)
         self.publish(topic, payload, qos, retain, json=True, **kwargs)
 
-    def _check_size(self, topic: str, data: bytes, props: Properties, qos: int) -> None:
-        limit = self.settings.max_payload_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"payload of {len(data):,} bytes for {topic!r} exceeds max_payload_bytes="
-                f"{limit:,}: compress it more, or raise max_payload_bytes together with "
-                "max_packet_size in mosquitto.conf"
-            )
-        broker_limit = self._broker_max_packet
-        size = packet_size(topic, data, props, qos)
-        if broker_limit is not None and size > broker_limit:
-            raise PayloadTooLarge(
-                f"a packet of {size:,} bytes for {topic!r} exceeds the broker's maximum packet "
-                f"size of {broker_limit:,} bytes (max_packet_size in mosquitto.conf)"
-            )
-
     def _await_publish(self, topic: str, info: paho.MQTTMessageInfo, timeout: float) -> None:
         self._refuse_wait_on_network_thread(f"wait for the publish to {topic!r}")
         try:
@@ -400,7 +296,7 @@ class MqttClient:
             raise BrokerError(f"publish to {topic!r} failed: {exc}") from exc
         if not info.is_published():
             raise BrokerError(f"publish to {topic!r} not acknowledged within {timeout:g} s")
-        failure = self._puback_failures.pop(info.mid, None)
+        failure = self._acks.refusal(info.mid)
         if failure is not None:
             raise BrokerError(f"the broker rejected the publish to {topic!r}: {failure}")
 
@@ -434,13 +330,11 @@ class MqttClient:
         self._broker_max_packet = getattr(props, "MaximumPacketSize", None)
         self._generation += 1
         self._connected_at = time.monotonic()
-        with self._lock:
-            for sub in self._subs.values():
-                self._send_subscribe(sub)
+        self._subs.resend()
         with self._state:
             self._connected, self._refused = True, None
             self._state.notify_all()
-        log.info("%s connected to %s", self.client_id, self.settings.where)
+        log.info("%s connected to %s", self.client_id, self.connection.url)
 
     @_logged
     def _on_disconnect(
@@ -448,9 +342,7 @@ class MqttClient:
     ) -> None:
         with self._state:
             self._connected = False
-        with self._lock:  # waiters return; on_connect restores their subscriptions
-            for pending in self._pending_subs.values():
-                pending.done.set()
+        self._subs.release_waiters()  # waiters return; on_connect restores their subscriptions
         if self._closed:
             log.debug("%s disconnected", self.client_id)
         else:
@@ -462,11 +354,7 @@ class MqttClient:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
     ) -> None:
-        with self._lock:
-            pending = self._pending_subs.get(mid)
-        if pending is not None:
-            pending.codes = codes
-            pending.done.set()
+        if self._subs.subacked(mid, codes):
             return
         for code in codes:  # a resubscription from on_connect: nobody waits for it
             if code.is_failure:
@@ -476,25 +364,15 @@ class MqttClient:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        # Not self._lock: paho calls this holding its own mutex that publish() needs.
         if reason.is_failure:
-            self._puback_failures[mid] = reason
             log.warning("%s: the broker rejected message %d: %s", self.client_id, mid, reason)
-        else:
-            self._puback_failures.pop(mid, None)
-        with self._ack_lock:
-            listener = self._on_acks.pop(mid, None)
-            if listener is None:
-                self._early_acks[mid] = (reason.value, str(reason))
-                while len(self._early_acks) > 1024:  # acks nobody asked about
-                    self._early_acks.pop(next(iter(self._early_acks)))
-        if listener is not None:
-            listener(reason.value, str(reason))
+        self._acks.heard(mid, reason)
 
     @_logged
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         message = self._to_message(msg)
-        subs = self._route(message.topic, getattr(msg.properties, "SubscriptionIdentifier", None))
+        sub_ids = getattr(msg.properties, "SubscriptionIdentifier", None)
+        subs = self._subs.route(message.topic, sub_ids)
         if not subs:
             log.debug("%s: no handler for %s", self.client_id, message.topic)
             message.ack()
@@ -504,13 +382,6 @@ class MqttClient:
             except Exception:
                 log.exception("handler for %r failed on %s", sub.topic_filter, message.topic)
                 message.ack()  # the handler did not take it: don't block the flow forever
-
-    def _route(self, topic: str, sub_ids: list[int] | None) -> list[Subscription]:
-        with self._lock:
-            subs = [self._by_id[i] for i in sub_ids or () if i in self._by_id]
-            if subs:
-                return subs
-            return [s for s in self._subs.values() if matches(s.topic_filter, topic)]
 
     def _to_message(self, msg: paho.MQTTMessage) -> Message:
         if self._manual_ack and msg.qos > 0:

@@ -1,6 +1,7 @@
 """The ``splitmq`` command line: one Typer app, subcommands grouped by module.
 
-``root`` holds the app and its shared options; each command module imports
+``root`` holds the app and its shared options, ``options`` the option groups several
+commands share; each command module imports
 ``root`` (and ``output``) and registers its commands on the app; ``build``
 imports the command modules, in the order ``splitmq --help`` lists them.
 Nothing imports this package but ``splitmq.__main__`` and the console script.

@@ -1,4 +1,4 @@
-"""`splitmq demo`: the whole system on this machine; the work is in ``demo_run``."""
+"""`splitmq demo`: the whole system on this machine; the work is in ``lab.demo``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from splitmq.cli.output import err, out, progress_bar
 from splitmq.cli.results import DEMO_STORE
 from splitmq.cli.root import BrokerOption, PoolOption, app, settings
 
-DEFAULT_MODEL = "efficientnet-lite0-ee"  # demo_run's default, kept import-free here
+DEFAULT_MODEL = "efficientnet-lite0-ee"  # lab.demo's default, kept import-free here
 
 
 @app.command()
@@ -80,11 +80,11 @@ def demo(
     --scenario streams for a while and changes something mid-run. Other runs record
     every answer in ./splitmq-results.db, or the store SPLITMQ_RESULTS or --results
     names: `splitmq results` lists them."""
-    from splitmq.cli.demo_run import DemoOptions, run_demo
+    from splitmq.lab.demo import DemoOptions, run_demo
 
     cfg = settings(pool=pool, results=results)
     if scenario is not None:
-        from splitmq.cli.scenarios import run_scenario
+        from splitmq.lab.scenarios import run_scenario
 
         if secure:
             raise typer.BadParameter(

@@ -12,23 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from splitmq.cli.options import asks
 from splitmq.cli.output import err, out
-from splitmq.cli.root import (
-    AccuracyOption,
-    BrokerOption,
-    IdOption,
-    MaxBytesOption,
-    ObjectiveOption,
-    PoolOption,
-    PrefixOption,
-    SloOption,
-    TargetOption,
-    app,
-    settings,
-    wants,
-)
+from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
 from splitmq.cli.serve import MetricsPortOption, metrics_served
 from splitmq.shared.errors import UserError
+from splitmq.shared.protocol.telemetry import Wants
 
 if TYPE_CHECKING:
     from splitmq.device.report import Stream
@@ -36,6 +25,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
+@asks(fps=True)
 def device(
     model: Annotated[
         str, typer.Option(help="Pool model: NAME (its newest version) or NAME@VERSION.")
@@ -58,14 +48,8 @@ def device(
     plan_file: Annotated[
         Path | None, typer.Option("--plan", help="Plan JSON (overrides --cut/--codec/--tier).")
     ] = None,
-    objective: ObjectiveOption = "latency",
-    accuracy: AccuracyOption = 0.99,
-    accuracy_target: TargetOption = None,
-    slo: SloOption = None,
-    max_bytes: MaxBytesOption = None,
-    fps: Annotated[
-        float | None, typer.Option(help="Frames per second [default: as answers come].", min=0.01)
-    ] = None,
+    *,
+    asked: Wants,
     battery: Annotated[
         float | None, typer.Option(help="Simulated battery charge in [0, 1].", min=0, max=1)
     ] = 1.0,
@@ -109,17 +93,18 @@ def device(
     import uuid
 
     from splitmq.device.follow import local_plan
-    from splitmq.device.link import LinkSchedule
-    from splitmq.device.report import Stream, Summary
+    from splitmq.device.report import Stream
     from splitmq.device.runtime import Device
     from splitmq.device.sources import frames as frame_source
     from splitmq.device.sources import labels as source_labels
+    from splitmq.lab.emulation import Emulated
+    from splitmq.lab.link import LinkSchedule
+    from splitmq.lab.summary import Summary
     from splitmq.shared.model.plans import make_plan
     from splitmq.shared.model.pool import ModelPool, parse_ref
     from splitmq.shared.protocol.plan import load_plan_file
 
     cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
-    asked = wants(objective, accuracy, slo, max_bytes, fps, accuracy_target)
     follow = plan_file is None and cut is None
     pinned = [
         flag
@@ -144,18 +129,16 @@ def device(
             plan = local_plan(mv)
         else:
             plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
-    schedule = LinkSchedule.parse(link) if link else None
+    conditions = Emulated(LinkSchedule.parse(link) if link else None, speed, battery)
     dev_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
     with (
         Device(
             cfg,
             dev_id,
             plan,
-            link=schedule,
-            speed=speed,
+            conditions=conditions,
             window=window,
             timeout_s=timeout,
-            battery=battery,
             wants=asked,
             follow=follow,
         ) as dev,
@@ -164,7 +147,7 @@ def device(
         if url:
             err.print(f"metrics on {url}")
         pre = dev.mv.manifest.preprocess
-        run = Stream(dev, frame_source(source, frames, pre.channels if pre else "RGB"), fps)
+        run = Stream(dev, frame_source(source, frames, pre.channels if pre else "RGB"), asked.fps)
         summary, recent = Summary(source_labels(source)), deque[dict](maxlen=TABLE_ROWS)
         with _stopping(run):
             for row in run:

@@ -7,20 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from splitmq.cli.options import asks, flag
 from splitmq.cli.output import human, out, print_json
-from splitmq.cli.root import (
-    AccuracyOption,
-    JsonOption,
-    MaxBytesOption,
-    ModelArg,
-    ObjectiveOption,
-    PoolOption,
-    SloOption,
-    TargetOption,
-    app,
-    open_ref,
-    wants,
-)
+from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref
+from splitmq.shared.protocol.telemetry import Wants
 
 if TYPE_CHECKING:
     from splitmq.planner import Decision
@@ -28,6 +18,7 @@ if TYPE_CHECKING:
 
 
 @app.command()
+@asks()
 def plan(
     model: ModelArg,
     uplink: Annotated[str, typer.Option(help="Device uplink, e.g. 5mbit, 500kbit.")],
@@ -38,11 +29,8 @@ def plan(
     device_speed: Annotated[
         float, typer.Option(help="Device speed vs the profile's host, in (0, 1].")
     ] = 1.0,
-    objective: ObjectiveOption = "latency",
-    accuracy: AccuracyOption = 0.99,
-    accuracy_target: TargetOption = None,
-    slo: SloOption = None,
-    max_bytes: MaxBytesOption = None,
+    *,
+    asked: Wants,
     battery: Annotated[
         float | None, typer.Option(help="Battery charge in [0, 1] (below 0.2: plan for energy).")
     ] = None,
@@ -84,7 +72,7 @@ def plan(
         rtt=rtt,
         downlink=downlink,
         device_speed=device_speed,
-        asked=wants(objective, accuracy, slo, max_bytes, accuracy_target=accuracy_target),
+        asked=asked,
         battery=battery,
         rate=rate,
         tiers=up,
@@ -96,7 +84,7 @@ def plan(
         cloud_load=cloud_load,
         cloud_link=cloud_link,
         settings=cfg,
-        prefix="--",
+        name_of=flag,
     )
     if as_json:
         print_json(decision.to_json())

@@ -43,7 +43,7 @@ def announce_version(cfg: Settings, mv: ModelVersion) -> bool:
     from splitmq.shared.transport.announce import announce
 
     try:
-        announce(cfg, mv.name, mv.version, mv.manifest.sha256)
+        announce(cfg.connection(), cfg.topics, mv.name, mv.version, mv.manifest.sha256)
     except BrokerError as exc:
         err.print(
             f"[yellow]warning:[/] {mv.name} v{mv.version} not announced ({exc}); run "
@@ -146,7 +146,8 @@ def pool_announce(model: ModelArg, pool: PoolOption = None, broker: BrokerOption
 
     cfg = settings(pool=pool, broker=broker)
     mv = ModelPool(cfg.pool).get(*parse_ref(model))
-    announce(cfg, mv.name, mv.version, mv.manifest.sha256)  # BrokerError: one line, exit 2
+    # a BrokerError is one line, exit 2
+    announce(cfg.connection(), cfg.topics, mv.name, mv.version, mv.manifest.sha256)
     out.print(f"announced {mv.name} v{mv.version} on {cfg.topics.model(mv.name)}")
 
 

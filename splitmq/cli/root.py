@@ -1,5 +1,8 @@
 """The root of the ``splitmq`` command line: the Typer app, its shared options, settings.
 
+Options several commands take as a block, parsed into one value, are groups in
+``options``.
+
 Command modules import ``app`` from here and register on it; nothing here
 imports a command module, so the CLI has no import cycle.
 """
@@ -17,7 +20,6 @@ from splitmq.shared.settings import Settings
 
 if TYPE_CHECKING:
     from splitmq.shared.model.pool import ModelVersion
-    from splitmq.shared.protocol.telemetry import Wants
 
 app = typer.Typer(
     name="splitmq",
@@ -49,27 +51,6 @@ PrefixOption = Annotated[
 ]
 IdOption = Annotated[str | None, typer.Option("--id", help="Client id (default: random).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
-# What a device asks of its plan: `splitmq plan` and `splitmq device` take the same flags.
-ObjectiveOption = Annotated[
-    str, typer.Option(help="What a plan minimises: latency, energy or bytes (per request).")
-]
-AccuracyOption = Annotated[
-    float, typer.Option(help="Top-1 agreement floor with the unsplit model.", min=0, max=1)
-]
-TargetOption = Annotated[
-    float | None,
-    typer.Option(
-        "--accuracy-target",
-        help="Top-1 accuracy to deliver on labelled data: exit thresholds are chosen by "
-        "their measured accuracy (`splitmq exits`); --accuracy then judges the codecs.",
-        min=0,
-        max=1,
-    ),
-]
-SloOption = Annotated[str | None, typer.Option(help="Latency SLO, e.g. 100ms.")]
-MaxBytesOption = Annotated[
-    str | None, typer.Option(help="Byte budget per request on the uplink, e.g. 10kB.")
-]
 ModelArg = Annotated[str, typer.Argument(help="Pool name (NAME or NAME@VERSION) or FILE.onnx.")]
 
 _verbosity = 0  # how many -v the user gave; read by the error handler in splitmq.cli
@@ -86,20 +67,6 @@ def settings(**overrides: object) -> Settings:
         return Settings.given(**overrides)
     except UserError as exc:  # a usage error, as click reports a bad flag
         raise typer.BadParameter(str(exc)) from None
-
-
-def wants(
-    objective: str,
-    accuracy: float,
-    slo: str | None,
-    max_bytes: str | None,
-    fps: float | None = None,
-    accuracy_target: float | None = None,
-) -> Wants:
-    """What a device asks of its plan, from the flags `plan` and `device` share."""
-    from splitmq.api import wants as asked
-
-    return asked(objective, accuracy, slo, max_bytes, fps, accuracy_target, prefix="--")
 
 
 def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:

@@ -65,8 +65,8 @@ def init(
 ) -> None:
     """A CA, the broker's certificate, users for every role and an ACL from the topic contract."""
     from splitmq.broker.secure import SecureDir
+    from splitmq.shared.connection import BrokerUrl
     from splitmq.shared.protocol.topics import DEFAULT_PREFIX
-    from splitmq.shared.settings import BrokerUrl
 
     if broker is not None:
         try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -56,7 +57,7 @@ def metrics_served(
 ) -> Iterator[str | None]:
     """A role's metrics on /metrics while inside, if a port is given: yields (and logs)
     the URL."""
-    from splitmq.shared.runtime.metrics import serving
+    from splitmq.shared.metrics import serving
 
     with serving(registry, port) as server:
         if server:
@@ -109,7 +110,14 @@ def _serve(
     metrics_port=None,
 ) -> None:
     from splitmq.cloud.results import Recorder
+    from splitmq.edge.worker import edge_worker
+    from splitmq.shared.runtime.worker import Worker
 
+    # Each tier's own wiring: the edge adds its frame ingress, the cloud runs the worker as is.
+    wiring: dict[str, Callable[..., Worker]] = {
+        "edge": edge_worker,
+        "cloud": functools.partial(Worker, tier="cloud"),
+    }
     cfg = settings(
         broker=broker_, pool=pool, topic_prefix=prefix, results=results, metrics_port=metrics_port
     )
@@ -119,15 +127,16 @@ def _serve(
         if recorder:  # closed after the worker stopped: its last answers are kept
             stack.callback(recorder.close)
             log.info("recording answers in the results store %s", recorder.store.url)
-        on_result = recorder.add if recorder else None
-        if tier == "edge":
-            from splitmq.edge.worker import edge_worker
+        options: dict[str, Any] = {
+            "threads": workers,
+            "queue_size": queue,
+            "on_result": recorder.add if recorder else None,
+        }
+        if speed < 1:  # an emulated slower server
+            from splitmq.lab.speed import slowed
 
-            worker = edge_worker(cfg, worker_id, workers, queue, speed, on_result)
-        else:
-            from splitmq.cloud.worker import cloud_worker
-
-            worker = cloud_worker(cfg, worker_id, workers, queue, on_result=on_result)
+            options["executor"] = slowed(speed)
+        worker = wiring[tier](cfg, worker_id=worker_id, **options)
         stack.enter_context(worker)
         stack.enter_context(metrics_served(worker.id, worker.metrics.registry, cfg.metrics_port))
         log.info("%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.where, cfg.pool)

@@ -1,4 +1,4 @@
-"""Frame ingress: a camera that runs no splitmq publishes a bare JPEG or PNG.
+"""The edge's frame ingress: a camera that runs no splitmq publishes a bare JPEG or PNG.
 
 ``frame/<model>/<device>`` (or a camera's own topic mapped onto it by the
 ``frame_topics`` setting, e.g. ``frigate/+/+/snapshot=efficientnet-lite0``)
@@ -8,11 +8,13 @@ budget — then applies the model's preprocessing and turns it into the
 request a device would have sent with input codec ``u8``: the same hop
 executor runs it and the same result document answers on ``result/<device>``.
 Such a camera is input-only: it never runs a head, so the edge runs the model
-from its input.
+from its input. ``Frames`` plugs into the shared worker as an ingress
+(``shared.runtime.ingress``): only edge workers take frames.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -22,12 +24,15 @@ from PIL import Image
 from splitmq.shared.codecs import encode
 from splitmq.shared.errors import ImageError, RequestFailed, UserError, WireError
 from splitmq.shared.model.plans import make_plan
-from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.preprocess import read_image, to_pixels
 from splitmq.shared.protocol.ids import ID_RULE, MODEL_RULE, is_id, is_model_name
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.protocol.wire import DeviceTiming, Request, Timing
+from splitmq.shared.runtime.ingress import Intake
+from splitmq.shared.settings import Settings
 from splitmq.shared.transport.messages import Message
+
+log = logging.getLogger(__name__)
 
 #: How long a frame may wait for the edge before it is dropped as expired.
 FRAME_TIMEOUT_S = 30.0
@@ -90,15 +95,66 @@ class Refused:
 
 
 class Frames:
-    """Which topics are frames, which frames to take, and the request each becomes."""
+    """Which topics are frames, which frames to take, and the request each becomes: the
+    edge worker's ingress (``shared.runtime.ingress.Ingress``)."""
 
-    def __init__(
-        self, topics: Topics, mappings: list[Mapping], max_bytes: int, backlog: int = 8
-    ) -> None:
-        self.topics, self.mappings, self.max_bytes = topics, mappings, max_bytes
-        self.backlog = backlog
+    def __init__(self, settings: Settings) -> None:
+        self.topics, self.max_bytes = settings.topics, settings.max_payload_bytes
+        self.mappings = parse_mappings(settings.frame_topics, self.topics)
+        self.backlog = 0  # the worker's capacity, once started
         self._waiting = 0
         self._lock = threading.Lock()
+        self._intake: Intake | None = None
+
+    def start(self, intake: Intake) -> None:
+        self._intake, self.backlog = intake, intake.capacity
+        for filt in self.filters():
+            intake.client.subscribe(filt, self._take, qos=1)
+
+    def stop(self) -> None:
+        assert self._intake is not None
+        for filt in self.filters():
+            self._intake.client.unsubscribe(filt)
+
+    def device(self, msg: Message) -> str:
+        return self._route(msg.topic)[1]
+
+    def request(self, msg: Message, t_recv: float) -> Request:
+        """The ``u8`` input request a device would have sent for this image."""
+        assert self._intake is not None
+        model, device = self._route(msg.topic)
+        mv = self._intake.sessions.model(model)
+        pre = mv.manifest.preprocess
+        if pre is None:
+            raise ImageError(f"{mv.name} has no image preprocessing: it takes tensors, not frames")
+        image = self.decode(msg.payload)
+        pixels = to_pixels(image, pre)
+        plan = make_plan(mv, 0, "u8", "edge", reason="frame from a camera")
+        return Request(
+            id=msg.correlation_id() or f"f{uuid.uuid4().hex[:31]}",  # same bytes twice: 2 frames
+            device=device,
+            model=mv.name,
+            version=mv.version,
+            cut=0,
+            route=plan.route,
+            hop=0,
+            tensor=encode(pixels, "u8", mv.codec_params(0, "u8")),
+            deadline=t_recv + FRAME_TIMEOUT_S,
+            timing=Timing(DeviceTiming(t_recv, t_recv, t_recv, t_recv)),  # no device part
+        )
+
+    def _take(self, msg: Message) -> None:
+        """A camera's frame: queued, or refused at once (never waited for on paho's thread)."""
+        assert self._intake is not None
+        refused = self.admit(msg)
+        if refused is None:
+            self._intake.submit(msg, self)
+            return
+        self._intake.stats.count(f"frames_{refused.code}")
+        if refused.code == "busy":  # the camera hears it: nothing ends in silence
+            self._intake.fail(refused.device, msg.correlation_id(), "busy", refused.why)
+        else:
+            log.info("%s: %s", self._intake.id, refused.why)
 
     def admit(self, msg: Message) -> Refused | None:
         """None: queue this frame (it then counts until ``finished``). A retained frame is
@@ -139,28 +195,12 @@ class Frames:
                 return mapping.model, device
         return None
 
-    def request(
-        self, data: bytes, mv: ModelVersion, device: str, request_id: str | None, t_recv: float
-    ) -> Request:
-        """The ``u8`` input request a device would have sent for this image."""
-        pre = mv.manifest.preprocess
-        if pre is None:
-            raise ImageError(f"{mv.name} has no image preprocessing: it takes tensors, not frames")
-        image = self.decode(data)
-        pixels = to_pixels(image, pre)
-        plan = make_plan(mv, 0, "u8", "edge", reason="frame from a camera")
-        return Request(
-            id=request_id or f"f{uuid.uuid4().hex[:31]}",  # the same bytes twice: two frames
-            device=device,
-            model=mv.name,
-            version=mv.version,
-            cut=0,
-            route=plan.route,
-            hop=0,
-            tensor=encode(pixels, "u8", mv.codec_params(0, "u8")),
-            deadline=t_recv + FRAME_TIMEOUT_S,
-            timing=Timing(DeviceTiming(t_recv, t_recv, t_recv, t_recv)),  # no device part
-        )
+    def _route(self, topic: str) -> tuple[str, str]:
+        """(model, device) of a topic this ingress subscribed to."""
+        found = self.route(topic)
+        if found is None:
+            raise RequestFailed("bad_route", f"{topic} is no frame topic")
+        return found
 
     def decode(self, data: bytes) -> Image.Image:
         """The image in ``data``, refused before decoding when it is not one or too big."""

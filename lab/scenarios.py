@@ -1,4 +1,4 @@
-"""`splitmq demo --scenario ...`: the control loop on one machine while things change.
+"""The control loop on one machine while things change (`splitmq demo --scenario ...`).
 
 Each scenario starts a broker, a cloud worker, edge workers, the planner and
 devices that follow it, streams real photos at a fixed frame rate for a
@@ -26,11 +26,7 @@ rest and must be 0.
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,20 +34,28 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from splitmq.cli.demo_run import outcome, timeline
-from splitmq.cli.scenario_checks import CHECKS, percentile
+from splitmq.device.answers import Answer
 from splitmq.device.follow import local_plan
-from splitmq.device.link import LinkSchedule
-from splitmq.device.runtime import Answer, Device
+from splitmq.device.runtime import Device
+from splitmq.edge.worker import edge_worker
+from splitmq.lab.checks import CHECKS
+from splitmq.lab.emulation import Emulated
+from splitmq.lab.link import LinkSchedule
+from splitmq.lab.reference import best_fixed
+from splitmq.lab.spawn import kill, spawn
+from splitmq.lab.speed import slowed
+from splitmq.lab.summary import Summary, outcome
+from splitmq.lab.timeline import timeline
+from splitmq.planner import TierState
 from splitmq.planner.control import Control
 from splitmq.planner.service import PlannerService
 from splitmq.shared.errors import SplitMQError, UserError
-from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.offline.datasets import photos
 from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
-from splitmq.shared.transport.mqtt import MqttClient
+from splitmq.shared.transport.mqtt import Message, MqttClient
 
 SCENARIOS = ("link-drop", "edge-failure", "crowd", "battery")
 MODEL = "efficientnet-lite0"
@@ -115,7 +119,7 @@ def run_scenario(
         raise UserError(f"unknown scenario {name!r}: use one of {', '.join(SCENARIOS)}")
     setup = SETUPS[name]()
     run = run_setup(setup, settings, broker, seconds, reference=name == "link-drop")
-    return _summary(name, run.devices, setup, run.outcomes, run.t0, run.wills, run.reference)
+    return _summary(name, setup, run)
 
 
 @dataclass
@@ -127,6 +131,7 @@ class Run:
     outcomes: list[tuple[int, float, Answer | SplitMQError | None]]
     t0: float
     wills: list[float]
+    started: list[float]  # when each device's link schedule began (unix time)
     reference: dict | None = None
 
 
@@ -141,7 +146,6 @@ def run_setup(
 ) -> Run:
     """Run ``setup``: devices follow the planner, or all run ``pinned`` (no planner then)."""
     from splitmq.broker.launcher import Broker
-    from splitmq.cloud.worker import cloud_worker
 
     mv = ModelPool(settings.pool).get(MODEL)
     frames = photos(24, seed=7)
@@ -151,7 +155,8 @@ def run_setup(
         else:
             settings = settings.model_copy(update={"broker": stack.enter_context(Broker()).address})
         if setup.cloud:
-            stack.enter_context(cloud_worker(settings, "demo-cloud", speed=setup.cloud_speed))
+            cloud = Worker(settings, "cloud", "demo-cloud", executor=slowed(setup.cloud_speed))
+            stack.enter_context(cloud)
         edges = _Edges(settings, setup, stack)
         if pinned is None:
             control = Control(dwell_s=DWELL_S)
@@ -159,30 +164,32 @@ def run_setup(
             planner = PlannerService(settings, "demo-planner", control=control, speeds=speeds)
             stack.enter_context(planner)
         wills = _watch_edges(settings, stack)
+        conditions = [_conditions(role) for role in setup.devices]
         devices = [
-            stack.enter_context(_device(settings, mv, f"demo-dev{i}", role, pinned))
-            for i, role in enumerate(setup.devices)
+            stack.enter_context(_device(settings, mv, f"demo-dev{i}", c, pinned))
+            for i, c in enumerate(conditions)
         ]
         t0 = time.time()
         sent = _stream(devices, setup, frames, seconds or setup.seconds, edges)
         outcomes = [(k, t, outcome(f)) for k, t, f in sent]
         measured = _reference(settings, mv, setup, frames) if reference else None
-    return Run(devices, outcomes, t0, wills, measured)
+    return Run(devices, outcomes, t0, wills, [c.started_at for c in conditions], measured)
+
+
+def _conditions(role: Role) -> Emulated:
+    return Emulated(LinkSchedule.parse(role.link), role.speed, role.battery, role.battery_joules)
 
 
 def _device(
-    settings: Settings, mv: ModelVersion, device_id: str, role: Role, pinned: Plan | None
+    settings: Settings, mv: ModelVersion, device_id: str, conditions: Emulated, pinned: Plan | None
 ) -> Device:
     return Device(
         settings,
         device_id,
         pinned or local_plan(mv),
-        link=LinkSchedule.parse(role.link),
-        speed=role.speed,
+        conditions=conditions,
         window=4,
         timeout_s=5.0,
-        battery=role.battery,
-        battery_joules=role.battery_joules,
         follow=pinned is None,
         telemetry_period_s=1.0,
     )
@@ -192,8 +199,6 @@ class _Edges:
     """The scenario's edge workers: in this process, or processes that can be killed."""
 
     def __init__(self, settings: Settings, setup: Setup, stack: ExitStack) -> None:
-        from splitmq.edge.worker import edge_worker
-
         self.settings, self.setup = settings, setup
         self.procs: list[subprocess.Popen] = []
         if setup.edge_processes:
@@ -202,69 +207,31 @@ class _Edges:
         else:
             stack.enter_context(
                 edge_worker(
-                    settings, "demo-edge", threads=setup.edge_threads, speed=setup.edge_speed
+                    settings,
+                    "demo-edge",
+                    threads=setup.edge_threads,
+                    executor=slowed(setup.edge_speed),
                 )
             )
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "SPLITMQ_BROKER": self.settings.broker,
-            "SPLITMQ_POOL": str(self.settings.pool),
-            "SPLITMQ_TOPIC_PREFIX": self.settings.topic_prefix,
-        }
-        ids = [f"demo-edge{k}" for k in range(2)]
-        for worker_id in ids:
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "splitmq",
-                        "edge",
-                        "--id",
-                        worker_id,
-                        "--workers",
-                        str(self.setup.edge_threads),
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        _wait_online(self.settings, ids)
+        args = ["--workers", str(self.setup.edge_threads)]
+        self.procs = spawn(
+            self.settings, "edge", [f"demo-edge{k}" for k in range(2)], args, quiet=True
+        )
 
     def kill(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
-        self.procs.clear()
-
-
-def _wait_online(settings: Settings, ids: list[str], timeout: float = 60.0) -> None:
-    online: set[str] = set()
-    ready = threading.Event()
-
-    def seen(msg) -> None:
-        doc = json.loads(msg.payload)
-        if doc.get("status") == "online":
-            online.add(msg.topic.rsplit("/", 1)[-1])
-            if online >= set(ids):
-                ready.set()
-
-    with MqttClient(settings, "demo-watch-edges") as client:
-        client.subscribe(settings.topics.role_filter("edge"), seen)
-        if not ready.wait(timeout):
-            raise UserError(f"edge workers {ids} did not come online in {timeout:g} s")
+        kill(self.procs)
+        self.procs = []
 
 
 def _watch_edges(settings: Settings, stack: ExitStack) -> list[float]:
     """Unix times at which an edge worker's Last Will (offline) arrived."""
     times: list[float] = []
-    client = stack.enter_context(MqttClient(settings, "demo-watch-wills"))
+    client = stack.enter_context(MqttClient(settings.connection("demo-watch-wills")))
 
-    def seen(msg) -> None:
-        if msg.payload and json.loads(msg.payload) == {"status": "offline"}:
+    def seen(msg: Message) -> None:
+        if msg.payload and msg.json() == {"status": "offline"}:
             times.append(time.time())
 
     client.subscribe(settings.topics.role_filter("edge"), seen)
@@ -307,70 +274,30 @@ def _stream(
 
 
 def _reference(settings: Settings, mv: ModelVersion, setup: Setup, frames: list) -> dict:
-    """The best fixed plan for device 0's last link, measured in turns (9 frames each)."""
+    """The best fixed plan for device 0's last link, measured (``lab.reference``)."""
     role = setup.devices[0]
     link = LinkSchedule.parse(role.link).steps[-1][1]
-    candidates = {
-        "device-only": make_plan(mv, mv.last_cut, "raw"),
-        "cut 55 int8+zstd": make_plan(mv, 55, "int8+zstd"),
-        "cut 43 int8+zstd": make_plan(mv, 43, "int8+zstd"),
-        "cut 54 q4+zstd": make_plan(mv, 54, "q4+zstd"),
-    }
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    with ExitStack() as stack:
-        devs = {
-            name: stack.enter_context(
-                Device(settings, f"demo-ref{k}", plan, link=link, speed=role.speed, window=1)
-            )
-            for k, (name, plan) in enumerate(candidates.items())
-        }
-        for dev in devs.values():
-            dev.infer(frames[0])
-        for turn in range(9):
-            for name, dev in devs.items():
-                times[name].append(dev.infer(frames[1 + turn]).e2e_ms)
-    p50 = {name: round(statistics.median(ts), 2) for name, ts in times.items()}
-    best = min(p50, key=p50.__getitem__)
-    return {"link": str(link), "p50_ms": p50, "best": best, "best_ms": p50[best]}
+    tiers = {"edge": TierState("edge", setup.edge_threads, speed=setup.edge_speed)}
+    if setup.cloud:
+        tiers["cloud"] = TierState("cloud", speed=setup.cloud_speed)
+    return best_fixed(settings, mv, link, role.speed, tiers, frames)
 
 
-def _summary(
-    name: str,
-    devices: list[Device],
-    setup: Setup,
-    outcomes: list[tuple[int, float, Answer | SplitMQError | None]],
-    t0: float,
-    wills: list[float],
-    reference: dict | None,
-) -> dict:
-    ok = [(k, t, a) for k, t, a in outcomes if isinstance(a, Answer)]
-    errors = [a for _, _, a in outcomes if isinstance(a, SplitMQError)]
-    e2e = [a.e2e_ms for _, _, a in ok]
-    told = timeline(devices, t0)
-    switches = told["switches"]
-    summary = {
+def _summary(name: str, setup: Setup, run: Run) -> dict:
+    ok = [(k, t, a) for k, t, a in run.outcomes if isinstance(a, Answer)]
+    summary = Summary()
+    for i, (_, _, end) in enumerate(run.outcomes):
+        summary.add_outcome(i, end)
+    told = timeline(run.devices, run.t0)
+    checks = CHECKS[name](
+        run.devices, told["switches"], ok, run.t0, run.wills, run.reference, run.started
+    )
+    return {
         "scenario": name,
         "seconds": setup.seconds,
-        "devices": len(devices),
-        "frames": len(outcomes),
-        "answered": len(ok),
-        "errors": len(errors),
-        "lost": len(outcomes) - len(ok) - len(errors),
-        "error_messages": sorted({str(e) for e in errors})[:5],
-        "p50_ms": percentile(e2e, 50),
-        "p95_ms": percentile(e2e, 95),
-        "by_tier": _count(a.tier for _, _, a in ok),
+        "devices": len(run.devices),
+        **summary.counts(len(run.outcomes)),
         **told,
+        "checks": checks,
+        **({"reference": run.reference} if run.reference is not None else {}),
     }
-    checks = CHECKS[name](devices, switches, ok, t0, wills, reference)
-    summary["checks"] = checks
-    if reference is not None:
-        summary["reference"] = reference
-    return summary
-
-
-def _count(items) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts

@@ -1,4 +1,4 @@
-"""`splitmq demo`: the whole system on one machine, with nothing to configure.
+"""The whole system on one machine, with nothing to configure (`splitmq demo`).
 
 It starts its own mosquitto on a free port (or uses ``--broker``), an edge
 and a cloud worker, and a few simulated devices with different links and
@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from splitmq.device.answers import Answer
 from splitmq.device.follow import local_plan
-from splitmq.device.link import LinkSpec
-from splitmq.device.runtime import Answer, Device
+from splitmq.device.runtime import Device
+from splitmq.lab.emulation import Emulated
+from splitmq.lab.summary import Summary, outcome
+from splitmq.lab.timeline import timeline
 from splitmq.planner.service import PlannerService
-from splitmq.shared.errors import SplitMQError, UserError
+from splitmq.shared.errors import UserError
 from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
@@ -34,6 +37,7 @@ from splitmq.shared.model.preprocess import normalize, to_pixels
 from splitmq.shared.offline.datasets import photos
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.settings import Settings
+from splitmq.shared.units import Link
 
 # Device profiles: (link, speed vs this host). Cycled over the devices.
 PROFILES = [("100mbit/2ms", 0.25), ("20mbit/10ms", 0.5), ("2mbit/40ms", 0.25)]
@@ -110,9 +114,9 @@ def run_demo(
     """Run the demo and return its summary (see ``summarize``)."""
     from splitmq.broker.launcher import Broker
     from splitmq.cloud.results import Recorder
-    from splitmq.cloud.worker import cloud_worker
     from splitmq.edge.worker import edge_worker
     from splitmq.shared.offline.zoo import ZOO, build
+    from splitmq.shared.runtime.worker import Worker
 
     if opts.devices < 1 or opts.frames < 1:
         raise UserError("--devices and --frames must be at least 1")
@@ -152,7 +156,7 @@ def run_demo(
                 on_dashboard(page.url)
         on_result = recorder.add if recorder else None
         stack.enter_context(edge_worker(login("edge"), "demo-edge", on_result=on_result))
-        stack.enter_context(cloud_worker(login("cloud"), "demo-cloud", on_result=on_result))
+        stack.enter_context(Worker(login("cloud"), "cloud", "demo-cloud", on_result=on_result))
         if opts.planner:
             stack.enter_context(PlannerService(login("planner"), "demo-planner"))
         devices = []
@@ -164,8 +168,7 @@ def run_demo(
                         login(device_id),
                         device_id,
                         plan,
-                        link=LinkSpec.parse(link),
-                        speed=speed,
+                        conditions=Emulated(Link.parse(link), speed),
                         window=4,
                         timeout_s=10.0,
                         follow=opts.planner,
@@ -199,24 +202,6 @@ def _await_plans(devices: list[Device]) -> None:
     for dev in devices:
         while time.monotonic() < deadline and not dev.plan.alternatives:
             time.sleep(0.1)  # pacing the wait: the plans arrive on their own
-
-
-def timeline(devices: list[Device], t0: float) -> dict:
-    """The plans the devices ended on, and every switch (seconds from ``t0``)."""
-    changes = sorted(
-        ((dev.id, s) for dev in devices for s in dev.plans.switches), key=lambda c: c[1].t
-    )
-    switches = [
-        {
-            "t_s": round(s.t - t0, 2),
-            "device": device,
-            "from": s.old.words,
-            "to": s.new.words,
-            "reason": s.reason,
-        }
-        for device, s in changes
-    ]
-    return {"plans": {dev.id: dev.plan.words for dev in devices}, "switches": switches}
 
 
 def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
@@ -261,16 +246,6 @@ def _stream(
     return [f for f in futures if f is not None]
 
 
-def outcome(future: Future) -> Answer | SplitMQError | None:
-    """A request's end: its answer, its failure, or None if it had none within a minute."""
-    try:
-        return future.result(timeout=60)
-    except SplitMQError as exc:
-        return exc
-    except TimeoutError:
-        return None
-
-
 def summarize(
     plan: Plan,
     devices: list[Device],
@@ -279,11 +254,14 @@ def summarize(
     wall_s: float,
     settings: Settings,
 ) -> dict:
-    ok = [(a, ref) for a, ref in zip(answers, reference) if isinstance(a, Answer)]
-    errors = [a for a in answers if isinstance(a, SplitMQError)]
-    e2e = [a.e2e_ms for a, _ in ok]
+    """The run's ``Summary`` (agreement: answers whose top-1 is the unsplit model's),
+    with the plan, the mean time of each hop's parts, bytes per frame and throughput."""
+    summary = Summary(labels=reference)
+    for i, end in enumerate(answers):
+        summary.add_outcome(i, end)
+    ok = [a for a in answers if isinstance(a, Answer)]
     hops: dict[str, list[dict]] = {}
-    for a, _ in ok:
+    for a in ok:
         for h in a.latency:
             hops.setdefault(h.tier, []).append(
                 {
@@ -312,18 +290,11 @@ def summarize(
         "broker": settings.where,
         "secure": settings.broker_url.tls,
         "devices": len(devices),
-        "frames": len(answers),
-        "answered": len(ok),
-        "errors": len(errors),
-        "lost": len(answers) - len(ok) - len(errors),
-        "error_messages": sorted({str(e) for e in errors})[:5],
-        "p50_ms": round(float(np.percentile(e2e, 50)), 2) if e2e else None,
-        "p95_ms": round(float(np.percentile(e2e, 95)), 2) if e2e else None,
+        **summary.counts(len(answers)),
         "per_hop_ms": breakdown,
-        "bytes_per_frame": round(statistics.mean(a.bytes_sent for a, _ in ok)) if ok else None,
-        "agreement": round(sum(a.top1 == ref for a, ref in ok) / len(ok), 4) if ok else None,
-        "by_tier": dict(Counter(a.tier for a, _ in ok)),
-        "retried": sum(a.attempts > 1 for a, _ in ok),
+        "bytes_per_frame": round(statistics.mean(a.bytes_sent for a in ok)) if ok else None,
+        "agreement": summary.accuracy(),
+        "retried": summary.retried,
         "wall_s": round(wall_s, 2),
         "fps": round(len(ok) / wall_s, 2) if wall_s else None,
     }

@@ -1,26 +1,26 @@
 """What each demo scenario must show (docs/benchmarks.md, the control loop, live).
 
 Each check reads the run's plan switches (``t_s`` from the start of
-streaming), its answers, the Last Wills of the edge workers and, for
-link-drop, the best fixed plan measured at the end of the run; it returns
-``{name: {"value", "target", "ok"}}``.
+streaming), its answers, the Last Wills of the edge workers, when the
+devices' link schedules began and, for link-drop, the best fixed plan
+measured at the end of the run; it returns ``{name: {"value", "target", "ok"}}``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from splitmq.shared.runtime.stats import percentiles
 
 
-def _link_drop(devices, switches, ok, t0, wills, reference) -> dict:
+def _link_drop(devices, switches, ok, t0, wills, reference, started) -> dict:
     """How soon after the drop device 0 left its plan, and, once it reached the plan it
     ended on (``settled_after_drop_s``, reported), how close its p50 is to the best."""
-    drop = devices[0].started_at + 10.0 - t0
+    drop = started[0] + 10.0 - t0
     final = devices[0].plan.words
     mine = [s for s in switches if s["device"] == devices[0].id and s["t_s"] > drop]
     moved = mine[0]["t_s"] if mine else None
     landed = next((s["t_s"] for s in mine if s["to"] == final), None)
     after = [a.e2e_ms for k, t, a in ok if k == 0 and landed is not None and t - t0 > landed + 1]
-    p50 = percentile(after, 50)
+    p50 = (percentiles(after) or {}).get("p50_ms")
     ratio = round(p50 / reference["best_ms"], 3) if p50 and reference else None
     return {
         "switch_after_drop_s": _check(None if moved is None else round(moved - drop, 2), 3.0),
@@ -29,7 +29,7 @@ def _link_drop(devices, switches, ok, t0, wills, reference) -> dict:
     }
 
 
-def _edge_failure(devices, switches, ok, t0, wills, reference) -> dict:
+def _edge_failure(devices, switches, ok, t0, wills, reference, started) -> dict:
     """For each device on the edge when it died: from the Last Will to its next plan, and
     whether it is back on the edge once the edge is."""
     died = [w - t0 for w in wills if w - t0 >= 7.0]
@@ -55,7 +55,7 @@ def _edge_failure(devices, switches, ok, t0, wills, reference) -> dict:
     }
 
 
-def _crowd(devices, switches, ok, t0, wills, reference) -> dict:
+def _crowd(devices, switches, ok, t0, wills, reference, started) -> dict:
     on_edge = sum(1 for d in devices if "edge" in d.plan.words)
     return {
         "devices_on_the_edge": {
@@ -66,7 +66,7 @@ def _crowd(devices, switches, ok, t0, wills, reference) -> dict:
     }
 
 
-def _battery(devices, switches, ok, t0, wills, reference) -> dict:
+def _battery(devices, switches, ok, t0, wills, reference, started) -> dict:
     energy = [s for s in switches if s["reason"].startswith("planner: battery at")]
     return {
         "planned_for_energy": {
@@ -87,7 +87,3 @@ CHECKS = {
 
 def _check(value: float | None, limit: float) -> dict:
     return {"value": value, "target": f"≤ {limit:g}", "ok": value is not None and value <= limit}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None

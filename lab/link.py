@@ -1,4 +1,4 @@
-"""An emulated network link, so bandwidth regimes reproduce on one machine.
+"""Emulated network links, so bandwidth regimes reproduce on one machine.
 
 ``DelayLine`` is a serial link of a given bandwidth and one-way latency: a
 message of n bytes leaves when the link is free, occupies it n/bandwidth
@@ -23,38 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from splitmq.shared.errors import UserError
-from splitmq.shared.units import format_rate, parse_ms, parse_rate
+from splitmq.shared.units import Link, parse_ms
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """``10mbit/20ms``: bandwidth in bit/s and round-trip time in ms."""
-
-    bits_per_s: float
-    rtt_ms: float
-
-    @classmethod
-    def parse(cls, text: str) -> LinkSpec:
-        rate, sep, rtt = text.strip().partition("/")
-        if not sep:
-            raise UserError(
-                f"bad link {text!r}: use BANDWIDTH/RTT like 10mbit/20ms or 500kbit/80ms"
-            )
-        return cls(
-            parse_rate(rate, f"link bandwidth in {text!r}"), parse_ms(rtt, f"RTT in {text!r}")
-        )
-
-    def __str__(self) -> str:
-        return f"{format_rate(self.bits_per_s)}/{self.rtt_ms:g}ms"
 
 
 @dataclass(frozen=True)
 class LinkSchedule:
     """Links in force from given offsets (seconds since the device started), in order."""
 
-    steps: tuple[tuple[float, LinkSpec], ...]
+    steps: tuple[tuple[float, Link], ...]
 
     @classmethod
     def parse(cls, text: str) -> LinkSchedule:
@@ -63,7 +41,7 @@ class LinkSchedule:
         for part in text.split(","):
             link, sep, at = part.strip().partition("@")
             offset = parse_ms(at, f"time in {part!r}") / 1000 if sep else 0.0
-            steps.append((offset, LinkSpec.parse(link)))
+            steps.append((offset, Link.parse(link)))
         if steps[0][0] != 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
             raise UserError(
                 f"bad link schedule {text!r}: the first link starts @0 and times increase, "
@@ -72,10 +50,10 @@ class LinkSchedule:
         return cls(tuple(steps))
 
     @classmethod
-    def fixed(cls, link: LinkSpec) -> LinkSchedule:
+    def fixed(cls, link: Link) -> LinkSchedule:
         return cls(((0.0, link),))
 
-    def at(self, elapsed_s: float) -> LinkSpec:
+    def at(self, elapsed_s: float) -> Link:
         """The link in force ``elapsed_s`` seconds after the start."""
         current = self.steps[0][1]
         for offset, link in self.steps:
@@ -108,7 +86,7 @@ class DelayLine:
         with self._cond:
             now = time.monotonic()
             link = self.schedule.at(now - self._t0)
-            leave = max(now, self._free_at) + nbytes * 8 / link.bits_per_s
+            leave = max(now, self._free_at) + nbytes * 8 / link.bps
             self._free_at = leave
             arrive = leave + link.rtt_ms / 2000
             heapq.heappush(self._heap, (arrive, next(self._seq), action))

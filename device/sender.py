@@ -1,0 +1,82 @@
+"""Publishing a device's requests, and what the broker's acknowledgement says.
+
+Each attempt crosses the device's uplink (``Conditions.uplink``) and goes out
+QoS 1 with the request id as correlation data, the result topic as response
+topic and an expiry. The PUBACK's reason code is the broker's word on it:
+"no matching subscribers" means the tier is gone (unless the device just
+reconnected and workers may not have resubscribed yet), "not authorized"
+means this device's user may not write there. Either ends the request at
+once, visibly, instead of waiting out its timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from splitmq.device.answers import InferenceFailed
+from splitmq.device.conditions import Conditions
+from splitmq.device.flights import Flight
+from splitmq.shared.errors import SplitMQError
+from splitmq.shared.protocol.topics import Topics
+from splitmq.shared.protocol.wire import CONTENT_TYPE_REQUEST, expiry_interval, pack_request
+from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, NOT_AUTHORIZED, MqttClient
+
+log = logging.getLogger(__name__)
+
+#: After a reconnect (a broker restart), workers may resubscribe after the device
+#: does: "no subscribers" then means "not yet", and the attempt's timeout resends it.
+RESUBSCRIBE_GRACE_S = 5.0
+
+
+@dataclass
+class Sender:
+    """Publishes the attempts of device ``device_id``'s flights (see module docstring)."""
+
+    device_id: str
+    topics: Topics
+    client: MqttClient
+    conditions: Conditions
+    fail: Callable[[str, InferenceFailed], None]  # end a request visibly
+    unreachable: Callable[[str], None]  # a tier has no worker
+    sent_bytes: Callable[[int], None]
+
+    def publish(self, flight: Flight) -> None:
+        """Send ``flight``'s request (again, on a retry)."""
+        request = flight.request
+        hop = request.route[0]
+        payload = pack_request(request)
+        flight.sizes.append(len(payload))
+        self.sent_bytes(len(payload))
+        topic = self.topics.request(hop.tier, request.model, request.cut, self.device_id)
+        client = self.client
+
+        def acked(code: int, why: str) -> None:  # PUBACK, on the network thread
+            if code == NO_SUBSCRIBERS and client.reconnected_within(RESUBSCRIBE_GRACE_S):
+                log.info("no %s worker subscribed yet after a reconnect; will resend", hop.tier)
+            elif code == NO_SUBSCRIBERS:
+                message = f"no {hop.tier} worker is subscribed ({why})"
+                self.fail(request.id, InferenceFailed(request.id, "no_worker", message))
+                self.unreachable(hop.tier)
+            elif code == NOT_AUTHORIZED:  # this device's user may not write there: no retry
+                message = f"the broker's ACL refuses {self.device_id} on {topic} ({why})"
+                self.fail(request.id, InferenceFailed(request.id, "not_authorized", message))
+
+        def send() -> None:
+            try:
+                client.publish(
+                    topic,
+                    payload,
+                    qos=1,
+                    correlation_data=request.id.encode(),
+                    response_topic=self.topics.result(self.device_id),
+                    content_type=CONTENT_TYPE_REQUEST,
+                    expiry_s=expiry_interval(request.deadline, time.time()),
+                    on_ack=acked,
+                )
+            except SplitMQError as exc:
+                self.fail(request.id, InferenceFailed(request.id, "not_sent", str(exc)))
+
+        self.conditions.uplink(len(payload), send)
