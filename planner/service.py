@@ -33,7 +33,6 @@ from splitmq.planner.control import Control, Target, plan_fleet
 from splitmq.planner.fleet import device_state, tier_states
 from splitmq.planner.metrics import PlannerMetrics
 from splitmq.planner.options import NotReady, Options
-from splitmq.planner.state import Link
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
@@ -52,6 +51,7 @@ from splitmq.shared.settings import Settings
 from splitmq.shared.transport.messages import Message
 from splitmq.shared.transport.mqtt import MqttClient
 from splitmq.shared.transport.telemetry import TelemetryPublisher
+from splitmq.shared.units import Link
 
 log = logging.getLogger(__name__)
 

@@ -213,8 +213,7 @@ def planner(
     as links, batteries, load and tiers change."""
     from splitmq.planner.control import Control
     from splitmq.planner.service import PlannerService
-    from splitmq.planner.state import Link
-    from splitmq.shared.units import parse_ms
+    from splitmq.shared.units import Link, parse_ms
 
     cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
     links = {
