@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from splitmq.broker.secure import SecureDir
+from splitmq.broker.secure import BROKER_FILES, SecureDir
 from splitmq.shared.errors import BrokerError
 from splitmq.shared.settings import Settings
 
@@ -76,7 +76,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def render_config(template: str, *, port: int, host: str | None, data_dir: Path) -> str:
+def broker_user() -> pwd.struct_passwd:
+    """Who mosquitto runs as: started as root, it drops to ``mosquitto`` (Debian's package
+    makes that user); otherwise it stays whoever started it."""
+    if os.geteuid() == 0:
+        try:
+            return pwd.getpwnam("mosquitto")
+        except KeyError:
+            log.warning("no `mosquitto` user on this host: mosquitto will run as root")
+    return pwd.getpwuid(os.geteuid())
+
+
+def render_config(
+    template: str, *, port: int, host: str | None, data_dir: Path, user: str | None = None
+) -> str:
     """Return ``template`` with its listener, persistence location and user filled in.
 
     The template must have exactly one ``listener`` line, so a test never
@@ -90,9 +103,28 @@ def render_config(template: str, *, port: int, host: str | None, data_dir: Path)
     listener = f"listener {port} {host}" if host else f"listener {port}"
     text = _LISTENER.sub(listener, template)
     text = _set_option(text, _PERSISTENCE_LOCATION, f"persistence_location {data_dir}/")
-    # As root, mosquitto switches to the `mosquitto` user, which cannot write
-    # our data dir; run as whoever started us instead (no effect otherwise).
-    return _set_option(text, _USER, f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+    # mosquitto switches to this user right after reading its config (only as root)
+    return _set_option(text, _USER, f"user {user or broker_user().pw_name}")
+
+
+def hand_over(path: Path, owner: pwd.struct_passwd) -> None:
+    """Make ``path`` (a dir: and what is directly in it) ``owner``'s, 0700/0600, after
+    checking that ``owner`` can reach it at all: mosquitto opens everything after it
+    has dropped root, so a key or data dir behind a 0700 parent fails only then."""
+    if os.geteuid() != 0 or owner.pw_uid == 0:
+        return  # it runs as us: nothing to hand over
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_uid != owner.pw_uid and not st.st_mode & 0o001:
+            raise BrokerError(
+                f"mosquitto runs as {owner.pw_name} and cannot reach {path}: {parent} is "
+                f"mode {st.st_mode & 0o777:o}; choose a data directory it can reach, "
+                "such as /var/lib/splitmq/broker"
+            )
+    for item in [path, *(path.iterdir() if path.is_dir() else [])]:
+        os.chown(item, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+        if not item.is_symlink():
+            item.chmod(0o700 if item.is_dir() else 0o600)
 
 
 def _set_option(text: str, pattern: re.Pattern[str], line: str) -> str:
@@ -192,12 +224,6 @@ class Broker:
         if self.secure is None:
             raise BrokerError("user_settings needs a broker started with secure=DIR")
         return self.secure.settings(user, self.tls_url, **overrides)
-
-    def reload(self) -> None:
-        """Make mosquitto reread its password file and ACL (SIGHUP), e.g. after add-device."""
-        if self._proc is None or self._proc.poll() is not None:
-            raise BrokerError("broker not running")
-        self._proc.send_signal(signal.SIGHUP)
 
     def start(self) -> Broker:
         """Start mosquitto and return once it accepts TCP connections."""
@@ -299,15 +325,20 @@ class Broker:
         return self._given_dir
 
     def _launch(self, binary: Path, template: str) -> None:
+        owner = broker_user()
+        hand_over(self.data_dir, owner)
         conf = self.data_dir / "mosquitto.conf"
-        text = render_config(template, port=self.port, host=self.host, data_dir=self.data_dir)
+        text = render_config(
+            template, port=self.port, host=self.host, data_dir=self.data_dir, user=owner.pw_name
+        )
         if self.secure is not None:
             if self._tls_port is None:
                 self._tls_port = free_port(self.tls_host or "0.0.0.0")
+            staged = self._stage(self.secure, owner)
             text = _ANONYMOUS.sub("", text) + self.secure.mosquitto_lines(
-                self._tls_port, self.tls_host
+                staged, self._tls_port, self.tls_host
             )
-        conf.write_text(text)
+        conf.write_text(text)  # read before mosquitto drops root: stays ours
         output: IO[bytes] | None = None
         if not self._echo:
             output = self._log_file = self.log_path.open("ab")
@@ -320,6 +351,22 @@ class Broker:
             )
         except OSError as exc:
             raise BrokerError(f"cannot run {binary}: {exc.strerror}; {INSTALL_HINT}") from exc
+
+    def _stage(self, secure: SecureDir, owner: pwd.struct_passwd) -> Path:
+        """The broker's own copies of what it reads from the secure directory (which stays
+        its admin's, 0700): users and ACLs as of now, the CA and the server's key pair."""
+        staged = self.data_dir / "secure"
+        staged.mkdir(mode=0o700, exist_ok=True)
+        for name in BROKER_FILES:
+            try:
+                shutil.copyfile(secure.root / name, staged / name)
+            except FileNotFoundError:
+                raise BrokerError(
+                    f"{secure.root / name} is missing: {secure.root} is not a secure directory "
+                    f"of this splitmq (run `splitmq secure init` again)"
+                ) from None
+        hand_over(staged, owner)
+        return staged
 
     def _check_port_free(self) -> None:
         """Refuse a busy port up front: the readiness probe would reach the other server."""

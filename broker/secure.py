@@ -1,63 +1,54 @@
 """``splitmq secure``: users, passwords, the ACL and TLS files for a secure broker.
 
-A secure directory holds everything mosquitto and the roles need::
+A secure directory (0700, whatever the umask) holds everything mosquitto and the
+roles need::
 
     ca.crt  ca.key            the private CA (clients pin ca.crt; keep ca.key offline)
     server.crt  server.key    the broker's TLS certificate for the names given
-    passwd                    users, hashed in mosquitto's own $7$ (PBKDF2-SHA512) format
-    acl                       written from the topic contract (shared.protocol.access)
-    secure.json               topic prefix and each user's role, to rewrite the ACL
+    dynamic-security.json     users (hashed passwords) and their ACLs, written from the
+                              topic contract for mosquitto's dynamic security plugin
+    secure.json               topic prefix and each user's role
     clients/<user>.env        SPLITMQ_* settings of one user (0600), for ``.env``
 
 Passwords are random, stored in clear only in the user's own ``clients`` file
-and hashed for mosquitto. A device's user name is its id, so the ACL can pin
-it to its own topics; the service roles are one user each (``edge``, ``cloud``,
-``planner``, ``monitor``). Mosquitto rereads ``passwd`` and ``acl`` on SIGHUP,
-so ``add-device`` needs no broker restart.
+and hashed for mosquitto. A device's user name is its id, and the plugin binds
+it to that client id too; the service roles are one user each (``edge``,
+``cloud``, ``planner``, ``monitor``, ``operator``, ``admin``). The plugin reads
+its file only when mosquitto starts, so ``add-device`` also adds the device to a
+running broker through the plugin's control topic, as ``admin``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
+import queue
 import secrets
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitmq.broker import pki
-from splitmq.shared.errors import UserError
-from splitmq.shared.protocol.access import SERVICE_ROLES, Role, grants
+from splitmq.broker import dynsec, pki
+from splitmq.shared.errors import BrokerError, UserError
+from splitmq.shared.protocol.access import CONTROL, SERVICE_ROLES, Role
 from splitmq.shared.protocol.ids import ID_RULE, is_id
 from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
 from splitmq.shared.settings import Settings
+from splitmq.shared.transport.messages import Message
+from splitmq.shared.transport.mqtt import MqttClient
 
-#: mosquitto_passwd's own choices for ``$7$`` (PBKDF2-SHA512) hashes.
-HASH_ITERATIONS = 101
-SALT_BYTES = 12
 TLS_PORT = 8883
+DYNSEC = "dynamic-security.json"
+#: What the broker reads: staged into its data directory, which its own user owns.
+BROKER_FILES = (DYNSEC, "ca.crt", "server.crt", "server.key")
+CONTROL_TIMEOUT_S = 5.0
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """``$7$<iterations>$<salt>$<hash>`` as ``mosquitto_passwd`` writes it."""
-    salt = salt or os.urandom(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, HASH_ITERATIONS)
-    b64 = base64.b64encode
-    return f"$7${HASH_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def render_acl(topics: Topics, users: dict[str, Role]) -> str:
-    """One ``user`` block per user with exactly its role's grants; nothing else."""
-    lines = [
-        "# Written by `splitmq secure` from the topic contract; do not edit by hand:",
-        "# `splitmq secure add-device` rewrites it. Anything not granted is denied.",
-    ]
-    for user, role in sorted(users.items()):
-        lines += ["", f"# {role}", f"user {user}"]
-        lines += [f"topic {g.access} {g.topic}" for g in grants(topics, role, user)]
-    return "\n".join(lines) + "\n"
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) and set it 0700: a umask of 000 must not
+    leave keys in a directory anyone can list or swap files in."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 @dataclass
@@ -89,6 +80,11 @@ class SecureDir:
     def prefix(self) -> str:
         return str(self._registry()["prefix"])
 
+    @property
+    def broker(self) -> str:
+        """The URL written into the clients' settings files."""
+        return str(self._registry()["broker"])
+
     @classmethod
     def init(
         cls,
@@ -105,7 +101,8 @@ class SecureDir:
             raise UserError(f"{root} already holds a secure setup; add devices with add-device")
         Topics(prefix)  # a bad prefix fails before any file is written
         names = ["localhost", "127.0.0.1", socket.gethostname(), *(hosts or [])]
-        (root / "clients").mkdir(parents=True, exist_ok=True)
+        private_dir(root)
+        private_dir(root / "clients")
         ca = pki.make_ca()
         pki.write(ca, sd.ca, root / "ca.key")
         pki.write(pki.server_cert(ca, names), root / "server.crt", root / "server.key")
@@ -117,21 +114,22 @@ class SecureDir:
             sd.add_device(device)
         return sd
 
-    def add_device(self, device: str) -> Path:
-        """A user for ``device`` (its id), allowed only the device's own topics."""
+    def add_device(self, device: str) -> str:
+        """A user for ``device`` (its id), allowed only the device's own topics; returns
+        its password, for :meth:`tell_broker`."""
         if not is_id(device):
             raise UserError(f"invalid device id {device!r}: use {ID_RULE}")
         if device in SERVICE_ROLES:
             raise UserError(f"{device!r} is a service role's user; name the device otherwise")
         return self._add(device, "device")
 
-    def _add(self, user: str, role: Role) -> Path:
+    def _add(self, user: str, role: Role) -> str:
         registry = self._registry()
         if user in registry["users"]:
             raise UserError(f"user {user!r} exists already in {self.root}")
         password = secrets.token_urlsafe(24)
         registry["users"][user] = role
-        self._save(registry, {user: hash_password(password)})
+        self._save(registry, {user: dynsec.hash_password(password)})
         env = {
             "SPLITMQ_BROKER": registry["broker"],
             "SPLITMQ_USERNAME": user,
@@ -141,17 +139,42 @@ class SecureDir:
         }
         path = self.client_env(user)
         pki.write_secret(path, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
-        return path
+        return password
 
-    def _save(self, registry: dict, new_hashes: dict[str, str]) -> None:
-        """Registry, password file (existing hashes kept) and ACL, all rewritten together."""
-        passwd = self.root / "passwd"
-        lines = passwd.read_text().splitlines() if passwd.exists() else []
-        lines += [f"{user}:{digest}" for user, digest in new_hashes.items()]
-        pki.write_secret(passwd, ("\n".join(lines) + "\n").encode() if lines else b"")
-        acl = render_acl(Topics(registry["prefix"]), registry["users"])
-        pki.write_secret(self.root / "acl", acl.encode())
-        (self.root / "secure.json").write_text(json.dumps(registry, indent=2) + "\n")
+    def _save(self, registry: dict, new_passwords: dict[str, dynsec.Doc]) -> None:
+        """Registry and the plugin's config (existing hashes kept), rewritten together."""
+        path = self.root / DYNSEC
+        old = json.loads(path.read_text())["clients"] if path.exists() else []
+        passwords = {c["username"]: {k: c[k] for k in dynsec.PASSWORD_FIELDS} for c in old}
+        passwords.update(new_passwords)
+        doc = dynsec.config(Topics(registry["prefix"]), registry["users"], passwords)
+        pki.write_secret(path, _json(doc))
+        pki.write_secret(self.root / "secure.json", _json(registry))
+
+    def tell_broker(self, device: str, password: str, broker: str | None = None) -> None:
+        """Add ``device`` to the broker running at ``broker`` (default: the URL in the
+        clients' files) now, through the plugin's control topic as ``admin``.
+
+        BrokerError when the broker cannot be reached or the plugin refuses."""
+        commands = dynsec.add_device_commands(Topics(self.prefix), device, password)
+        answered: queue.Queue[Message] = queue.Queue()
+        login = self.settings("admin", broker or self.broker)
+        client = MqttClient(login.connection(f"admin-{uuid.uuid4().hex[:8]}"))
+        try:
+            client.connect(timeout=CONTROL_TIMEOUT_S)
+            client.subscribe(f"{CONTROL}/response", answered.put, qos=1)
+            client.publish_json(CONTROL, {"commands": commands}, qos=1, wait=CONTROL_TIMEOUT_S)
+            reply = answered.get(timeout=CONTROL_TIMEOUT_S)
+        except queue.Empty:
+            raise BrokerError(
+                f"the broker did not answer on {CONTROL}/response within "
+                f"{CONTROL_TIMEOUT_S:g} s: is its dynamic security plugin loaded?"
+            ) from None
+        finally:
+            client.close()
+        failed = [r for r in reply.json().get("responses", []) if r.get("error")]
+        if failed:
+            raise BrokerError(f"the broker refused {failed[0]['command']}: {failed[0]['error']}")
 
     def settings(self, user: str, broker: str, **overrides: object) -> Settings:
         """The settings of ``user`` against ``broker`` (a URL): its clients file, read as
@@ -163,22 +186,27 @@ class SecureDir:
             **overrides,  # type: ignore[arg-type]
         )
 
-    def mosquitto_lines(self, tls_port: int, tls_host: str | None) -> str:
-        """The lines ``splitmq broker --secure`` adds: auth for all listeners, then TLS."""
-        r = self.root.resolve()
+    def mosquitto_lines(self, staged: Path, tls_port: int, tls_host: str | None) -> str:
+        """The lines ``splitmq broker --secure`` adds: the plugin for all listeners (it
+        authenticates and checks every publish, delivery and subscription), then TLS.
+        ``staged``: the broker's own copies of :data:`BROKER_FILES`."""
         listener = f"listener {tls_port} {tls_host}" if tls_host else f"listener {tls_port}"
         return "\n".join(
             [
                 "# --- added by splitmq broker --secure ---",
                 "per_listener_settings false",
                 "allow_anonymous false",
-                f"password_file {r / 'passwd'}",
-                f"acl_file {r / 'acl'}",
+                f"plugin {dynsec.find_plugin()}",
+                f"plugin_opt_config_file {staged / DYNSEC}",
                 listener,
-                f"cafile {r / 'ca.crt'}",
-                f"certfile {r / 'server.crt'}",
-                f"keyfile {r / 'server.key'}",
+                f"cafile {staged / 'ca.crt'}",
+                f"certfile {staged / 'server.crt'}",
+                f"keyfile {staged / 'server.key'}",
                 "tls_version tlsv1.2",
                 "",
             ]
         )
+
+
+def _json(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode()

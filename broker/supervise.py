@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import time
 from pathlib import Path
 
 from splitmq.broker.launcher import Broker
 from splitmq.broker.secure import TLS_PORT
-from splitmq.shared.errors import BrokerError
+from splitmq.shared.errors import BrokerError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -17,18 +19,32 @@ STAYED_UP_S = 60.0
 
 
 def default_data_dir() -> Path:
-    """Where ``splitmq broker`` keeps its retained messages between runs."""
+    """Where ``splitmq broker`` keeps its retained messages between runs: as root, a
+    system directory the ``mosquitto`` user it drops to can reach (root's home is 0700)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/splitmq/broker")
     return Path.home() / ".cache" / "splitmq" / "broker"
+
+
+def reachable_from_others(host: str) -> bool:
+    """Whether a listener on ``host`` can be reached from other hosts (not loopback)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: whatever it resolves to, assume the network
 
 
 def run_foreground(
     port: int = 1883,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     *,
     config: Path | None = None,
     data_dir: Path | None = None,
     secure: Path | None = None,
     tls_port: int = TLS_PORT,
+    insecure: bool = False,
 ) -> int:
     """Run mosquitto until Ctrl-C (``splitmq broker``), restarting it when it dies.
 
@@ -38,10 +54,27 @@ def run_foreground(
     since a broker that cannot stay up for a minute has a cause to fix, not to retry.
     mosquitto exiting 0 (asked to stop) ends the runner.
 
-    ``secure`` (a ``splitmq secure init`` directory) turns on users and the ACL for every
-    listener and adds TLS on ``tls_port`` at every interface; the plain listener then
-    binds to loopback only, for local development on the broker's own host.
+    ``host`` is where other hosts reach the broker. Without ``secure`` that is the plain
+    listener, and anything but loopback needs ``insecure``: anyone who reaches it can
+    read every frame and answer in any worker's place. ``secure`` (a ``splitmq secure
+    init`` directory) turns on users and ACLs for every listener and serves TLS on
+    ``host``:``tls_port``; the plain listener then binds to loopback only, for local
+    development on the broker's own host.
     """
+    if secure is None and reachable_from_others(host):
+        if not insecure:
+            raise UserError(
+                f"--host {host} opens the broker to other hosts without --secure: anyone "
+                "who reaches it can read every frame and result and answer in any worker's "
+                "place. Run `splitmq secure init DIR` and `splitmq broker --secure DIR` "
+                "(docs/security.md), or say --insecure to do it anyway"
+            )
+        log.warning(
+            "INSECURE: the broker on %s:%d has no users, no ACL and no TLS; any host that "
+            "reaches it can read and forge all traffic",
+            host,
+            port,
+        )
     broker = Broker(
         port,
         "127.0.0.1" if secure else host,
@@ -50,11 +83,11 @@ def run_foreground(
         echo=True,
         secure=secure,
         tls_port=tls_port,
-        tls_host=None,
+        tls_host=host,
     )
     quick = 0
     with broker:
-        tls = f" and TLS on port {broker.tls_port}" if secure else ""
+        tls = f" and TLS on {broker.tls_host}:{broker.tls_port}" if secure else ""
         log.info(
             "MQTT broker on %s%s (data in %s); Ctrl-C stops it",
             broker.address,

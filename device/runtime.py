@@ -41,7 +41,7 @@ from splitmq.device.probe import Prober
 from splitmq.device.replies import Replies
 from splitmq.device.sender import Sender
 from splitmq.device.status import EarlyReports, Snapshot, device_telemetry
-from splitmq.shared.errors import SplitMQError, UserError
+from splitmq.shared.errors import LoginRefused, SplitMQError, UserError
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.results import HopLatency
@@ -148,7 +148,10 @@ class Device:
             self.plans.unreachable,
             self.metrics.uplink.inc,
         )
-        self.client.connect()
+        try:
+            self.client.connect()
+        except LoginRefused as exc:
+            raise self._refused(exc) from exc
         self.client.subscribe(self.topics.result(self.id), self.replies.on_result, qos=1)
         self.client.subscribe(self.topics.error(self.id), self.replies.on_error, qos=1)
         self.telemetry = TelemetryPublisher(
@@ -172,6 +175,17 @@ class Device:
                 self.topics.plan(self.id, self.mv.name), self.plans.received, qos=1
             )
         return self
+
+    def _refused(self, exc: LoginRefused) -> LoginRefused:
+        """The broker's refusal, with the likely cause when this device's id is not the
+        user name it logs in as (a secure broker binds each device's login to its id)."""
+        user = self.settings.user
+        if user is None or user == self.id:
+            return exc
+        return LoginRefused(
+            f"{exc}; device {self.id!r} logs in as user {user!r}: with `splitmq secure` a "
+            "device's id is its user name; leave --id out"
+        )
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Wait for (or, with wait=False, fail) what is in flight, then disconnect."""
@@ -338,6 +352,12 @@ class Device:
     def _publish_telemetry(self) -> None:
         if self.telemetry:
             self.telemetry.publish()
+
+
+def default_id(settings: Settings, prefix: str = "dev") -> str:
+    """A device's id when none is given: the user name it logs in as (with `splitmq
+    secure` the only id the broker lets it use), else ``<prefix>-<random>``."""
+    return settings.user or f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _overloaded(future: Future) -> bool:

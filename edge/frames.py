@@ -151,6 +151,7 @@ class Frames:
             self._intake.submit(msg, self)
             return
         self._intake.stats.count(f"frames_{refused.code}")
+        msg.ack()  # not queued: a QoS 1 frame must not hold a slot of the Receive Maximum
         if refused.code == "busy":  # the camera hears it: nothing ends in silence
             self._intake.fail(refused.device, msg.correlation_id(), "busy", refused.why)
         else:

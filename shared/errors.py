@@ -81,5 +81,9 @@ class BrokerError(SplitMQError):
     """The MQTT broker cannot be started, reached or used."""
 
 
+class LoginRefused(BrokerError):
+    """The broker refused the connection: credentials, or a client id they may not use."""
+
+
 class PayloadTooLarge(BrokerError):
     """A publish would exceed the broker's packet size limit."""

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         return Topics(self.topic_prefix)
 
     @property
+    def user(self) -> str | None:
+        """The MQTT user name these settings log in as (the URL's, else ``username``),
+        read without the password: a device's default id."""
+        return BrokerUrl.parse(self.broker).username or self.username
+
+    @property
     def broker_url(self) -> BrokerUrl:
         """The broker with the credentials to use: the URL's, else the settings'."""
         url = BrokerUrl.parse(self.broker)

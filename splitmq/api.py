@@ -16,7 +16,6 @@ alone until a plan arrives), retries, and ends every request as an
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
@@ -141,7 +140,8 @@ class Device:
 
     Without ``plan`` it follows the planner's plans for ``model``; a ``Plan`` (or a plan
     JSON file, as ``splitmq plan --json`` writes its ``plan``) pins one. ``broker`` and
-    ``pool`` default to the settings (``SPLITMQ_BROKER``, ``SPLITMQ_POOL``, ``.env``).
+    ``pool`` default to the settings (``SPLITMQ_BROKER``, ``SPLITMQ_POOL``, ``.env``);
+    ``device_id`` to the MQTT user name (``SPLITMQ_USERNAME``), else a random ``app-...``.
     """
 
     def __init__(
@@ -159,6 +159,7 @@ class Device:
     ) -> None:
         from splitmq.device.follow import local_plan
         from splitmq.device.runtime import Device as DeviceRuntime
+        from splitmq.device.runtime import default_id
         from splitmq.shared.protocol.plan import Plan, load_plan_file
 
         cfg = settings or _settings(broker=broker, pool=pool)
@@ -170,7 +171,7 @@ class Device:
             pinned = load_plan_file(Path(plan))
         self.runtime: DeviceRuntime = DeviceRuntime(
             cfg,
-            device_id or f"app-{uuid.uuid4().hex[:8]}",
+            device_id or default_id(cfg, "app"),
             pinned or local_plan(_model(model, cfg)),
             window=window,
             timeout_s=timeout_s,

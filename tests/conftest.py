@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from kit import Inbox
 from postgres import postgres  # noqa: F401  (the session's real PostgreSQL fixture)
+from secured import secure_broker, secure_dir  # noqa: F401  (a TLS broker per module)
 
 from splitmq.broker.launcher import Broker
 from splitmq.shared.model.pool import ModelPool
@@ -56,6 +59,16 @@ def broker() -> Iterator[Broker]:
     """A real mosquitto (project config, free port) shared by the whole session."""
     with Broker() as running:
         yield running
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A data directory a broker may keep: started as root (as CI runs), mosquitto drops
+    to its own user, which cannot reach into pytest's 0700 ``tmp_path``."""
+    path = Path(tempfile.mkdtemp(prefix="splitmq-test-broker-"))
+    path.chmod(0o711)  # others may pass through to a data dir inside, not list it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from PIL import Image
 from skimage import data
 
 import splitmq
+from splitmq.broker.launcher import DEFAULT_CONFIG, Broker
 from splitmq.edge.worker import edge_worker
 from splitmq.planner.service import PlannerService
-from splitmq.shared.errors import UserError
+from splitmq.shared.errors import LoginRefused, UserError
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
@@ -84,6 +85,35 @@ def test_a_device_takes_any_image_form_and_pins_plans(cfg, tmp_path) -> None:
     assert {a.label for a in answers} <= CAT and len({a.top1 for a in answers}) == 1
     assert {a.tier for a in answers} == {"edge"}
     assert isinstance(answers[0], splitmq.Answer)
+
+
+def test_a_device_is_named_after_its_mqtt_user_by_default(cfg) -> None:
+    """With `splitmq secure` a device may use only its user name as client id: without
+    ``device_id`` that is its id (the setting's, or the broker URL's), else a random one."""
+    user = cfg.model_copy(update={"username": "cam7"})
+    url = cfg.model_copy(update={"broker": f"mqtt://cam8:pw@{cfg.broker}"})
+    assert splitmq.Device("mnist-cnn", settings=user).id == "cam7"
+    assert splitmq.Device("mnist-cnn", settings=url).id == "cam8"
+    assert splitmq.Device("mnist-cnn", settings=user, device_id="bench-1").id == "bench-1"
+    assert re.fullmatch(r"app-[0-9a-f]{8}", splitmq.Device("mnist-cnn", settings=cfg).id)
+
+
+def test_a_device_refused_under_an_id_not_its_user_name_is_told_why(real_pool, tmp_path) -> None:
+    config = tmp_path / "closed.conf"
+    config.write_text(
+        DEFAULT_CONFIG.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    )
+    with Broker(config=config) as closed:  # refuses everyone: no user may log in
+        cfg = closed.settings(pool=real_pool.root, username="cam7", password="pw")
+        with (
+            pytest.raises(LoginRefused, match=r"device 'bench-1' logs in as user 'cam7': "),
+            splitmq.Device("mnist-cnn", settings=cfg, device_id="bench-1"),
+        ):
+            pass
+        with pytest.raises(LoginRefused) as own_id, splitmq.Device("mnist-cnn", settings=cfg):
+            pass
+    assert "refused cam7: Not authorized" in str(own_id.value)
+    assert "logs in as" not in str(own_id.value)  # the id is the user name: no hint
 
 
 def test_plan_weighs_the_situation_and_the_cli_passes_its_flags(real_pool) -> None:

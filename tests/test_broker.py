@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
@@ -45,11 +46,11 @@ def test_second_broker_gets_another_free_port(broker: Broker) -> None:
         assert accepts(other.host, other.port) and accepts(broker.host, broker.port)
 
 
-def test_given_data_dir_is_kept_with_retained_state(tmp_path: Path) -> None:
-    with Broker(data_dir=tmp_path / "data"):
+def test_given_data_dir_is_kept_with_retained_state(broker_dir: Path) -> None:
+    with Broker(data_dir=broker_dir / "data"):
         pass
-    assert (tmp_path / "data" / "mosquitto.db").exists()  # saved on SIGTERM
-    assert "mosquitto version" in (tmp_path / "data" / "mosquitto.log").read_text()
+    assert (broker_dir / "data" / "mosquitto.db").exists()  # saved on SIGTERM
+    assert "mosquitto version" in (broker_dir / "data" / "mosquitto.log").read_text()
 
 
 def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,7 +101,7 @@ def test_render_config_needs_exactly_one_listener(tmp_path: Path) -> None:
         render_config("listener 1\nlistener 2\n", port=1, host=None, data_dir=tmp_path)
 
 
-def test_a_kill_9_keeps_the_qos1_messages_queued_for_a_durable_session(tmp_path: Path) -> None:
+def test_a_kill_9_keeps_the_qos1_messages_queued_for_a_durable_session(broker_dir: Path) -> None:
     """Saved after every change: what the broker acknowledged is on disk when it dies,
     but for what it acknowledged in its last loop iteration (it saves at the end of one,
     after sending the PUBACKs): at most the last message here, against all 20 lost when
@@ -109,7 +110,7 @@ def test_a_kill_9_keeps_the_qos1_messages_queued_for_a_durable_session(tmp_path:
 
     from splitmq.shared.transport.mqtt import MqttClient
 
-    with Broker(data_dir=tmp_path / "data") as broker:
+    with Broker(data_dir=broker_dir) as broker:
         cfg = broker.settings()
         away = MqttClient(cfg.connection("cam"), session_expiry_s=300)
         away.subscribe("results/cam", lambda m: None)
@@ -129,12 +130,12 @@ def test_a_kill_9_keeps_the_qos1_messages_queued_for_a_durable_session(tmp_path:
             assert set(back_again) <= {str(i) for i in range(20)} and len(set(back_again)) >= 19
 
 
-def test_splitmq_broker_restarts_mosquitto_when_it_dies(tmp_path: Path) -> None:
+def test_splitmq_broker_restarts_mosquitto_when_it_dies(tmp_path: Path, broker_dir: Path) -> None:
     from clitools import cli_env, start_cli
 
     port = launcher.free_port("127.0.0.1")
     proc = start_cli(
-        "-v", "broker", "--port", str(port), "--data-dir", str(tmp_path),
+        "-v", "broker", "--port", str(port), "--data-dir", str(broker_dir),
         env=cli_env(pool=tmp_path), stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -149,3 +150,46 @@ def test_splitmq_broker_restarts_mosquitto_when_it_dies(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert not accepts("127.0.0.1", port)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mosquitto drops privileges only when run as root")
+def test_started_as_root_mosquitto_runs_as_its_own_user(broker_dir: Path) -> None:
+    with Broker(data_dir=broker_dir / "data") as broker:
+        status = Path(f"/proc/{broker.pid}/status").read_text()
+        uid = int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))
+        assert uid == pwd.getpwnam("mosquitto").pw_uid != 0
+        assert "user mosquitto" in (broker.data_dir / "mosquitto.conf").read_text()
+        assert (broker.data_dir / "mosquitto.db").exists() or broker.data_dir.stat().st_uid == uid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mosquitto drops privileges only when run as root")
+def test_a_data_dir_its_user_cannot_reach_is_refused_up_front(tmp_path: Path) -> None:
+    """pytest's tmp_path is 0700 root: mosquitto would fail only after dropping root."""
+    with pytest.raises(BrokerError, match=r"runs as mosquitto and cannot reach .* mode 700"):
+        Broker(data_dir=tmp_path / "data").start()
+
+
+def test_a_broker_open_to_other_hosts_needs_secure_or_insecure(
+    tmp_path: Path, broker_dir: Path
+) -> None:
+    from clitools import cli_env, run_cli, start_cli
+
+    env = cli_env(pool=tmp_path)
+    refused = run_cli("broker", "--host", "0.0.0.0", "--data-dir", str(broker_dir), env=env)
+    assert refused.returncode == 2
+    assert "--secure" in refused.stderr and "--insecure" in refused.stderr
+    port = launcher.free_port("127.0.0.1")
+    proc = start_cli(
+        "-v", "broker", "--host", "0.0.0.0", "--insecure", "--port", str(port),
+        "--data-dir", str(broker_dir), env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = iter(proc.stderr)
+        warning = next(line for line in lines if "INSECURE" in line)
+        assert "WARNING" in warning and "0.0.0.0" in warning
+        next(line for line in lines if "(pid " in line)  # logged once it accepts connections
+        assert accepts("127.0.0.1", port)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

@@ -80,6 +80,8 @@ def test_compose_runs_secure() -> None:
     services = COMPOSE["services"]
     broker = services["broker"]
     assert broker["command"][:3] == ["broker", "--secure", "/secure"]
+    command = broker["command"]  # TLS where the other containers reach it
+    assert command[command.index("--host") + 1] == "0.0.0.0"
     assert broker["ports"] == ["8883:8883"]
     for name, service in services.items():
         if name == "broker":

@@ -130,11 +130,11 @@ def test_waiting_inside_a_handler_is_refused(make_client: MakeClient, topics: To
     assert "network thread" in str(errors.wait(1)[0])
 
 
-def test_reconnect_restores_plain_and_shared_subscriptions(tmp_path: Path) -> None:
+def test_reconnect_restores_plain_and_shared_subscriptions(broker_dir: Path) -> None:
     topics = Topics("test/reconnect/splitmq/v1")
     plan, request = topics.plan("d", "m"), topics.edge_request("m", 1, "d")
     plans, requests = Inbox(), Inbox()
-    with Broker(data_dir=tmp_path / "data") as broker:
+    with Broker(data_dir=broker_dir) as broker:
         settings = broker.settings()
         with MqttClient(settings.connection("planner")) as planner:
             planner.publish_json(plan, {"cut": 1}, retain=True, wait=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clitools import cli_env, run_cli, start_cli
-from kit import eventually, make_request
+from kit import Inbox, eventually, make_request
+from PIL import Image
 
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
@@ -116,6 +118,44 @@ def test_a_repeated_request_gets_the_same_reply_again(cfg, real_pool, topics, ma
     assert counts.get("replayed") == 2
 
 
+def test_retained_requests_and_frames_are_not_run_by_a_worker_that_subscribes_later(
+    cfg, real_pool, topics, make_client, inbox
+):
+    """The broker replays a retained request (or frame) to every worker that subscribes:
+    its live copy was served when it was sent, so the replay is counted and acked, not run."""
+    mv = real_pool.get("mnist-cnn")
+    stale, fence = (make_request(model=mv, device="dev-ret") for _ in range(2))
+    replies = inbox("results and errors for dev-ret")
+    client = make_client("ret-sender")
+    client.subscribe(topics.result("dev-ret"), replies, qos=1)
+    client.subscribe(topics.error("dev-ret"), replies, qos=1)
+    topic = topics.request("edge", mv.name, 4, "dev-ret")
+    frame = topics.frame(mv.name, "dev-ret")
+    client.publish(topic, pack_request(stale), retain=True, wait=5)  # before any worker
+    client.publish(frame, png(np.zeros((28, 28), np.uint8)), retain=True, wait=5)
+    # Receive Maximum 1, one thread: the fence reaches the worker after the replays, and
+    # only once both were acked.
+    with edge_worker(cfg, "ret-edge", threads=1, queue_size=0) as worker:
+        client.publish(topic, pack_request(fence), wait=5)
+        replies.wait(1, timeout=30)
+        outcomes = worker.metrics.registry.get_sample_value(
+            "splitmq_worker_requests_total", {"tier": "edge", "outcome": "retained"}
+        )
+    for retained in (topic, frame):
+        client.publish(retained, b"", retain=True, wait=5)
+    counts = worker.stats.snapshot_counts()
+    assert [unpack_result(m.payload).id for m in replies.items] == [fence.id]
+    assert counts.get("retained_requests") == 1 and counts.get("frames_stale") == 1
+    assert counts.get("served") == 1
+    assert outcomes == 1
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     mv = real_pool.get("mnist-cnn")
     plan = tmp_path / "plan.json"
@@ -142,6 +182,21 @@ def test_device_command_with_a_plan_file(cfg, real_pool, tmp_path):
     labels = mnist_digits()[1][:5]
     assert [row["tier"] for row in rows] == ["edge"] * 5
     assert [int(row["top1"]) for row in rows] == list(labels)
+
+
+def test_a_device_is_named_after_its_mqtt_user_by_default(cfg, real_pool, topics, make_client):
+    """With `splitmq secure` a device may use only its user name as client id, so without
+    --id that is its id (this open broker takes any user name and password)."""
+    last = real_pool.get("mnist-cnn").last_cut  # device-only: no worker needed
+    env = cli_env(cfg) | {"SPLITMQ_USERNAME": "cam9", "SPLITMQ_PASSWORD": "not-checked"}
+    r = run_cli(
+        "device", "--model", "mnist-cnn", "--cut", str(last), "--frames", "3", "--json", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["answered"] == 3
+    telemetry = Inbox("cam9's retained telemetry")
+    make_client("watch").subscribe(topics.telemetry("device", "cam9"), telemetry)
+    assert telemetry.wait(1)[0].json() == {"status": "offline"}  # it ran, as cam9
 
 
 def test_a_device_without_frames_streams_until_sigterm_then_sums_up(cfg) -> None:

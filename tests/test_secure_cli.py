@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -29,11 +32,18 @@ def test_init_then_add_device_print_users_and_keep_passwords_out(tmp_path: Path)
         "planner": "planner",
         "monitor": "monitor",
         "operator": "operator",
+        "admin": "admin",
         "cam1": "device",
     }
-    added = run_cli("secure", "add-device", "cam2", "--dir", str(tmp_path / "s"), "--json", env=env)
+    nobody = f"mqtts://127.0.0.1:{free_port()}"  # no broker runs there
+    added = run_cli(
+        "secure", "add-device", "cam2", "--dir", str(tmp_path / "s"), "--broker", nobody,
+        "--json", env=env,
+    )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    assert [u["user"] for u in json.loads(added.stdout)["users"]] == ["cam2"]
+    report = json.loads(added.stdout)
+    assert [u["user"] for u in report["users"]] == ["cam2"]
+    assert report["live"]["added"] is False and "refused" in report["live"]["why"]
     secret = (tmp_path / "s" / "clients" / "cam2.env").read_text()
     password = re.search(r"SPLITMQ_PASSWORD=(\S+)", secret).group(1)
     assert password not in made.stdout + added.stdout + added.stderr
@@ -44,19 +54,44 @@ def test_init_then_add_device_print_users_and_keep_passwords_out(tmp_path: Path)
     assert "already holds a secure setup" in again.stderr and "invalid device id" in bad.stderr
 
 
-def test_splitmq_broker_secure_serves_tls_and_refuses_anonymous(tmp_path: Path) -> None:
-    sd = SecureDir.init(tmp_path / "s", devices=["cam1"])
+def test_secure_init_keeps_its_directories_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        sd = SecureDir.init(tmp_path / "s", devices=["cam1"])
+    finally:
+        os.umask(old)
+    for path in (sd.root, sd.root / "clients"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for path in (sd.root / "ca.key", sd.root / "server.key", sd.client_env("cam1")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((sd.root / "dynamic-security.json").stat().st_mode) == 0o600
+
+
+def accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_splitmq_broker_secure_serves_tls_on_its_host_only_and_refuses_anonymous(
+    tmp_path: Path, broker_dir: Path
+) -> None:
+    """TLS binds the --host asked for (127.0.0.2 here: 127.0.0.1 must not answer)."""
+    sd = SecureDir.init(tmp_path / "s", ["127.0.0.2"], devices=["cam1"])
     port, tls_port = free_port(), free_port()
     proc = start_cli(
         "-v", "broker", "--port", str(port), "--tls-port", str(tls_port), "--secure", str(sd.root),
-        "--data-dir", str(tmp_path / "data"), env=cli_env(pool=tmp_path), stderr=subprocess.PIPE,
-        text=True,
+        "--host", "127.0.0.2", "--data-dir", str(broker_dir), env=cli_env(pool=tmp_path),
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stderr is not None
-        next(line for line in proc.stderr if "TLS on port" in line)  # logged once it is up
+        next(line for line in proc.stderr if "and TLS on 127.0.0.2:" in line)  # logged once up
+        assert accepts("127.0.0.2", tls_port) and not accepts("127.0.0.1", tls_port)
         with MqttClient(
-            sd.settings("cam1", f"mqtts://localhost:{tls_port}").connection("cam1")
+            sd.settings("cam1", f"mqtts://127.0.0.2:{tls_port}").connection("cam1")
         ) as cam:
             cam.publish(Topics(sd.prefix).telemetry("device", "cam1"), b"{}", qos=1, wait=5)
         anonymous = Settings(_env_file=None, broker=f"mqtt://127.0.0.1:{port}")

@@ -242,10 +242,12 @@ def test_the_broker_starts_from_the_wheel_with_its_packaged_config(installed: In
     assert f"max_packet_size {found['max_packet']}\n" in (ROOT / "mosquitto.conf").read_text()
 
 
-def test_splitmq_broker_runs_from_the_console_script(installed: Installed, tmp_path: Path) -> None:
+def test_splitmq_broker_runs_from_the_console_script(
+    installed: Installed, broker_dir: Path
+) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [installed.splitmq, "-v", "broker", "--port", str(port), "--data-dir", tmp_path / "data"],
+        [installed.splitmq, "-v", "broker", "--port", str(port), "--data-dir", broker_dir / "data"],
         env=installed.env,
         cwd=installed.cwd,
         stdout=subprocess.DEVNULL,
@@ -272,7 +274,7 @@ def test_splitmq_broker_runs_from_the_console_script(installed: Installed, tmp_p
             proc.wait()
     with pytest.raises(OSError):  # mosquitto went with it
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    assert (tmp_path / "data" / "mosquitto.conf").is_file()
+    assert (broker_dir / "data" / "mosquitto.conf").is_file()
 
 
 def test_the_console_script_inspects_and_splits_a_model(

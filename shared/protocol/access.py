@@ -2,10 +2,12 @@
 
 Each role's grants are built with the same ``Topics`` builders the role uses to
 publish and subscribe (``Topics.filters()`` puts ``+`` where any id may go), so
-the broker's ACL (``splitmq.broker.secure`` writes it from ``grants``) cannot
+the broker's ACL (``splitmq.broker.dynsec`` writes it from ``grants``) cannot
 drift from what the code does. A device is its user name: it writes only topics
 ending in its own id and reads only its own results, errors and plans, which is
-what lets workers trust the device id in a request topic.
+what lets workers trust the device id in a request topic. A read is also a right
+to subscribe, in one form only: a worker group's topics only through that group's
+shared subscription, so nobody else can join the group and be dealt its messages.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal, NamedTuple, get_args
 from splitmq.shared.protocol.ids import TIERS
 from splitmq.shared.protocol.topics import ANY, BROKER_DROPPED, Topics
 
-Role = Literal["device", "edge", "cloud", "planner", "monitor", "operator"]
+Role = Literal["device", "edge", "cloud", "planner", "monitor", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: What each role is for, for ``splitmq secure`` tables and docs/security.md.
 PURPOSE: dict[Role, str] = {
@@ -25,6 +27,7 @@ PURPOSE: dict[Role, str] = {
     "planner": "reads all telemetry and the broker's drop count, writes every plan",
     "monitor": "reads everything, writes nothing (dashboards, results stores, mosquitto_sub)",
     "operator": "announces new model versions (`splitmq pool add`, `models build`)",
+    "admin": "adds users to a running broker (`splitmq secure add-device`); nothing else",
 }
 #: The roles with one user each, named as the role: no device may be called so.
 SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "device")
@@ -32,9 +35,19 @@ SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "device")
 Access = Literal["read", "write"]
 
 
+#: mosquitto's dynamic security plugin takes its commands here and answers on /response.
+CONTROL = "$CONTROL/dynamic-security/v1"
+
+
 class Grant(NamedTuple):
     access: Access
     topic: str  # an MQTT filter
+    group: str | None = None  # read only through ``$share/<group>/<topic>``
+
+    @property
+    def subscription(self) -> str:
+        """The one filter a reader may subscribe with to read ``topic``."""
+        return f"$share/{self.group}/{self.topic}" if self.group else self.topic
 
 
 def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
@@ -52,12 +65,15 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
         ]
     if role in TIERS:
         edge_only = (
-            [Grant("write", t.request("cloud", ANY, ANY, ANY)), Grant("read", t.frame(ANY, ANY))]
+            [
+                Grant("write", t.request("cloud", ANY, ANY, ANY)),
+                Grant("read", t.frame(ANY, ANY), group="edge"),
+            ]
             if role == "edge"
             else []
         )
         return [
-            Grant("read", t.request(role, ANY, ANY, ANY)),
+            Grant("read", t.request(role, ANY, ANY, ANY), group=role),
             Grant("read", t.model(ANY)),
             *edge_only,
             Grant("write", t.result(ANY)),
@@ -77,4 +93,6 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
         return [Grant("write", t.model(ANY)), Grant("read", t.model(ANY))]
     if role == "monitor":
         return [Grant("read", topics.everything()), Grant("read", "$SYS/#")]
+    if role == "admin":
+        return [Grant("write", CONTROL), Grant("read", f"{CONTROL}/response")]
     raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")

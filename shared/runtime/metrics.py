@@ -64,12 +64,14 @@ def _worker(doc: WorkerTelemetry, stats: Stats[Any]) -> Iterator[Metric]:
         "forwarded": sum(doc.forwarded.values()),
         "replayed": replayed,
         "duplicate": counts.get("duplicates", 0) - replayed,
+        "retained": counts.get("retained_requests", 0),
         **doc.errors,
     }
     yield counter_family(
         "splitmq_worker_requests",
         "Requests that ended, by outcome: answered, forwarded, replayed, duplicate, "
-        "or the error code sent to the device",
+        "retained (a stale copy the broker replayed: not run), or the error code sent "
+        "to the device",
         {(tier, outcome): n for outcome, n in outcomes.items()},
         ("tier", "outcome"),
     )

@@ -158,7 +158,14 @@ class Worker:
     # --- network thread: parse nothing heavy, just queue ---------------------------------
 
     def submit(self, msg: Message, ingress: Ingress | None = None) -> None:
-        """Queue ``msg``, a request or what ``ingress`` took (``shared.runtime.ingress``)."""
+        """Queue ``msg``, a request or what ``ingress`` took (``shared.runtime.ingress``).
+        A retained request is not run: the broker replays it to each worker subscribing,
+        long after its live copy was served (a retained frame neither: ``edge.frames``)."""
+        if msg.retain and ingress is None:
+            self.stats.count("retained_requests")
+            log.warning("%s: a retained request on %s: not run", self.id, msg.topic)
+            msg.ack()
+            return
         self.metrics.received.inc(len(msg.payload))
         self._queue.put((msg, time.time(), ingress))  # never waits: see the queue's size
 

@@ -41,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from splitmq.shared.connection import BrokerUrl, Connection
-from splitmq.shared.errors import BrokerError
+from splitmq.shared.errors import BrokerError, LoginRefused
 from splitmq.shared.transport.acks import AckListener, PubAcks
 from splitmq.shared.transport.connect import connect_properties, new_paho
 from splitmq.shared.transport.messages import (
@@ -175,7 +175,8 @@ class MqttClient:
         return self
 
     def wait_connected(self, timeout: float = 10.0) -> None:
-        """Block until connected (returns at once if connected); BrokerError on timeout/refusal."""
+        """Block until connected (at once if connected); BrokerError on timeout, LoginRefused
+        when the broker refused the connection."""
         with self._state:
             self._state.wait_for(lambda: self._connected or self._refused is not None, timeout)
             if self._connected:
@@ -183,7 +184,7 @@ class MqttClient:
             reason = self._refused
         where = self.connection.url
         if reason is not None:
-            raise BrokerError(f"the MQTT broker at {where} refused {self.client_id}: {reason}")
+            raise LoginRefused(f"the MQTT broker at {where} refused {self.client_id}: {reason}")
         raise BrokerError(f"not connected to the MQTT broker at {where} within {timeout:g} s")
 
     def close(self, timeout: float = 5.0) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from splitmq.cli.options import asks
 from splitmq.cli.output import err, out
-from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
+from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
 from splitmq.cli.serve import MetricsPortOption, metrics_served
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.telemetry import Wants
@@ -76,7 +76,14 @@ def device(
     speed: Annotated[float, typer.Option(help="Emulated device speed vs this host (0-1].")] = 1.0,
     window: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds before a retry.")] = 10.0,
-    device_id: IdOption = None,
+    device_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            help="Device id; default: the MQTT user name (SPLITMQ_USERNAME or the broker "
+            "URL's), else a random one. With `splitmq secure` it must be the user name.",
+        ),
+    ] = None,
     broker: BrokerOption = None,
     pool: PoolOption = None,
     topic_prefix: PrefixOption = None,
@@ -90,11 +97,9 @@ def device(
     With --cut or --plan the plan is fixed; without, the device follows the planner's
     plan for its model (running on the device alone until one arrives) and tells the
     planner what it wants (--objective, --accuracy, --slo, --max-bytes, --fps)."""
-    import uuid
-
     from splitmq.device.follow import local_plan
     from splitmq.device.report import Stream
-    from splitmq.device.runtime import Device
+    from splitmq.device.runtime import Device, default_id
     from splitmq.device.sources import frames as frame_source
     from splitmq.device.sources import labels as source_labels
     from splitmq.lab.emulation import Emulated
@@ -130,7 +135,7 @@ def device(
         else:
             plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
     conditions = Emulated(LinkSchedule.parse(link) if link else None, speed, battery)
-    dev_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
+    dev_id = device_id or default_id(cfg)
     with (
         Device(
             cfg,

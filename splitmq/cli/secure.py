@@ -27,21 +27,24 @@ DirOption = Annotated[
 ]
 
 
-def _report(sd, users: list[str], as_json: bool) -> None:
+def _report(sd, users: list[str], as_json: bool, live: dict | None = None) -> None:
     from splitmq.shared.protocol.access import PURPOSE
 
     roles = sd.users
     rows = [{"user": u, "role": roles[u], "settings": str(sd.client_env(u))} for u in users]
     if as_json:
-        print_json({"dir": str(sd.root), "ca": str(sd.ca), "users": rows})
+        print_json({"dir": str(sd.root), "ca": str(sd.ca), "users": rows, "live": live})
         return
     table = Table("user", "role", "may", "settings file (keep secret)")
     for row in rows:
         table.add_row(row["user"], row["role"], PURPOSE[roles[row["user"]]], row["settings"])
     out.print(table)
+    if live is not None:
+        out.print(_live_line(live, ", ".join(users)))
+        return
     out.print(
-        f"Run the broker with `splitmq broker --secure {sd.root}`; give each process its "
-        "settings file as its .env (or export its lines). Clients pin "
+        f"Run the broker with `splitmq broker --secure {sd.root} --host ADDRESS`; give each "
+        "process its settings file as its .env (or export its lines). Clients pin "
         f"{sd.ca}; keep {sd.root / 'ca.key'} off the broker host once done."
     )
 
@@ -87,13 +90,35 @@ def init(
 def add_device(
     device_id: Annotated[str, typer.Argument(help="The device's id: its user name too.")],
     directory: DirOption = Path("secure"),
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="The running broker to add it to now, as the admin user; by default the "
+            "URL in the clients' settings files."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A user for one more device, allowed only its own topics (then SIGHUP mosquitto)."""
+    """A user for one more device, allowed only its own topics; a running broker gets it
+    at once, one that is down at its next start."""
     from splitmq.broker.secure import SecureDir
+    from splitmq.shared.errors import BrokerError
 
     sd = SecureDir(directory)
-    sd.add_device(device_id)
-    _report(sd, [device_id], as_json)
-    if not as_json:
-        out.print("A running broker picks the new user up on SIGHUP: `pkill -HUP -x mosquitto`.")
+    password = sd.add_device(device_id)
+    url = broker or sd.broker
+    try:
+        sd.tell_broker(device_id, password, url)
+        live = {"broker": url, "added": True, "why": None}
+    except BrokerError as exc:
+        live = {"broker": url, "added": False, "why": str(exc)}
+    _report(sd, [device_id], as_json, live)
+
+
+def _live_line(live: dict, who: str) -> str:
+    if live["added"]:
+        return f"The broker at {live['broker']} lets {who} in now."
+    return (
+        f"Not added to a running broker at {live['broker']} ({live['why']}); a broker "
+        f"started from this directory lets {who} in from its start."
+    )

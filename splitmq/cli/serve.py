@@ -75,26 +75,51 @@ def wait_for_signal() -> None:
 
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 1883,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    data_dir: Annotated[Path | None, typer.Option(help="Persistence directory.")] = None,
+    port: Annotated[int, typer.Option(help="Plain MQTT port.", min=1, max=65535)] = 1883,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address other hosts reach the broker at: the plain port's, or with "
+            "--secure the TLS port's. Beyond loopback it needs --secure (or --insecure)."
+        ),
+    ] = "127.0.0.1",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Persistence directory: by default ~/.cache/splitmq/broker, or as root "
+            "/var/lib/splitmq/broker (handed to the mosquitto user it drops to)."
+        ),
+    ] = None,
     secure: Annotated[
         Path | None,
         typer.Option(
-            help="A `splitmq secure init` directory: users, ACL and TLS; the plain port "
-            "then serves loopback only, for development on this host."
+            help="A `splitmq secure init` directory: users, ACLs and TLS on --host; the "
+            "plain port then serves loopback only, for development on this host."
         ),
     ] = None,
     tls_port: Annotated[
         int, typer.Option(help="TLS port (with --secure).", min=1, max=65535)
     ] = 8883,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve other hosts without --secure: no users, no ACL, no TLS (a warning).",
+        ),
+    ] = False,
 ) -> None:
     """Run mosquitto in the foreground with the project's mosquitto.conf."""
     from splitmq.broker.supervise import run_foreground
 
-    raise typer.Exit(
-        run_foreground(port=port, host=host, data_dir=data_dir, secure=secure, tls_port=tls_port)
+    code = run_foreground(
+        port=port,
+        host=host,
+        data_dir=data_dir,
+        secure=secure,
+        tls_port=tls_port,
+        insecure=insecure,
     )
+    raise typer.Exit(code)
 
 
 def _serve(
