@@ -10,6 +10,11 @@ Whatever the planner does, ``FALLBACK_AFTER`` timeouts in a row on a tier
 make the device switch by itself to its plan's first alternative that
 avoids that tier (device-only is always among them), so a dead tier costs
 a few requests, not every request until the planner notices.
+
+When the planner cannot plan for the model (no profile, not calibrated) it
+still publishes a plan: device-only, with no ``objective``, its ``reason``
+saying why and what to run. The device runs it, says so once as a WARNING
+and keeps the reason in ``Plans.refused`` (``splitmq device`` prints it).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Plans:
         self._lock = threading.Lock()
         self._plan, self._mv = plan, self._model_of(plan)
         self.switches: deque[Switch] = deque(maxlen=SWITCHES_KEPT)
+        self.refused: str | None = None  # why the planner cannot plan for us, while it cannot
         self.fallback = Fallback()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{device}-switch")
 
@@ -137,8 +143,21 @@ class Plans:
         if isinstance(heard, Rejected):
             log.warning("%s: ignoring a plan: %s", self.device, heard.why)
         elif heard.doc is not None:  # None: a retained plan was cleared
-            plan = heard.doc
-            self._worker.submit(self._safely, plan, f"{FROM_PLANNER}{plan.reason}")
+            self._worker.submit(self._from_planner, heard.doc)
+
+    def _from_planner(self, plan: Plan) -> None:
+        """Run the planner's plan, saying once when it is the planner's refusal to plan."""
+        planned = plan.objective is not None  # None: the planner did not plan this one
+        if not planned and self.refused != plan.reason:
+            log.warning(
+                "%s: the planner cannot plan for %s v%d, so it runs on the device alone: %s",
+                self.device,
+                plan.model,
+                plan.version,
+                plan.reason,
+            )
+        self.refused = None if planned else plan.reason
+        self._safely(plan, f"{FROM_PLANNER}{plan.reason}")
 
     def timed_out(self, tier: str) -> None:
         """A request to ``tier`` got no answer at all: maybe fall back."""

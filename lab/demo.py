@@ -30,7 +30,8 @@ from splitmq.lab.summary import Summary, outcome
 from splitmq.lab.timeline import timeline
 from splitmq.planner.service import PlannerService
 from splitmq.shared.errors import UserError
-from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.graph import make_session, run_batched
+from splitmq.shared.model.outputs import class_of
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.model.preprocess import normalize, to_pixels
@@ -210,11 +211,13 @@ def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
     pre = mv.manifest.preprocess
     if pre is None:
         raise UserError(f"{mv.name} has no preprocessing in its manifest: the demo needs images")
-    final = mv.output_names[-1]
-    return [
-        int(session.run([final], {mv.cuts[0].name: normalize(to_pixels(f, pre), pre)})[0].argmax())
-        for f in frames
-    ]
+    if not frames:
+        return []
+    x = normalize(np.concatenate([to_pixels(f, pre) for f in frames]), pre)
+    logits = run_batched(
+        session, [mv.output_names[-1]], mv.cuts[0].name, x, mv.graph.batch, most=8
+    )[0]
+    return [int(top) for top in class_of(logits)]
 
 
 def _stream(

@@ -7,7 +7,10 @@ planner reads the same documents and, by the same rule
 it waits ``settle_s`` for related changes (a tier's workers going offline
 together), then plans every online device and publishes, retained, the
 plans that changed. It also re-plans every ``period_s``, so a plan whose
-dwell time has passed can move. A role that appears or goes offline (a
+dwell time has passed can move. A device whose model version cannot be planned
+for (no profile, not calibrated) gets a device-only plan whose ``reason`` says
+why and what to run; the planner reads the version again every round and
+plans for it once it is ready. A role that appears or goes offline (a
 Last Will), or a device whose uplink estimate jumps 2x, is planned for at
 once; routine telemetry (every device's, every period) waits until
 ``min_gap_s`` after the last round, so a crowd of devices does not keep the
@@ -89,6 +92,7 @@ class PlannerService:
         self._docs: dict[tuple[str, str], TelemetryDoc] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._options: dict[tuple[str, int], Options | NotReady] = {}
+        self._refused: dict[tuple[str, int], str] = {}  # the reasons logged, per version
         self._newest: dict[str, int] = {}  # model -> newest announced version in our pool
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -227,6 +231,9 @@ class PlannerService:
         """Plan every online device now; publish and return the plans that changed."""
         with self._lock:
             docs, plans, newest = dict(self._docs), dict(self._plans), dict(self._newest)
+            # A version not ready is read again: profiled and calibrated since, it is planned
+            # for without a restart or an announcement.
+            self._options = {k: v for k, v in self._options.items() if isinstance(v, Options)}
         workers = [d for d in docs.values() if isinstance(d, WorkerTelemetry)]
         devices = sorted(
             (d for d in docs.values() if isinstance(d, DeviceTelemetry)), key=lambda d: d.id
@@ -240,10 +247,9 @@ class PlannerService:
             if isinstance(options, NotReady):
                 made = None if retained is None else (retained.reason, retained.version)
                 if made != (str(options), version):
-                    mv = self.pool.get(model, version)
-                    fixed.append(
-                        make_plan(mv, mv.last_cut, "raw", reason=str(options)).for_device(doc.id)
-                    )
+                    refusal = self._refusal(doc.id, model, version, options)
+                    if refusal is not None:
+                        fixed.append(refusal)
                 continue
             targets.append(
                 Target(
@@ -263,17 +269,30 @@ class PlannerService:
         return changed
 
     def _options_of(self, model: str, version: int) -> Options | NotReady:
+        """The version's options, read once (a version not ready is read again each round,
+        see ``replan``); each new reason not to plan is logged once."""
         key = (model, version)
         if key not in self._options:
             try:
-                self._options[key] = Options.of(self.pool.get(model, version))
+                found: Options | NotReady = Options.of(self.pool.get(model, version))
             except NotReady as exc:
-                log.error("%s: cannot plan for %s: %s", self.id, model, exc)
-                self._options[key] = exc
+                found = exc
             except SplitMQError as exc:
-                log.error("%s: cannot plan for %s: %s", self.id, model, exc)
-                self._options[key] = NotReady(str(exc))
+                found = NotReady(str(exc))
+            if isinstance(found, NotReady) and self._refused.get(key) != str(found):
+                log.error("%s: cannot plan for %s: %s", self.id, model, found)
+                self._refused[key] = str(found)
+            self._options[key] = found
         return self._options[key]
+
+    def _refusal(self, device: str, model: str, version: int, why: NotReady) -> Plan | None:
+        """The device-only plan that tells a device why it is not planned for (None: the
+        pool lacks the version, so no plan can be made; logged with ``why`` already)."""
+        try:
+            mv = self.pool.get(model, version)
+        except SplitMQError:
+            return None
+        return make_plan(mv, mv.last_cut, "raw", reason=str(why)).for_device(device)
 
     def _publish(self, plan: Plan) -> None:
         assert plan.device is not None

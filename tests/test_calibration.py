@@ -187,7 +187,7 @@ def test_auto_uses_each_message_range_where_that_is_exact() -> None:
 def test_a_model_without_preprocessing_calibrates_on_given_samples(tmp_path: Path) -> None:
     onnx.save(chain(), tmp_path / "chain.onnx")
     mv = ModelPool(tmp_path / "pool").add(tmp_path / "chain.onnx", "chain")
-    with pytest.raises(UserError, match="no preprocessing"):
+    with pytest.raises(UserError, match=r"no image preprocessing.*--config"):
         real_samples(mv, 10, 10)
     rng = np.random.default_rng(1)
     inputs = rng.standard_normal((60, 4, 8, 8)).astype(np.float32)

@@ -46,7 +46,7 @@ def test_pool_add_list_show_and_split(model_file, tmp_path):
     assert splitmq("pool", "add", str(model_file), "--name", "tiny", pool=tmp_path).returncode == 0
     listed = json.loads(splitmq("pool", "list", "--json", pool=tmp_path).stdout)
     assert [(m["name"], m["version"]) for m in listed["models"]] == [("tiny", 1)]
-    shown = json.loads(splitmq("pool", "show", "tiny", pool=tmp_path).stdout)
+    shown = json.loads(splitmq("pool", "show", "tiny", "--json", pool=tmp_path).stdout)
     assert shown["sha256"] == listed["models"][0]["sha256"]
     out = tmp_path / "parts"
     r = splitmq("split", "tiny", "--cut", "2", "--cut", "4", "-o", str(out), pool=tmp_path)
@@ -63,7 +63,7 @@ def test_profile_stores_a_profile(model_file, tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["full_ms"] > 0 and len(d["cuts"]) == 9
-    shown = json.loads(splitmq("pool", "show", "tiny", pool=tmp_path).stdout)
+    shown = json.loads(splitmq("pool", "show", "tiny", "--json", pool=tmp_path).stdout)
     assert len(shown["profiles"]) == 1 and shown["profiles"][0]["host"]["threads"] == 1
 
 

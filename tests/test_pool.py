@@ -37,7 +37,7 @@ def test_same_file_twice_is_one_version_a_changed_file_is_the_next(tmp_path, fil
 def test_manifest_records_the_layout(tmp_path, files):
     mv = ModelPool(tmp_path / "pool").add(files[0], "net")
     files_there = sorted(p.name for p in mv.dir.iterdir())
-    assert files_there == ["manifest.json", "model.onnx"]
+    assert files_there == ["config.toml", "manifest.json", "model.onnx"]
     raw = json.loads((mv.dir / "manifest.json").read_text())
     assert raw["input"]["name"] == "x" and raw["cuts"][0]["index"] == 0
     mv.segment(1, 3)

@@ -5,6 +5,10 @@ own (the file's order is not trusted), who produces and who consumes each
 tensor, which tensors carry data from the model input ("dynamic") and which
 are constants, and the real shape of every tensor, learned by running the
 model once (static shape inference leaves dims unknown in real exports).
+
+The batch a model takes is its input's first dim (``fixed_batch``): most
+exports fix it to 1, others leave it symbolic. Everything that runs samples
+together runs them through ``run_batched``, in pieces that batch allows.
 """
 
 from __future__ import annotations
@@ -100,6 +104,47 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.Infere
         raise ModelError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
+def fixed_batch(first_dim: object) -> int | None:
+    """The batch a model takes, from its input's first dim (an ONNX dim or an ONNX
+    Runtime input's): that size when fixed (most exports: 1), None when it is symbolic
+    or unknown (any size)."""
+    return first_dim if isinstance(first_dim, int) and first_dim > 0 else None
+
+
+def run_batched(
+    session: ort.InferenceSession,
+    names: list[str] | None,
+    feed: str,
+    x: np.ndarray,
+    batch: int | None,
+    most: int | None = None,
+) -> list[np.ndarray]:
+    """``session.run`` over the rows of ``x`` in pieces the model takes (``fixed_batch``):
+    exactly ``batch`` rows when it is fixed, a short piece padded with copies of its last
+    row whose outputs are dropped; up to ``most`` rows (None: all) when it is symbolic."""
+    size = batch or most or len(x)
+    if len(x) == size or (batch is None and len(x) <= size):
+        return session.run(names, {feed: x})
+    pieces = []
+    for start in range(0, len(x), size):
+        part = x[start : start + size]
+        rows = len(part)
+        if rows < size and batch is not None:
+            part = np.concatenate([part, np.repeat(part[-1:], size - rows, axis=0)])
+        values = session.run(names, {feed: part})
+        pieces.append([_first_rows(v, rows, len(part)) for v in values])
+    return [np.concatenate(column) for column in zip(*pieces, strict=True)]
+
+
+def _first_rows(value: np.ndarray, rows: int, ran: int) -> np.ndarray:
+    if value.ndim == 0 or value.shape[0] != ran:
+        raise ModelError(
+            f"an output of shape {list(value.shape)} does not start with the batch dim "
+            f"({ran}): samples can run together only through batch-first outputs"
+        )
+    return value[:rows]
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Per-sample facts about one tensor, learned from a real run."""
@@ -168,8 +213,15 @@ class Graph:
             for d in vi.type.tensor_type.shape.dim
         ]
 
+    @cached_property
+    def batch(self) -> int | None:
+        """The batch this model takes (``fixed_batch`` of its input's first dim)."""
+        dims = self.input_shape()
+        return fixed_batch(dims[0]) if dims else None
+
     def sample_input(self, rng: np.random.Generator | None = None) -> np.ndarray:
-        """A batch-1 random input; unknown non-batch dims cannot be guessed."""
+        """A random input of the batch the model takes (1 unless fixed to more);
+        unknown non-batch dims cannot be guessed."""
         vi = next(i for i in self.model.graph.input if i.name == self.input_name)
         dims = self.input_shape()
         if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
@@ -180,7 +232,7 @@ class Graph:
         dtype = ORT_DTYPES.get(vi.type.tensor_type.elem_type)
         if dtype is None:
             raise ModelError(f"input {self.input_name!r} has an unsupported element type")
-        shape = (1, *(int(d) for d in dims[1:]))
+        shape = (self.batch or 1, *(int(d) for d in dims[1:]))
         rng = rng or np.random.default_rng(0)
         if dtype.kind == "f":
             return rng.standard_normal(shape).astype(dtype)
@@ -188,7 +240,8 @@ class Graph:
 
     @cached_property
     def tensors(self) -> dict[str, TensorInfo]:
-        """Real per-sample shape and dtype of every tensor, from one run on a sample."""
+        """Real per-sample shape and dtype of every tensor, from one run on a sample (a
+        model whose batch is fixed to N > 1 runs N: its data tensors count one of them)."""
         probe = onnx.ModelProto()
         probe.CopyFrom(self.model)
         names = [o for n in self.nodes for o in n.output if o]
@@ -200,9 +253,18 @@ class Graph:
             values = session.run(names, {self.input_name: x})
         except Exception as exc:
             raise ModelError(f"running the model on a sample input failed: {exc}") from exc
-        info = {n: TensorInfo(n, tuple(v.shape), str(v.dtype)) for n, v in zip(names, values)}
-        info[self.input_name] = TensorInfo(self.input_name, tuple(x.shape), str(x.dtype))
-        return info
+        values.append(x)
+        names.append(self.input_name)
+        return {
+            n: TensorInfo(n, self._per_sample(n, v.shape), str(v.dtype))
+            for n, v in zip(names, values)
+        }
+
+    def _per_sample(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        batch = self.batch
+        if batch is not None and batch > 1 and name in self.dynamic and shape[:1] == (batch,):
+            return (1, *shape[1:])
+        return tuple(shape)
 
     def param_bytes(self, node: onnx.NodeProto) -> int:
         inits = self.initializers

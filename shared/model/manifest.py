@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
@@ -49,13 +49,23 @@ class TensorSpec(Frozen):
 
 
 class Preprocess(Frozen):
-    """How a uint8 image becomes the model input: resize, crop, (x - mean) / std, NCHW."""
+    """How a uint8 image becomes the model input: resize, crop, (x - mean) / std, in the
+    model's layout (the pixels travel as NCHW whatever it is; ``normalize`` lays them out)."""
 
-    channels: str = Field("RGB", pattern="^(RGB|L)$")
+    channels: str = Field("RGB", pattern="^(RGB|BGR|L)$")  # the order the model takes
     resize: int | None = None  # shorter side, before the centre crop
     size: tuple[int, int]  # (height, width) fed to the model
     mean: list[float]  # per channel, in 0..255 pixel units
     std: list[float]
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+
+class OutputSpec(Frozen):
+    """How the model's output is read: ``task``, and ``tensor``, the output that answers
+    (None: the last; the outputs before it are exit heads)."""
+
+    task: Literal["classify", "detect", "raw"] = "classify"
+    tensor: str | None = None
 
 
 class Manifest(Frozen):
@@ -70,6 +80,7 @@ class Manifest(Frozen):
     input: TensorSpec
     outputs: list[TensorSpec]
     preprocess: Preprocess | None = None
+    output: OutputSpec = Field(default_factory=OutputSpec)
     labels: str | None = None  # file name beside the manifest, one label per line
     cuts: list[Cut]
     profiles: list[Profile] = Field(default_factory=list)

@@ -21,9 +21,16 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def class_of(scores: np.ndarray) -> np.ndarray:
+    """Each sample's class: the argmax over its scores, whatever singleton dims they have
+    (``[N, 1000, 1, 1]`` as ``[N, 1000]``)."""
+    return np.asarray(scores).reshape(len(scores), -1).argmax(-1)
+
+
 def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int = TOP_K) -> tuple[TopK, ...]:
-    """The ``k`` most probable classes; a label only where the label file has one."""
-    probs = softmax(logits.astype(np.float64))
+    """The ``k`` most probable classes; a label only where the label file has one.
+    Singleton dims are squeezed: a [1000, 1, 1] output (SqueezeNet's) is 1000 classes."""
+    probs = softmax(np.asarray(logits, np.float64).reshape(-1))
     order = np.argsort(-probs)[:k]
     return tuple(
         TopK(int(i), labels[i] if labels and i < len(labels) else None, round(float(probs[i]), 6))
@@ -42,6 +49,6 @@ def answer(
     if threshold is None:
         return None
     for name in output_names[:-1]:
-        if name in outputs and softmax(outputs[name][0]).max() >= threshold:
+        if name in outputs and softmax(outputs[name][0].reshape(-1)).max() >= threshold:
             return name, outputs[name][0]
     return None

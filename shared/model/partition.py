@@ -5,7 +5,8 @@ input; b = None: to the model's outputs). Every model output computed on the
 way — an early-exit head — is an output of the segment able to compute it.
 Constants are copied to every segment that needs them; a shape read of a
 tensor that lives upstream is rebuilt from this segment's own input, whose
-batch dim is the same, and the statically known remaining dims. A segment
+batch dim is the same, and the statically known remaining dims. Its inputs
+and outputs keep the model's batch dim, symbolic or fixed. A segment
 keeps the model's IR version and opsets; under IR 3 its weights are listed
 as graph inputs after the cut tensor, as that IR requires.
 """
@@ -211,7 +212,9 @@ def _rebuild_shape(
 
 
 def _value_info(graph: Graph, name: str) -> onnx.ValueInfoProto:
-    """Type of a segment boundary: learned per-sample shape with a symbolic batch."""
+    """Type of a segment boundary: the learned per-sample shape with the model's batch,
+    symbolic or fixed (a partition of a batch-1 export takes batch 1, as the model does)."""
     info = graph.tensors[name]
-    shape: list[int | str] = ["N", *info.shape[1:]] if info.shape else []
+    batch: int | str = graph.batch or "N"
+    shape: list[int | str] = [batch, *info.shape[1:]] if info.shape else []
     return helper.make_tensor_value_info(name, DTYPE_TO_ONNX[info.dtype], shape)

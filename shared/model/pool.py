@@ -30,10 +30,11 @@ from pydantic import ValidationError
 
 from splitmq.shared.errors import ModelError, PoolError
 from splitmq.shared.model.calibration import CalibrationTable
+from splitmq.shared.model.config import ModelConfig, check_output, render
 from splitmq.shared.model.cuts import find_cuts
 from splitmq.shared.model.exits import ExitReport
 from splitmq.shared.model.graph import Graph, load_model
-from splitmq.shared.model.manifest import Cut, Manifest, Preprocess, TensorSpec
+from splitmq.shared.model.manifest import Cut, Manifest, OutputSpec, Preprocess, TensorSpec
 from splitmq.shared.model.partition import extract_segment
 from splitmq.shared.model.profile import Profile
 from splitmq.shared.protocol.ids import MODEL_RULE, is_model_name
@@ -85,8 +86,10 @@ class ModelVersion:
 
     @property
     def output_names(self) -> list[str]:
-        """Model outputs from the manifest: exit heads first, the final output last."""
-        return [o.name for o in self.manifest.outputs]
+        """The outputs that answer: exit heads first, the final output last; only the
+        config's ``output.tensor`` when it names one (the others are not exit heads)."""
+        tensor = self.manifest.output.tensor
+        return [tensor] if tensor is not None else [o.name for o in self.manifest.outputs]
 
     @property
     def last_cut(self) -> int:
@@ -226,12 +229,20 @@ class ModelPool:
         preprocess: Preprocess | None = None,
         labels: list[str] | None = None,
         source: str | None = None,
+        output: OutputSpec | None = None,
+        config: ModelConfig | None = None,
     ) -> ModelVersion:
         """Add an ONNX file; idempotent for identical bytes, a new version otherwise.
 
         A new version of a model whose input and outputs look as before keeps the
-        previous version's preprocessing and labels unless given: a retrained network
-        takes the same images, so devices and cameras can move to it unchanged."""
+        previous version's preprocessing, output and labels unless given: a retrained
+        network takes the same images, so devices and cameras can move to it unchanged.
+        A ``config`` (``splitmq pool add --config``) gives all three and is checked
+        against the graph; without one, outputs that cannot answer as ``output`` says are
+        still refused here (ConfigError), not per request. ``config.toml`` beside the
+        model says how it is read."""
+        if config is not None:
+            preprocess, labels, output = config.preprocess, config.labels, config.output
         check_name(name)
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         model = load_model(path)  # validates, with a clear error
@@ -246,11 +257,17 @@ class ModelPool:
             _spec(graph, graph.input_name),
             [_spec(graph, o) for o in graph.output_names],
         )
-        if self.versions(name) and (preprocess is None or labels is None):
+        if self.versions(name) and None in (preprocess, labels, output):
             before = self.get(name)
             if (before.manifest.input, before.manifest.outputs) == (inputs, outputs):
                 preprocess = preprocess or before.manifest.preprocess
                 labels = labels or before.labels
+                output = output or before.manifest.output
+        output = output or OutputSpec()
+        if config is not None:
+            config.check(name, inputs, outputs)
+        else:
+            check_output(name, output, outputs)
         with _locked(self.root / name / ".lock"):
             version = max(self.versions(name), default=0) + 1
             d = self.root / name / str(version)
@@ -263,12 +280,14 @@ class ModelPool:
                 input=inputs,
                 outputs=outputs,
                 preprocess=preprocess,
+                output=output,
                 labels="labels.txt" if labels else None,
                 cuts=cuts,
             )
             write_atomic(d / "model.onnx", data)
             if labels:
                 write_atomic(d / "labels.txt", "\n".join(labels).encode() + b"\n")
+            write_atomic(d / "config.toml", render(preprocess, output, manifest.labels).encode())
             write_atomic(d / "manifest.json", _dump(manifest))
         log.info("added %s v%d (%d cuts) to %s", name, version, len(cuts), self.root)
         return ModelVersion(d, manifest)

@@ -55,7 +55,7 @@ def read_image(data: bytes, what: str = "the image", max_pixels: int = MAX_PIXEL
 def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
     """An HxW(xC) uint8 image (or PIL image) -> (1, C, H, W) uint8 at the model's size."""
     img = image if isinstance(image, Image.Image) else _as_pil(image)
-    img = img.convert(pre.channels)
+    img = img.convert("RGB" if pre.channels == "BGR" else pre.channels)
     height, width = pre.size
     if pre.resize:
         scale = pre.resize / min(img.size)
@@ -69,14 +69,17 @@ def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if pre.channels == "BGR":
+        arr = arr[:, :, ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
 
 
 def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """(N, C, H, W) uint8 -> float32 model input."""
+    """(N, C, H, W) uint8 -> float32 model input, in the model's layout."""
     mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
-    return (pixels.astype(np.float32) - mean) / std
+    x = (pixels.astype(np.float32) - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if pre.layout == "NHWC" else x
 
 
 def model_input(frame: np.ndarray, mv: ModelVersion, pixels: bool = False) -> np.ndarray:

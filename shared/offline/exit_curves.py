@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from splitmq.shared.model.calibration import ExitCurve
-from splitmq.shared.model.outputs import softmax
+from splitmq.shared.model.outputs import class_of, softmax
 from splitmq.shared.model.partition import exit_cut
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.offline.fidelity import BATCH, Taps
@@ -50,7 +50,7 @@ def exit_curves(
     total = -(-len(samples) // BATCH)
     for done, batch in enumerate(samples.batches(BATCH), 1):
         values = taps.outputs(batch.inputs)
-        reference.append(values[taps.final].argmax(-1))
+        reference.append(class_of(values[taps.final]))
         for head in heads:
             probs = softmax(values[head].astype(np.float64))
             confidence[head].append(probs.max(-1))

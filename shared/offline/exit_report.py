@@ -14,7 +14,7 @@ import numpy as np
 
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.exits import ExitInfo, ExitReport, Policy, PolicyCurve
-from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.graph import make_session, run_batched
 from splitmq.shared.model.outputs import softmax
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.offline.exit_curves import exit_cuts
@@ -52,14 +52,11 @@ def passes(value: np.ndarray, policy: Policy, threshold: float) -> np.ndarray:
 
 
 def outputs(mv: ModelVersion, inputs: np.ndarray, batch: int = 500) -> list[np.ndarray]:
-    """Every output of the whole model (calibrated logits) for ``inputs``, N first."""
+    """Every output of the whole model (calibrated logits) for ``inputs``, N first,
+    ``batch`` at a time (or as many as the model's fixed batch)."""
     session = make_session(mv.graph.model, 2)
     feed = mv.manifest.input.name
-    runs = [
-        session.run(mv.output_names, {feed: inputs[s : s + batch]})
-        for s in range(0, len(inputs), batch)
-    ]
-    return [np.concatenate(values) for values in zip(*runs, strict=True)]
+    return run_batched(session, mv.output_names, feed, inputs, mv.graph.batch, most=batch)
 
 
 def measure(

@@ -23,8 +23,9 @@ Measuring every cut of a large model must stay affordable, so:
   model per batch and its own tail sessions, so memory does not grow with
   the number of cuts.
 
-Tails run a few samples at a time (partitions have a symbolic batch dim);
-larger batches are no faster per sample here.
+Samples run ``BATCH`` at a time (larger batches are no faster per sample
+here), in pieces the model takes (``graph.run_batched``): one at a time
+through a model exported with batch 1, and its partitions keep that batch.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ import onnxruntime as ort
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.model.calibration import FidelityRow
-from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.graph import make_session, run_batched
+from splitmq.shared.model.outputs import class_of
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.preprocess import normalize
 from splitmq.shared.offline.samples import Samples
@@ -97,16 +99,20 @@ class Taps:
     def __init__(self, mv: ModelVersion, cuts: list[int], threads: int = 1) -> None:
         self.mv = mv
         self.cuts = [c for c in cuts if c > 0]
-        self.final = mv.manifest.outputs[-1].name
+        self.final = mv.output_names[-1]
         names = [*mv.output_names, *(mv.cuts[c].name for c in self.cuts)]
         self.names = list(dict.fromkeys(names))
         self.threads = threads
+        self.batch = mv.graph.batch
         self.session = make_session(_with_outputs(mv.graph.model, self.names), threads)
         self._tails: dict[int, ort.InferenceSession] = {}
 
     def outputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Every model output and tapped tensor, by name."""
-        return dict(zip(self.names, self.session.run(self.names, {self.mv.cuts[0].name: inputs})))
+        feed = self.mv.cuts[0].name
+        return dict(
+            zip(self.names, run_batched(self.session, self.names, feed, inputs, self.batch))
+        )
 
     def run(self, inputs: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """The final output and the tensor at every tapped cut (cut 0: the inputs)."""
@@ -118,7 +124,8 @@ class Taps:
         """The final output computed from the tensor ``x`` at ``cut``."""
         if cut not in self._tails:
             self._tails[cut] = make_session(self.mv.segment(cut, None), self.threads)
-        return self._tails[cut].run([self.final], {self.mv.cuts[cut].name: x})[0]
+        feed = self.mv.cuts[cut].name
+        return run_batched(self._tails[cut], [self.final], feed, x, self.batch)[0]
 
 
 def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list[str]]:
@@ -185,7 +192,7 @@ class _Measurement:
             if pair.stopped:
                 continue
             decoded = [self._send(pair, cut, codec, one[None], pixels, True) for one in source]
-            top1 = taps.tail(cut, np.concatenate([d for d in decoded if d is not None])).argmax(-1)
+            top1 = class_of(taps.tail(cut, np.concatenate([d for d in decoded if d is not None])))
             pair.agree += int((top1 == reference).sum())
             if samples.labels is not None:
                 pair.correct += int((top1 == samples.labels).sum())
@@ -259,7 +266,7 @@ def measure(
         taps = Taps(mv, chunk, threads)
         for batch in samples.batches(BATCH):
             final, tensors = taps.run(batch.inputs)
-            reference = final.argmax(-1)
+            reference = class_of(final)
             if first == 0 and batch.labels is not None:
                 state.reference_correct += int((reference == batch.labels).sum())
             for cut in chunk:

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
-from splitmq.shared.model.graph import make_session
+from splitmq.shared.model.graph import fixed_batch, make_session, run_batched
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 
 
@@ -26,9 +26,14 @@ class Segment:
         )
         self.input = mv.cuts[a]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        dims = self.session.get_inputs()[0].shape
+        self.batch = fixed_batch(dims[0] if dims else None)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(None, {self.input.name: x})))
+        """The outputs for ``x``; a model whose batch is fixed to N > 1 runs a sample padded
+        to N (its partitions take exactly N), and the sample's rows come back."""
+        values = run_batched(self.session, None, self.input.name, x, self.batch)
+        return dict(zip(self.outputs, values))
 
     def warm_up(self) -> None:
         self.run(np.zeros(self.input.shape, dtype=self.input.dtype))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from splitmq.cli.options import asks
@@ -161,10 +162,19 @@ def device(
                 if as_json:
                     print(json.dumps(row), flush=True)
     done = summary.to_json(run.submitted, dev.stats.counts["answered_after_failure"])
+    final = dev.plan  # a following device ends on the planner's plan
+    done["plan"] = {"words": final.words, "reason": final.reason, "objective": final.objective}
     if as_json:
         print(json.dumps(done), flush=True)
     else:
-        out.print(_table(dev_id, plan, list(recent), done))
+        out.print(_table(dev_id, final, list(recent), done))
+    if dev.plans.refused is not None:
+        err.print(
+            f"[yellow]warning:[/] the planner cannot plan for {final.model} v{final.version}, "
+            f"so it ran on the device alone: {escape(dev.plans.refused)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if done["failed"] or done["lost"]:
         raise typer.Exit(1)
 

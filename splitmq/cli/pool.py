@@ -101,27 +101,90 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
 
 
 @pool_app.command("show")
-def pool_show(model: ModelArg, pool: PoolOption = None) -> None:
-    """Print a model version's manifest (JSON)."""
+def pool_show(
+    model: ModelArg,
+    pool: PoolOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The whole manifest as JSON instead.")
+    ] = False,
+) -> None:
+    """Print a model version's config (TOML, as `pool add --config` takes it), or with
+    --json its whole manifest."""
+    from splitmq.shared.model.config import render
+
     _, mv = open_ref(model, pool)
     mv.model_bytes  # noqa: B018  (verifies the file against the manifest)
-    print(mv.manifest.model_dump_json(indent=1))
+    if as_json:
+        print(mv.manifest.model_dump_json(indent=1))
+        return
+    m = mv.manifest
+    print(f"# {mv.name} v{mv.version}: {mv.dir / 'model.onnx'}")
+    print(f"# input {m.input.name} {m.input.shape} {m.input.dtype}; outputs ", end="")
+    print(", ".join(f"{o.name} {o.shape}" for o in m.outputs))
+    print(render(m.preprocess, m.output, m.labels), end="")
 
 
 @pool_app.command("add")
 def pool_add(
     path: Annotated[Path, typer.Argument(help="An .onnx file.")],
     name: Annotated[str, typer.Option("--name", help="Model name in the pool.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A model config (TOML, docs/own-model.md): input layout, color, resize, "
+            "crop, mean, std; output task, tensor, labels. The flags below override it."
+        ),
+    ] = None,
+    layout: Annotated[str | None, typer.Option(help="input.layout: NCHW or NHWC.")] = None,
+    color: Annotated[str | None, typer.Option(help="input.color: RGB, BGR or GRAY.")] = None,
+    resize: Annotated[int | None, typer.Option(help="input.resize: the shorter side.")] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="input.crop: SIZE or HEIGHTxWIDTH (e.g. 224x224).")
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="input.mean, per channel in 0..255: 127 or 124,116,104.")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="input.std, per channel: 128 or 58,57,57.")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="output.task: classify.")] = None,
+    tensor: Annotated[
+        str | None, typer.Option(help="output.tensor: the output that answers.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="output.labels: a file, one label per line.")
+    ] = None,
     pool: PoolOption = None,
     broker: BrokerOption = None,
     announce: AnnounceOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Add any ONNX model; the same file twice is the same version. The version is
-    announced to running workers and the planner (--no-announce: not)."""
+    """Add any ONNX model; the same file twice is the same version. A config (or the
+    flags) says how images become its input and how its output reads; it is checked
+    against the model here. The version is announced to running workers and the planner
+    (--no-announce: not)."""
+    from splitmq.shared.model.config import ModelConfig
+
     cfg = settings(pool=pool, broker=broker)
+    flags: dict[str, dict[str, Any]] = {
+        "input": {
+            "layout": layout,
+            "color": color,
+            "resize": resize,
+            "crop": _crop(crop),
+            "mean": _numbers("--mean", mean),
+            "std": _numbers("--std", std),
+        },
+        "output": {
+            "task": task,
+            "tensor": tensor,
+            "labels": str(labels.resolve()) if labels else None,
+        },
+    }
+    given = config is not None or any(v is not None for f in flags.values() for v in f.values())
+    model_config = ModelConfig.load(config, flags) if given else None
     with Console(stderr=True).status(f"analysing {path} …"):
-        mv = ModelPool(cfg.pool).add(path, name)
+        mv = ModelPool(cfg.pool).add(path, name, config=model_config)
     announced = announce_version(cfg, mv) if announce else False
     if as_json:
         print_json(
@@ -131,11 +194,35 @@ def pool_add(
                 "sha256": mv.manifest.sha256,
                 "cuts": len(mv.cuts),
                 "path": str(mv.dir),
+                "config": str(mv.dir / "config.toml"),
                 "announced": announced,
             }
         )
     else:
         out.print(f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts, in {mv.dir}")
+
+
+def _crop(text: str | None) -> int | list[int] | None:
+    if text is None:
+        return None
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give SIZE or HEIGHTxWIDTH", param_hint="--crop"
+        ) from None
+    return sides[0] if len(sides) == 1 else sides
+
+
+def _numbers(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give numbers like 127 or 124,116,104", param_hint=flag
+        ) from None
 
 
 @pool_app.command("announce")

@@ -1,0 +1,260 @@
+"""A model's config: what the ONNX graph alone does not say (a TOML file).
+
+Like Triton's ``config.pbtxt``, one small file beside the model says how an image
+becomes its input (layout, colour order, resize, crop, mean and std) and how its output
+is read (the task, which output answers, the labels)::
+
+    [input]
+    layout = "NCHW"          # or "NHWC"
+    color = "RGB"            # "BGR", "GRAY"
+    resize = 256             # shorter side, optional
+    crop = 224               # or [h, w]
+    mean = [127.0, 127.0, 127.0]
+    std = [128.0, 128.0, 128.0]
+    [output]
+    task = "classify"        # "detect", "raw"
+    tensor = "probs"         # which output, when there are several
+    labels = "labels.txt"    # relative to the config
+
+``splitmq pool add --config`` reads it (its flags override single fields); :meth:`check`
+holds it against the graph, so a config that cannot work fails at ``pool add`` with one
+line naming the field, never per request. The pool keeps it in the manifest and writes
+it back as ``config.toml`` beside ``model.onnx``; the built-in models are described the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitmq.shared.errors import UserError
+from splitmq.shared.model.manifest import OutputSpec, Preprocess, TensorSpec
+
+LAYOUTS = ("NCHW", "NHWC")
+#: The config's colour names -> the manifest's (Pillow's mode for grey is "L").
+COLORS = {"RGB": "RGB", "BGR": "BGR", "GRAY": "L"}
+TASKS = ("classify", "detect", "raw")
+SERVED = ("classify",)  # tasks the workers and devices answer today
+SECTIONS = {
+    "input": {"layout", "color", "resize", "crop", "mean", "std"},
+    "output": {"task", "tensor", "labels"},
+}
+
+
+class ConfigError(UserError):
+    """A model config that cannot work: one line, naming the file and the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A parsed config: the manifest's preprocessing and output, and the labels."""
+
+    preprocess: Preprocess | None
+    output: OutputSpec
+    labels: list[str] | None
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, dict[str, Any]]) -> ModelConfig:
+        """The config in ``path`` (None: none) with ``overrides`` (section -> field ->
+        value, from flags) on top; labels are read relative to the file."""
+        doc: dict[str, Any] = {}
+        where = "the flags"
+        if path is not None:
+            where = str(path)
+            try:
+                doc = tomllib.loads(Path(path).read_text())
+            except OSError as exc:
+                raise ConfigError(f"model config {path}: cannot be read ({exc.strerror})") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"model config {path}: not TOML ({exc})") from None
+        for section, fields in overrides.items():
+            given = {k: v for k, v in fields.items() if v is not None}
+            if given:
+                doc.setdefault(section, {}).update(given)
+        base = Path(path).parent if path is not None else Path.cwd()
+        return cls.parse(doc, base, where)
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any], base: Path, where: str) -> ModelConfig:
+        for section, value in doc.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{where}: unknown section [{section}]: use [input], [output]")
+            unknown = set(value) - SECTIONS[section] if isinstance(value, dict) else set()
+            if not isinstance(value, dict) or unknown:
+                what = f"unknown field {section}.{sorted(unknown)[0]}" if unknown else "a table"
+                known = ", ".join(sorted(SECTIONS[section]))
+                raise ConfigError(f"{where}: [{section}] must hold {known}; found {what}")
+        field = _Fields(where)
+        out = doc.get("output", {})
+        task = field.choice("output.task", out.get("task", "classify"), TASKS)
+        tensor = out.get("tensor")
+        if tensor is not None and not isinstance(tensor, str):
+            raise ConfigError(f"{where}: output.tensor must be an output's name, got {tensor!r}")
+        labels = None
+        if out.get("labels") is not None:
+            labels = field.labels("output.labels", base / str(out["labels"]))
+        pre = None
+        if "input" in doc:
+            pre = field.preprocess(doc["input"])
+        return cls(pre, OutputSpec(task=task, tensor=tensor), labels)
+
+    def check(self, name: str, model_input: TensorSpec, outputs: list[TensorSpec]) -> None:
+        """Hold the config against the model's graph; ConfigError naming the field."""
+        final, classes = check_output(name, self.output, outputs)
+        if self.labels is not None and len(self.labels) != classes:
+            raise ConfigError(
+                f"the config of {name}: output.labels has {len(self.labels)} labels for the "
+                f"{classes} classes of output {final!r}"
+            )
+        if self.preprocess is not None:
+            _check_input(f"the config of {name}", self.preprocess, model_input)
+
+
+def check_output(name: str, output: OutputSpec, outputs: list[TensorSpec]) -> tuple[str, int]:
+    """Whether the model's outputs can answer as ``output`` says (any model added to the
+    pool, with a config or not: a classifier needs one vector of class scores); returns
+    the answering output and its number of classes."""
+    where = f"model {name}"
+    if output.task not in SERVED:
+        raise ConfigError(
+            f"{where}: output.task = {output.task!r} is not served yet: splitmq answers "
+            f"{', '.join(SERVED)}"
+        )
+    names = [o.name for o in outputs]
+    if output.tensor is not None and output.tensor not in names:
+        raise ConfigError(
+            f"{where}: output.tensor {output.tensor!r} is not an output of the model: it "
+            f"has {', '.join(names)}"
+        )
+    final = next(o for o in outputs if o.name == (output.tensor or names[-1]))
+    classes = [d for d in final.shape[1:] if d != 1]
+    if len(classes) != 1:
+        raise ConfigError(
+            f"{where}: output {final.name!r} of shape {final.shape} holds no vector of class "
+            "scores (one dimension besides the batch may exceed 1): name the output that "
+            "does with output.tensor"
+        )
+    return final.name, int(classes[0])
+
+
+def _check_input(where: str, pre: Preprocess, spec: TensorSpec) -> None:
+    dims = spec.shape
+    if len(dims) != 4:
+        raise ConfigError(
+            f"{where}: [input] describes images, but input {spec.name!r} is {dims} (not 4-D)"
+        )
+    c, h, w = (dims[1], dims[2], dims[3]) if pre.layout == "NCHW" else (dims[3], dims[1], dims[2])
+    if c != len(pre.mean):
+        raise ConfigError(
+            f"{where}: input.layout = {pre.layout!r} reads {c} channel(s) from input "
+            f"{spec.shape}, but input.color = {_color(pre)!r} has {len(pre.mean)}: check "
+            "input.layout and input.color"
+        )
+    if (h, w) != tuple(pre.size):
+        raise ConfigError(
+            f"{where}: input.crop is {list(pre.size)} but the model's input "
+            f"({pre.layout} {spec.shape}) takes {h}x{w}"
+        )
+
+
+def _color(pre: Preprocess) -> str:
+    return next(k for k, v in COLORS.items() if v == pre.channels)
+
+
+class _Fields:
+    """Reads one field at a time, so each error names its field."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, field: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {field} {why}")
+
+    def choice(self, field: str, value: Any, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.fail(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    def positive_int(self, field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(field, f"must be a positive whole number, got {value!r}")
+        return value
+
+    def numbers(self, field: str, value: Any, count: int, positive: bool = False) -> list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise self.fail(field, f"must be numbers, got {value!r}")
+        floats = [float(v) for v in values] * (count if len(values) == 1 else 1)
+        if len(floats) != count or not all(math.isfinite(v) for v in floats):
+            raise self.fail(field, f"needs {count} finite number(s), one per channel: {value!r}")
+        if positive and min(floats) <= 0:
+            raise self.fail(field, f"must be above 0, got {value!r}")
+        return floats
+
+    def preprocess(self, section: dict[str, Any]) -> Preprocess:
+        for needed in ("crop", "mean", "std"):
+            if needed not in section:
+                raise self.fail(f"input.{needed}", "is missing: [input] needs crop, mean and std")
+        layout = self.choice("input.layout", section.get("layout", "NCHW"), LAYOUTS)
+        color = self.choice("input.color", section.get("color", "RGB"), tuple(COLORS))
+        crop = section["crop"]
+        if isinstance(crop, list):
+            if len(crop) != 2:
+                raise self.fail("input.crop", f"must be a size or [height, width], got {crop!r}")
+            h, w = (self.positive_int("input.crop", side) for side in crop)
+            size = (h, w)
+        else:
+            size = (self.positive_int("input.crop", crop),) * 2
+        resize = section.get("resize")
+        if resize is not None:
+            resize = self.positive_int("input.resize", resize)
+            if resize < min(size):
+                raise self.fail("input.resize", f"({resize}) is smaller than the crop {list(size)}")
+        channels = 1 if color == "GRAY" else 3
+        return Preprocess(
+            layout=layout,
+            channels=COLORS[color],
+            resize=resize,
+            size=size,
+            mean=self.numbers("input.mean", section["mean"], channels),
+            std=self.numbers("input.std", section["std"], channels, positive=True),
+        )
+
+    def labels(self, field: str, path: Path) -> list[str]:
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fail(field, f"{path} cannot be read ({exc})") from None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not lines:
+            raise self.fail(field, f"{path} holds no labels (one per line)")
+        return lines
+
+
+def render(pre: Preprocess | None, output: OutputSpec, labels: str | None) -> str:
+    """The config as TOML, as ``pool add`` keeps it beside the model (``pool show``)."""
+    lines: list[str] = []
+    if pre is not None:
+        crop = pre.size[0] if pre.size[0] == pre.size[1] else list(pre.size)
+        lines += [
+            "[input]",
+            f'layout = "{pre.layout}"',
+            f'color = "{_color(pre)}"',
+            *([f"resize = {pre.resize}"] if pre.resize else []),
+            f"crop = {crop}",
+            f"mean = {pre.mean}",
+            f"std = {pre.std}",
+            "",
+        ]
+    lines += ["[output]", f'task = "{output.task}"']
+    if output.tensor is not None:
+        lines.append(f"tensor = {json.dumps(output.tensor)}")  # a TOML basic string
+    if labels is not None:
+        lines.append(f"labels = {json.dumps(labels)}")
+    return "\n".join(lines) + "\n"
