@@ -125,3 +125,12 @@ def test_device_model_takes_name_at_version(settings, real_pool) -> None:
     assert json.loads(ok.stdout.splitlines()[-1])["answered"] == 2
     missing = run_cli("device", "--model", "mnist-cnn@7", "--frames", "1", env=env)
     assert missing.returncode == 2 and "has no version 7; versions: [1]" in missing.stderr
+
+
+def test_help_shows_bracketed_defaults_and_environment_variables(tmp_path) -> None:
+    """Rich reads `[...]` as markup and drops it unless escaped: the words must stay."""
+    env = {**cli_env(pool=tmp_path), "COLUMNS": "200"}
+    listed = run_cli("pool", "list", "--help", env=env)
+    assert "[env: SPLITMQ_POOL]" in listed.stdout, listed.stdout
+    calibrate = run_cli("calibrate", "--help", env=env)
+    assert "[default: 100 photos, 1000 MNIST digits]" in calibrate.stdout, calibrate.stdout

@@ -261,3 +261,18 @@ def test_a_1000x1x1_classifier_calibrates_from_a_folder_of_photos(tmp_path, real
     assert rows["raw"]["agreement"] == 1.0 and rows["raw"]["samples"] == 12
     # 2 bits change some answers: agreement is over the 1000 classes, not a singleton axis
     assert rows["q2"]["agreement"] < 0.9
+
+
+def test_scores_without_a_batch_dim_are_refused_at_pool_add(tmp_path, user_pool, real_pool):
+    """Squeezed to [10]: one sample serves, but nothing runs samples together (calibration)."""
+    model = onnx.load_from_string(real_pool.get("mnist-cnn").model_bytes)
+    graph = model.graph
+    final = graph.output[-1].name
+    graph.node.append(helper.make_node("Flatten", [final], ["flat"], axis=0))
+    graph.initializer.append(helper.make_tensor("ten", TensorProto.INT64, [1], [10]))
+    graph.node.append(helper.make_node("Reshape", ["flat", "ten"], ["scores"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [10]))
+    path = save(model, tmp_path / "squeezed.onnx")
+    with pytest.raises(ConfigError, match=r"does not start with the batch dim"):
+        user_pool.add(path, "squeezed")

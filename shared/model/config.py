@@ -132,6 +132,11 @@ def check_output(name: str, output: OutputSpec, outputs: list[TensorSpec]) -> tu
             f"has {', '.join(names)}"
         )
     final = next(o for o in outputs if o.name == (output.tensor or names[-1]))
+    if not final.shape or final.shape[0] != 1:
+        raise ConfigError(
+            f"{where}: output {final.name!r} of shape {final.shape} does not start with the "
+            "batch dim: export the model with its scores as [batch, classes]"
+        )
     classes = [d for d in final.shape[1:] if d != 1]
     if len(classes) != 1:
         raise ConfigError(

@@ -44,7 +44,7 @@ def calibrate(
         typer.Option(
             "--calibration-samples",
             min=10,
-            help="Samples to pick clip ranges on [default: 100 photos, 1000 MNIST digits].",
+            help="Samples to pick clip ranges on \\[default: 100 photos, 1000 MNIST digits].",
             show_default=False,
         ),
     ] = None,
@@ -52,7 +52,7 @@ def calibrate(
         str | None,
         typer.Option(
             "--cuts",
-            help="Cuts to calibrate, e.g. 3,14,21, or 'all' [default: every cut a plan may "
+            help="Cuts to calibrate, e.g. 3,14,21, or 'all' \\[default: every cut a plan may "
             "use: all but the output and the cuts that only pad the one before].",
             show_default=False,
         ),
@@ -66,7 +66,7 @@ def calibrate(
         ),
     ] = "auto",
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime threads [env: SPLITMQ_THREADS].", min=1)
+        int | None, typer.Option(help="ONNX Runtime threads \\[env: SPLITMQ_THREADS].", min=1)
     ] = None,
     pool: PoolOption = None,
     as_json: JsonOption = False,

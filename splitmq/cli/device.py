@@ -33,7 +33,7 @@ def device(
     ] = "efficientnet-lite0",
     cut: Annotated[
         int | None,
-        typer.Option(help="Device cut: a fixed plan [default: follow the planner's plan]."),
+        typer.Option(help="Device cut: a fixed plan \\[default: follow the planner's plan]."),
     ] = None,
     codec: Annotated[
         str, typer.Option(help="Codec at the cut: raw, fp16, int8, q4c+zstd, u8, jpeg:85, …")
@@ -65,7 +65,7 @@ def device(
         int | None,
         typer.Option(
             min=1,
-            help="Frames to send [default: all a file or folder has; synthetic: until stopped].",
+            help="Frames to send \\[default: all a file or folder has; synthetic: until stopped].",
         ),
     ] = None,
     link: Annotated[

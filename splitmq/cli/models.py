@@ -122,7 +122,7 @@ def profile(
     model: ModelArg,
     pool: PoolOption = None,
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime threads [env: SPLITMQ_THREADS].", min=1)
+        int | None, typer.Option(help="ONNX Runtime threads \\[env: SPLITMQ_THREADS].", min=1)
     ] = None,
     repeats: Annotated[int, typer.Option(help="Turns of timed runs per partition.", min=3)] = 8,
     as_json: JsonOption = False,

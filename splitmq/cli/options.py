@@ -71,7 +71,7 @@ _FPS = _option(
     "fps",
     Annotated[
         float | None,
-        typer.Option(help="Frames per second [default: as answers come].", min=0.01),
+        typer.Option(help="Frames per second \\[default: as answers come].", min=0.01),
     ],
     None,
 )

@@ -24,7 +24,7 @@ def plan(
     uplink: Annotated[str, typer.Option(help="Device uplink, e.g. 5mbit, 500kbit.")],
     rtt: Annotated[str, typer.Option(help="Round trip device <-> broker, e.g. 40ms.")] = "20ms",
     downlink: Annotated[
-        str | None, typer.Option(help="Device downlink [default: as the uplink].")
+        str | None, typer.Option(help="Device downlink \\[default: as the uplink].")
     ] = None,
     device_speed: Annotated[
         float, typer.Option(help="Device speed vs the profile's host, in (0, 1].")

@@ -257,7 +257,7 @@ def models_build(
     threads: Annotated[
         int | None,
         typer.Option(
-            help="ONNX Runtime threads to calibrate with [default: SPLITMQ_THREADS]; profiles "
+            help="ONNX Runtime threads to calibrate with \\[default: SPLITMQ_THREADS]; profiles "
             "always use SPLITMQ_THREADS, as serving does.",
             min=1,
         ),

@@ -31,14 +31,14 @@ app = typer.Typer(
 
 PoolOption = Annotated[
     str | None,
-    typer.Option("--pool", help="Model pool directory [env: SPLITMQ_POOL].", show_default=False),
+    typer.Option("--pool", help="Model pool directory \\[env: SPLITMQ_POOL].", show_default=False),
 ]
 BrokerOption = Annotated[
     str | None,
     typer.Option(
         "--broker",
         help="MQTT broker: mqtt://host:port, mqtts://user@host:8883 or host:port "
-        "[env: SPLITMQ_BROKER]; log in with SPLITMQ_USERNAME, SPLITMQ_PASSWORD or "
+        "\\[env: SPLITMQ_BROKER]; log in with SPLITMQ_USERNAME, SPLITMQ_PASSWORD or "
         "SPLITMQ_PASSWORD_FILE, and SPLITMQ_CA_FILE for TLS.",
         show_default=False,
     ),
@@ -46,7 +46,7 @@ BrokerOption = Annotated[
 PrefixOption = Annotated[
     str | None,
     typer.Option(
-        "--topic-prefix", help="Topic prefix [env: SPLITMQ_TOPIC_PREFIX].", show_default=False
+        "--topic-prefix", help="Topic prefix \\[env: SPLITMQ_TOPIC_PREFIX].", show_default=False
     ),
 ]
 IdOption = Annotated[str | None, typer.Option("--id", help="Client id (default: random).")]

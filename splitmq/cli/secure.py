@@ -22,7 +22,7 @@ DirOption = Annotated[
     typer.Option(
         "--dir",
         envvar="SPLITMQ_SECURE_DIR",
-        help="The directory `secure init` made [env: SPLITMQ_SECURE_DIR].",
+        help="The directory `secure init` made \\[env: SPLITMQ_SECURE_DIR].",
     ),
 ]
 

@@ -45,7 +45,7 @@ MetricsPortOption = Annotated[
         min=0,
         max=65535,
         help="Serve Prometheus metrics on this port, at /metrics (0: any free port, logged) "
-        "[env: SPLITMQ_METRICS_PORT].",
+        "\\[env: SPLITMQ_METRICS_PORT].",
         show_default=False,
     ),
 ]
@@ -220,11 +220,11 @@ def planner(
     ] = 0.1,
     cloud_link: Annotated[
         str | None,
-        typer.Option(help="Link broker <-> cloud workers, BANDWIDTH/RTT [default: beside it]."),
+        typer.Option(help="Link broker <-> cloud workers, BANDWIDTH/RTT \\[default: beside it]."),
     ] = None,
     edge_link: Annotated[
         str | None,
-        typer.Option(help="Link broker <-> edge workers, BANDWIDTH/RTT [default: beside it]."),
+        typer.Option(help="Link broker <-> edge workers, BANDWIDTH/RTT \\[default: beside it]."),
     ] = None,
     edge_speed: Annotated[
         float, typer.Option(help="Edge hosts' speed vs the profile's, until measured.", min=0.01)
