@@ -1,12 +1,9 @@
 """Start and stop a real mosquitto for tests, the demo and ``splitmq broker``.
 
-The project's ``mosquitto.conf`` is the single source of broker settings. It
-ships inside this package (``broker/mosquitto.conf``; the top-level
-``mosquitto.conf`` of a checkout is a symlink to it), so a wheel finds it with
-:mod:`importlib.resources` as an editable install does. The launcher never
-edits it: it writes a copy with the listener, the data directory and the user
-filled in, runs ``mosquitto -c <copy>``, and waits until the port accepts TCP
-connections before handing it out.
+The project's ``mosquitto.conf`` (package data: a wheel finds it with
+:mod:`importlib.resources`) is the single source of broker settings. The launcher
+writes a copy with the listener, the data directory and the user filled in, runs
+``mosquitto -c <copy>``, and waits until the port accepts TCP connections.
 """
 
 from __future__ import annotations
@@ -28,6 +25,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from splitmq.broker.ownership import (
+    append_log,
+    broker_user,
+    check_data_dir,
+    drops_root,
+    fresh_dir,
+    give,
+    hand_over,
+    write_new,
+)
 from splitmq.broker.secure import BROKER_FILES, SecureDir
 from splitmq.shared.errors import BrokerError
 from splitmq.shared.settings import Settings
@@ -76,17 +83,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_user() -> pwd.struct_passwd:
-    """Who mosquitto runs as: started as root, it drops to ``mosquitto`` (Debian's package
-    makes that user); otherwise it stays whoever started it."""
-    if os.geteuid() == 0:
-        try:
-            return pwd.getpwnam("mosquitto")
-        except KeyError:
-            log.warning("no `mosquitto` user on this host: mosquitto will run as root")
-    return pwd.getpwuid(os.geteuid())
-
-
 def render_config(
     template: str, *, port: int, host: str | None, data_dir: Path, user: str | None = None
 ) -> str:
@@ -105,26 +101,6 @@ def render_config(
     text = _set_option(text, _PERSISTENCE_LOCATION, f"persistence_location {data_dir}/")
     # mosquitto switches to this user right after reading its config (only as root)
     return _set_option(text, _USER, f"user {user or broker_user().pw_name}")
-
-
-def hand_over(path: Path, owner: pwd.struct_passwd) -> None:
-    """Make ``path`` (a dir: and what is directly in it) ``owner``'s, 0700/0600, after
-    checking that ``owner`` can reach it at all: mosquitto opens everything after it
-    has dropped root, so a key or data dir behind a 0700 parent fails only then."""
-    if os.geteuid() != 0 or owner.pw_uid == 0:
-        return  # it runs as us: nothing to hand over
-    for parent in path.resolve().parents:
-        st = parent.stat()
-        if st.st_uid != owner.pw_uid and not st.st_mode & 0o001:
-            raise BrokerError(
-                f"mosquitto runs as {owner.pw_name} and cannot reach {path}: {parent} is "
-                f"mode {st.st_mode & 0o777:o}; choose a data directory it can reach, "
-                "such as /var/lib/splitmq/broker"
-            )
-    for item in [path, *(path.iterdir() if path.is_dir() else [])]:
-        os.chown(item, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
-        if not item.is_symlink():
-            item.chmod(0o700 if item.is_dir() else 0o600)
 
 
 def _set_option(text: str, pattern: re.Pattern[str], line: str) -> str:
@@ -326,6 +302,7 @@ class Broker:
 
     def _launch(self, binary: Path, template: str) -> None:
         owner = broker_user()
+        check_data_dir(self.data_dir)
         hand_over(self.data_dir, owner)
         conf = self.data_dir / "mosquitto.conf"
         text = render_config(
@@ -338,10 +315,10 @@ class Broker:
             text = _ANONYMOUS.sub("", text) + self.secure.mosquitto_lines(
                 staged, self._tls_port, self.tls_host
             )
-        conf.write_text(text)  # read before mosquitto drops root: stays ours
+        write_new(conf, text.encode())  # read before mosquitto drops root
         output: IO[bytes] | None = None
         if not self._echo:
-            output = self._log_file = self.log_path.open("ab")
+            output = self._log_file = os.fdopen(append_log(self.log_path), "ab")
         try:
             self._proc = subprocess.Popen(
                 [str(binary), "-c", str(conf)],
@@ -354,18 +331,18 @@ class Broker:
 
     def _stage(self, secure: SecureDir, owner: pwd.struct_passwd) -> Path:
         """The broker's own copies of what it reads from the secure directory (which stays
-        its admin's, 0700): users and ACLs as of now, the CA and the server's key pair."""
-        staged = self.data_dir / "secure"
-        staged.mkdir(mode=0o700, exist_ok=True)
+        its admin's, 0700): users and ACLs as of now, the CA and the server's key pair,
+        in a directory made afresh at each start."""
+        staged = fresh_dir(self.data_dir / "secure")
         for name in BROKER_FILES:
             try:
-                shutil.copyfile(secure.root / name, staged / name)
+                data = (secure.root / name).read_bytes()
             except FileNotFoundError:
-                raise BrokerError(
-                    f"{secure.root / name} is missing: {secure.root} is not a secure directory "
-                    f"of this splitmq (run `splitmq secure init` again)"
-                ) from None
-        hand_over(staged, owner)
+                raise BrokerError(secure.missing(name)) from None
+            write_new(staged / name, data)
+        if drops_root(owner):
+            for item in (staged, *(staged / name for name in BROKER_FILES)):
+                give(item, owner)
         return staged
 
     def _check_port_free(self) -> None:

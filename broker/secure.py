@@ -151,6 +151,38 @@ class SecureDir:
         pki.write_secret(path, _json(doc))
         pki.write_secret(self.root / "secure.json", _json(registry))
 
+    def missing(self, name: str) -> str:
+        """Why the broker cannot start from this directory: ``name`` is not there."""
+        if name == DYNSEC and (self.root / "passwd").exists():
+            return (
+                f"{self.root} was made by an older splitmq (passwd and acl, no {DYNSEC}): "
+                f"run `splitmq secure upgrade --dir {self.root}` once"
+            )
+        return f"{self.root / name} is missing: {self.root} is not a whole secure directory"
+
+    def upgrade(self) -> list[Role]:
+        """Turn an older directory (``passwd`` with mosquitto's ``$7$`` hashes, ``acl``)
+        into this one: the same users and passwords in the plugin's file, plus the users
+        of roles added since (returned, e.g. ``admin``)."""
+        passwd = self.root / "passwd"
+        if (self.root / DYNSEC).exists() or not passwd.exists():
+            raise UserError(f"{self.root} needs no upgrade: it has {DYNSEC}, or no passwd")
+        passwords = {}
+        for line in passwd.read_text().splitlines():
+            user, _, digest = line.partition(":")
+            parts = digest.split("$")  # "", "7", iterations, salt, hash
+            if len(parts) != 5 or parts[1] != "7":
+                raise UserError(f"{passwd}: {user!r} has no $7$ hash: add the user again")
+            passwords[user] = {"password": parts[4], "salt": parts[3], "iterations": int(parts[2])}
+        registry = self._registry()
+        self._save(registry, passwords)
+        added = [role for role in SERVICE_ROLES if role not in registry["users"]]
+        for role in added:
+            self._add(role, role)
+        passwd.unlink()
+        (self.root / "acl").unlink(missing_ok=True)
+        return added
+
     def tell_broker(self, device: str, password: str, broker: str | None = None) -> None:
         """Add ``device`` to the broker running at ``broker`` (default: the URL in the
         clients' files) now, through the plugin's control topic as ``admin``.
@@ -177,13 +209,24 @@ class SecureDir:
             raise BrokerError(f"the broker refused {failed[0]['command']}: {failed[0]['error']}")
 
     def settings(self, user: str, broker: str, **overrides: object) -> Settings:
-        """The settings of ``user`` against ``broker`` (a URL): its clients file, read as
-        the ``.env`` it is meant to be, with the CA and broker given here on top."""
+        """The settings of ``user`` against ``broker`` (a URL): the login in its clients
+        file, which no SPLITMQ_* variable of the shell overrides, with the CA on top."""
+        path = self.client_env(user)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing: {self.root} has no user {user!r}") from None
+        env = dict(line.split("=", 1) for line in lines if "=" in line)
+        login = {
+            "username": env["SPLITMQ_USERNAME"],
+            "password": env["SPLITMQ_PASSWORD"],
+            "topic_prefix": env["SPLITMQ_TOPIC_PREFIX"],
+        }
         return Settings(
-            _env_file=self.client_env(user),
+            _env_file=None,
             broker=broker,
             ca_file=self.ca,
-            **overrides,  # type: ignore[arg-type]
+            **{**login, **overrides},  # type: ignore[arg-type]
         )
 
     def mosquitto_lines(self, staged: Path, tls_port: int, tls_host: str | None) -> str:

@@ -61,6 +61,11 @@ def run_foreground(
     ``host``:``tls_port``; the plain listener then binds to loopback only, for local
     development on the broker's own host.
     """
+    if ":" in host:
+        raise UserError(
+            f"--host {host}: IPv6 addresses are not supported yet: give an IPv4 address, "
+            "0.0.0.0 or a host name"
+        )
     if secure is None and reachable_from_others(host):
         if not insecure:
             raise UserError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from splitmq.shared.codecs import encode
-from splitmq.shared.errors import ImageError, RequestFailed, UserError, WireError
+from splitmq.shared.errors import BrokerError, ImageError, RequestFailed, UserError, WireError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.preprocess import read_image, to_pixels
 from splitmq.shared.protocol.ids import ID_RULE, MODEL_RULE, is_id, is_model_name
@@ -109,7 +109,16 @@ class Frames:
     def start(self, intake: Intake) -> None:
         self._intake, self.backlog = intake, intake.capacity
         for filt in self.filters():
-            intake.client.subscribe(filt, self._take, qos=1)
+            try:
+                intake.client.subscribe(filt, self._take, qos=1)
+            except BrokerError as exc:
+                if filt == self.topics.shared_frames():
+                    raise
+                raise UserError(
+                    f"SPLITMQ_FRAME_TOPICS: the broker refused {filt} ({exc}): a --secure "
+                    "broker's ACLs cover only the topic contract, so cameras there publish "
+                    "to frame/<model>/<device>"
+                ) from None
 
     def stop(self) -> None:
         assert self._intake is not None

@@ -152,6 +152,7 @@ def test_a_device_cannot_take_over_another_clients_id(secure_broker, victims) ->
     watch = MqttClient(secure_broker.user_settings("monitor").connection("att-watch"))
     watch.subscribe(T.telemetry("device", OTHER), status, qos=1)
     watch.connect(timeout=5)
+    status.wait(1)  # its retained "online": what a takeover's Last Will would replace
     try:
         for victim_id in (OTHER, CAM, "att-edge", "att-cloud", "monitor"):
             taker = MqttClient(secure_broker.user_settings(ME).connection(victim_id))

@@ -159,7 +159,7 @@ def test_started_as_root_mosquitto_runs_as_its_own_user(broker_dir: Path) -> Non
         uid = int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))
         assert uid == pwd.getpwnam("mosquitto").pw_uid != 0
         assert "user mosquitto" in (broker.data_dir / "mosquitto.conf").read_text()
-        assert (broker.data_dir / "mosquitto.db").exists() or broker.data_dir.stat().st_uid == uid
+        assert broker.data_dir.stat().st_uid == uid  # handed over: it writes its database
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mosquitto drops privileges only when run as root")
@@ -193,3 +193,45 @@ def test_a_broker_open_to_other_hosts_needs_secure_or_insecure(
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root follows no link only where it runs as root")
+def test_links_planted_in_the_data_dir_are_never_followed_by_root(
+    tmp_path: Path, broker_dir: Path
+) -> None:
+    """The data dir is mosquitto's between starts: root must not write or chown through
+    a link planted there (to a key directory, a config file, /etc/shadow)."""
+    from splitmq.broker.secure import SecureDir
+
+    victim_dir, victim = broker_dir / "victim", broker_dir / "victim.txt"
+    victim_dir.mkdir(mode=0o755)
+    (victim_dir / "keep").write_text("root's")
+    victim.write_text("root's own")
+    data = broker_dir / "data"
+    data.mkdir()
+    (data / "secure").symlink_to(victim_dir)
+    (data / "mosquitto.conf").symlink_to(victim)
+    secure = SecureDir.init(tmp_path / "s")
+    with Broker(data_dir=data, secure=secure.root) as broker:
+        assert broker.running
+    assert victim.read_text() == "root's own" and victim.stat().st_uid == 0
+    assert sorted(p.name for p in victim_dir.iterdir()) == ["keep"]
+    assert (victim_dir / "keep").stat().st_uid == 0
+    (data / "mosquitto.db").unlink(missing_ok=True)
+    os.link(victim, data / "mosquitto.db")  # a hard link to root's file: refused
+    with pytest.raises(BrokerError, match="not a plain file"):
+        Broker(data_dir=data).start()
+    assert victim.stat().st_uid == 0 and victim.stat().st_mode & 0o777 != 0o600
+
+
+def test_a_data_dir_holding_other_files_is_refused(broker_dir: Path) -> None:
+    (broker_dir / "photos").mkdir()
+    with pytest.raises(BrokerError, match="holds photos, which are not the broker's"):
+        Broker(data_dir=broker_dir).start()
+
+
+def test_an_ipv6_host_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from clitools import cli_env, run_cli
+
+    refused = run_cli("broker", "--host", "::1", env=cli_env(pool=tmp_path))
+    assert refused.returncode == 2 and "IPv6 addresses are not supported yet" in refused.stderr

@@ -9,6 +9,7 @@ broker, on the device and through the edge, the same top-1 as the unsplit origin
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import numpy as np
@@ -276,3 +277,47 @@ def test_scores_without_a_batch_dim_are_refused_at_pool_add(tmp_path, user_pool,
     path = save(model, tmp_path / "squeezed.onnx")
     with pytest.raises(ConfigError, match=r"does not start with the batch dim"):
         user_pool.add(path, "squeezed")
+
+
+def test_the_same_file_with_another_config_is_a_new_version(tmp_path, user_pool, real_pool):
+    original = real_pool.get("mnist-cnn")
+    path = save(onnx.load_from_string(original.model_bytes), tmp_path / "m.onnx")
+    pre = original.manifest.preprocess
+    grey = {"input": {"color": "GRAY", "crop": 28, "mean": pre.mean, "std": pre.std}}
+    bare = user_pool.add(path, "m")
+    configured = user_pool.add(path, "m", config=ModelConfig.load(None, grey))
+    again = user_pool.add(path, "m", config=ModelConfig.load(None, grey))
+    assert (bare.version, configured.version, again.version) == (1, 2, 2)
+    assert bare.manifest.preprocess is None and configured.manifest.preprocess is not None
+    assert user_pool.add(path, "m").version == 1  # no config given: the file's first version
+
+
+def test_an_input_section_needs_a_float_input(tmp_path, user_pool, real_pool) -> None:
+    """[input] makes float32 images: a model taking uint8 (as TFLite exports do) would
+    fail every request, so pool add says so."""
+    model = onnx.load_from_string(real_pool.get("mnist-cnn").model_bytes)
+    graph = model.graph
+    old = graph.input[0]
+    graph.node.insert(0, helper.make_node("Cast", ["bytes"], [old.name], to=TensorProto.FLOAT))
+    new = helper.make_tensor_value_info("bytes", TensorProto.UINT8, ["N", 1, 28, 28])
+    del graph.input[:]
+    graph.input.append(new)
+    path = save(model, tmp_path / "u8.onnx")
+    flags = {"input": {"color": "GRAY", "crop": 28, "mean": 0, "std": 1}}
+    with pytest.raises(ConfigError, match=r"input 'bytes' takes uint8"):
+        user_pool.add(path, "u8", config=ModelConfig.load(None, flags))
+
+
+@pytest.mark.parametrize(
+    ("doc", "flags", "field"),
+    [
+        ("input = 5\n", {"input": {"crop": 28}}, "[input] must be a table"),
+        ("[output]\nlabels = 5\n", {}, "output.labels must be a file name"),
+        ("[input]\nresize = 100000000\ncrop = 28\nmean = 1\nstd = 1\n", {}, "input.resize"),
+        ("[input]\ncrop = 9000\nmean = 1\nstd = 1\n", {}, "input.crop"),
+    ],
+)
+def test_odd_values_are_one_line_errors(tmp_path, doc, flags, field) -> None:
+    (tmp_path / "odd.toml").write_text(doc)
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        ModelConfig.load(tmp_path / "odd.toml", flags)

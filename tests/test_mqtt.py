@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -248,3 +249,27 @@ def test_manual_ack_with_receive_maximum_one_holds_the_next_message(
     second.ack()
     payloads = [m.payload for m in box.wait(5)]
     assert payloads == [b"\x00", b"marker", b"\x01", b"marker", b"\x02"]
+
+
+def test_two_clients_with_one_id_are_told_and_back_off(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mosquitto closes the older of two connections with one client id, without a
+    reason: the two would take the id from each other several times a second."""
+    from kit import eventually
+
+    caplog.set_level(logging.WARNING, logger="splitmq.shared.transport.mqtt")
+    first = MqttClient.at(broker.host, broker.port, "twin").connect(timeout=5)
+    second = MqttClient.at(broker.host, broker.port, "twin").connect(timeout=5)
+    try:
+        said = eventually(
+            lambda: [r for r in caplog.records if r.levelno == logging.ERROR],
+            "a client to say another has its id",
+            timeout=30,
+        )
+    finally:
+        first.close()
+        second.close()
+    message = said[0].getMessage()
+    assert message.startswith("twin: the broker ended its last 5 connections within 1 s each")
+    assert "another client is likely connected with client id 'twin'" in message

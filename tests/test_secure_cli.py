@@ -11,9 +11,10 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 from clitools import cli_env, run_cli, start_cli
 
-from splitmq.broker.launcher import free_port
+from splitmq.broker.launcher import Broker, free_port
 from splitmq.broker.secure import SecureDir
 from splitmq.shared.errors import BrokerError
 from splitmq.shared.protocol.topics import Topics
@@ -115,3 +116,41 @@ def test_bad_broker_urls_say_why(tmp_path: Path) -> None:
         got = run_cli("device", "--model", "m", "--broker", url, env=cli_env(pool=tmp_path))
         assert got.returncode == 2 and words in got.stderr, got.stderr
         assert "pydantic" not in got.stderr and "s3cret" not in got.stderr
+
+
+def test_an_older_secure_dir_upgrades_and_keeps_its_passwords(tmp_path: Path) -> None:
+    """passwd with mosquitto_passwd's $7$ hashes and acl, no admin: what splitmq wrote
+    before the dynamic security plugin. The broker refuses it, saying to upgrade."""
+    sd = SecureDir.init(tmp_path / "s", devices=["cam1"])
+    plugin = json.loads((sd.root / "dynamic-security.json").read_text())
+    lines = [
+        f"{c['username']}:$7${c['iterations']}${c['salt']}${c['password']}"
+        for c in plugin["clients"]
+        if c["username"] != "admin"
+    ]
+    (sd.root / "passwd").write_text("\n".join(lines) + "\n")
+    (sd.root / "acl").write_text("user cam1\n")
+    (sd.root / "dynamic-security.json").unlink()
+    (sd.client_env("admin")).unlink()
+    registry = json.loads((sd.root / "secure.json").read_text())
+    del registry["users"]["admin"]
+    (sd.root / "secure.json").write_text(json.dumps(registry))
+    env = cli_env(pool=tmp_path)
+    with pytest.raises(BrokerError, match="splitmq secure upgrade --dir"):
+        Broker(secure=sd.root).start()
+    done = run_cli("secure", "upgrade", "--dir", str(sd.root), env=env)
+    assert done.returncode == 0 and "new users: admin" in done.stdout, done.stderr
+    assert not (sd.root / "passwd").exists() and sd.users["admin"] == "admin"
+    with Broker(secure=sd.root) as broker:
+        MqttClient(broker.user_settings("cam1").connection("cam1")).connect(timeout=5).close()
+        MqttClient(broker.user_settings("admin").connection("adm")).connect(timeout=5).close()
+    again = run_cli("secure", "upgrade", "--dir", str(sd.root), env=env)
+    assert again.returncode == 2 and "needs no upgrade" in again.stderr
+
+
+def test_add_device_with_a_bad_broker_url_adds_nothing(tmp_path: Path) -> None:
+    sd = SecureDir.init(tmp_path / "s")
+    env = cli_env(pool=tmp_path)
+    bad = run_cli("secure", "add-device", "cam9", "--dir", str(sd.root), "--broker", "x", env=env)
+    assert bad.returncode == 2 and "--broker" in bad.stderr and "Traceback" not in bad.stderr
+    assert "cam9" not in sd.users

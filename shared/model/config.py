@@ -40,6 +40,7 @@ LAYOUTS = ("NCHW", "NHWC")
 COLORS = {"RGB": "RGB", "BGR": "BGR", "GRAY": "L"}
 TASKS = ("classify", "detect", "raw")
 SERVED = ("classify",)  # tasks the workers and devices answer today
+MAX_SIDE = 8192  # pixels: a resize or crop side (a 24 MP camera's long side is 6,000)
 SECTIONS = {
     "input": {"layout", "color", "resize", "crop", "mean", "std"},
     "output": {"task", "tensor", "labels"},
@@ -74,8 +75,10 @@ class ModelConfig:
                 raise ConfigError(f"model config {path}: not TOML ({exc})") from None
         for section, fields in overrides.items():
             given = {k: v for k, v in fields.items() if v is not None}
+            if given and not isinstance(doc.setdefault(section, {}), dict):
+                raise ConfigError(f"{where}: [{section}] must be a table, got {doc[section]!r}")
             if given:
-                doc.setdefault(section, {}).update(given)
+                doc[section].update(given)
         base = Path(path).parent if path is not None else Path.cwd()
         return cls.parse(doc, base, where)
 
@@ -97,7 +100,10 @@ class ModelConfig:
             raise ConfigError(f"{where}: output.tensor must be an output's name, got {tensor!r}")
         labels = None
         if out.get("labels") is not None:
-            labels = field.labels("output.labels", base / str(out["labels"]))
+            if not isinstance(out["labels"], str):
+                got = out["labels"]
+                raise ConfigError(f"{where}: output.labels must be a file name, got {got!r}")
+            labels = field.labels("output.labels", base / out["labels"])
         pre = None
         if "input" in doc:
             pre = field.preprocess(doc["input"])
@@ -149,6 +155,11 @@ def check_output(name: str, output: OutputSpec, outputs: list[TensorSpec]) -> tu
 
 def _check_input(where: str, pre: Preprocess, spec: TensorSpec) -> None:
     dims = spec.shape
+    if spec.dtype != "float32":
+        raise ConfigError(
+            f"{where}: [input] makes float32 images, but input {spec.name!r} takes "
+            f"{spec.dtype}: leave [input] out and send {spec.dtype} arrays"
+        )
     if len(dims) != 4:
         raise ConfigError(
             f"{where}: [input] describes images, but input {spec.name!r} is {dims} (not 4-D)"
@@ -186,8 +197,8 @@ class _Fields:
         return str(value)
 
     def positive_int(self, field: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(field, f"must be a positive whole number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIDE:
+            raise self.fail(field, f"must be a number of pixels, 1..{MAX_SIDE}, got {value!r}")
         return value
 
     def numbers(self, field: str, value: Any, count: int, positive: bool = False) -> list[float]:

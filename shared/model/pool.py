@@ -249,8 +249,8 @@ class ModelPool:
         digest = sha256_bytes(data)
         for v in self.versions(name):
             existing = self.get(name, v)
-            if existing.manifest.sha256 == digest:
-                return existing
+            if existing.manifest.sha256 == digest and _same_config(existing, config):
+                return existing  # the same file, as it was configured: the same version
         graph = Graph(model)
         cuts = find_cuts(graph)
         inputs, outputs = (
@@ -291,6 +291,17 @@ class ModelPool:
             write_atomic(d / "manifest.json", _dump(manifest))
         log.info("added %s v%d (%d cuts) to %s", name, version, len(cuts), self.root)
         return ModelVersion(d, manifest)
+
+
+def _same_config(mv: ModelVersion, config: ModelConfig | None) -> bool:
+    """Whether ``config`` (None: none given) is what ``mv`` runs with: a new config for
+    the same file is a new version, so a running version never changes under a device."""
+    m = mv.manifest
+    return config is None or (config.preprocess, config.output, config.labels) == (
+        m.preprocess,
+        m.output,
+        mv.labels,
+    )
 
 
 def _spec(graph: Graph, name: str) -> TensorSpec:

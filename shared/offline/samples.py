@@ -17,7 +17,7 @@ import numpy as np
 from splitmq.shared.errors import ImageError, UserError
 from splitmq.shared.model.manifest import Preprocess
 from splitmq.shared.model.pool import ModelVersion
-from splitmq.shared.model.preprocess import normalize, read_image, to_pixels
+from splitmq.shared.model.preprocess import MAGIC, normalize, read_image, to_pixels
 from splitmq.shared.offline.branchy import TRAIN as FASHION_HELD_OUT  # never trained on
 from splitmq.shared.offline.datasets import fashion_mnist, mnist_digits, photos
 
@@ -165,7 +165,7 @@ def folder_samples(mv: ModelVersion, folder: Path, most: int | None = None) -> F
         if most is not None and len(images) >= most:
             break
         try:
-            images.append(to_pixels(read_image(files[i].read_bytes(), str(files[i])), pre))
+            images.append(to_pixels(read_image(_image_bytes(files[i]), str(files[i])), pre))
         except ImageError as exc:
             skipped.append(str(exc))
         except OSError as exc:
@@ -185,3 +185,13 @@ def folder_samples(mv: ModelVersion, folder: Path, most: int | None = None) -> F
         len(files),
         skipped,
     )
+
+
+def _image_bytes(path: Path) -> bytes:
+    """The file's bytes, read whole only once its first bytes say JPEG or PNG (a folder
+    may hold videos of gigabytes)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if not any(head.startswith(magic) for magic in MAGIC.values()):
+            raise ImageError(f"{path} is not a JPEG or PNG image (starts {head.hex()})")
+        return head + f.read()

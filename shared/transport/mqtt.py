@@ -44,6 +44,7 @@ from splitmq.shared.connection import BrokerUrl, Connection
 from splitmq.shared.errors import BrokerError, LoginRefused
 from splitmq.shared.transport.acks import AckListener, PubAcks
 from splitmq.shared.transport.connect import connect_properties, new_paho
+from splitmq.shared.transport.flapping import Flapping
 from splitmq.shared.transport.messages import (
     JSON_CONTENT_TYPE,
     Handler,
@@ -122,6 +123,7 @@ class MqttClient:
             will=will,
             reconnect_delay=reconnect_delay,
         )
+        self._flaps = Flapping(self.client_id, reconnect_delay, self._paho.reconnect_delay_set)
         self._paho.on_socket_open = self._on_socket_open
         self._paho.on_connect = self._on_connect
         self._paho.on_disconnect = self._on_disconnect
@@ -347,9 +349,7 @@ class MqttClient:
         if self._closed:
             log.debug("%s disconnected", self.client_id)
         else:
-            log.warning(
-                "%s lost the broker (%s); reconnecting with backoff", self.client_id, reason
-            )
+            log.log(*self._flaps.lost(time.monotonic() - self._connected_at, reason))
 
     @_logged
     def _on_subscribe(

@@ -163,7 +163,7 @@ def _count_or_folder(text: str | None) -> tuple[int | None, Path | None]:
     """``--samples``: a count of built-in samples (at least 10), or a folder of images."""
     if text is None:
         return None, None
-    if text.strip().isdigit():
+    if text.strip().lstrip("+-").isdigit() and not Path(text).is_dir():
         count = int(text)
         if count < 10:
             raise UserError(f"--samples: measure on at least 10 held-out samples, not {count}")

@@ -102,8 +102,14 @@ def add_device(
     """A user for one more device, allowed only its own topics; a running broker gets it
     at once, one that is down at its next start."""
     from splitmq.broker.secure import SecureDir
+    from splitmq.shared.connection import BrokerUrl
     from splitmq.shared.errors import BrokerError
 
+    if broker is not None:
+        try:
+            BrokerUrl.parse(broker)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--broker") from exc
     sd = SecureDir(directory)
     password = sd.add_device(device_id)
     url = broker or sd.broker
@@ -122,3 +128,14 @@ def _live_line(live: dict, who: str) -> str:
         f"Not added to a running broker at {live['broker']} ({live['why']}); a broker "
         f"started from this directory lets {who} in from its start."
     )
+
+
+@secure_app.command("upgrade")
+def upgrade(directory: DirOption = Path("secure")) -> None:
+    """Bring a directory an older splitmq made (passwd, acl) up to this one: the same
+    users and passwords, for mosquitto's dynamic security plugin, and any new role's user."""
+    from splitmq.broker.secure import SecureDir
+
+    added = SecureDir(directory).upgrade()
+    more = f"; new users: {', '.join(added)}" if added else ""
+    out.print(f"{directory}: upgraded{more}. Restart the broker with it.")
