@@ -388,3 +388,29 @@ def test_the_demo_records_and_results_lists_it_with_nothing_set(real_pool, tmp_p
     assert {r["device"] for r in rows} == {"demo-dev0", "demo-dev1"}
     assert {r["model"] for r in rows} == {summary["model"]}
     assert set(summary["by_tier"]) <= {r["tier"] for r in rows}
+
+
+def test_workers_opening_one_fresh_sqlite_store_together_all_open(tmp_path: Path) -> None:
+    """Switching a fresh file to WAL takes its exclusive lock, and SQLite says "database
+    is locked" at once to the loser of two openers (seen: `splitmq edge` and `splitmq
+    cloud` started together on one store, 2 of 30 trials of 4 failed before the retry)."""
+    import threading
+
+    failures: list[str] = []
+    for trial in range(40):
+        url = f"sqlite:///{tmp_path}/race-{trial}.db"
+        start = threading.Barrier(6)
+
+        def open_it(url: str = url, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                ResultsStore(url).close()
+            except UserError as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []

@@ -73,7 +73,7 @@ class ResultsStore:
             conn = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writers
+            _wal(conn)  # readers never block the writers
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL keeps the file whole on a crash
             return conn
         except (OSError, sqlite3.Error) as exc:
@@ -177,3 +177,19 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
 
 def _line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a store to WAL. The switch takes the file's exclusive lock, and SQLite
+    answers "database is locked" at once, not after its busy timeout, to one of two
+    processes opening a fresh store together (an edge and a cloud worker): that one
+    tries again, until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
