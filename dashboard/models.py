@@ -5,19 +5,23 @@ prints (``Cut.to_json``). An upload goes through ``ModelPool.add``, as ``splitmq
 pool add`` does, so the same checks apply (a valid name, a real ONNX model with
 one input); on top, its size is bounded, and an image model may be given its
 preprocessing (mean and std per channel; size and channels come from the input)
-and its labels, so images can be run through it at once.
+and its labels, so images can be run through it at once. Or a model config (the
+TOML of ``splitmq pool add --config``) says all of it, and the task: a detector's
+decoding, a raw task's outputs; the labels file it names is the one uploaded.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from splitmq.dashboard.forms import Form
 from splitmq.shared.codecs import CODECS, INPUT_CODECS, STAGES
 from splitmq.shared.errors import ModelError, PoolError, UserError
+from splitmq.shared.model.config import ConfigError, ModelConfig
 from splitmq.shared.model.graph import Graph, load_model
 from splitmq.shared.model.manifest import Preprocess
 from splitmq.shared.model.pool import ModelPool, ModelVersion, check_name, parse_ref
@@ -61,6 +65,7 @@ def model_row(mv: ModelVersion) -> dict[str, Any]:
         "cuts": len(m.cuts),
         "bytes": m.size,
         "source": m.source,
+        "task": m.output.task,
         "images": m.preprocess is not None,
         "labels": m.labels is not None,
         "profiled": bool(m.profiles),
@@ -106,23 +111,51 @@ class ModelDesk:
         filename = model.filename or "the upload"
         labels = _labels(form)
         mean, std = form.text_or_none("mean"), form.text_or_none("std")
+        config = form.file_or_none("config")
+        if config is not None and (mean is not None or std is not None):
+            raise UserError("the config says how images become the input: leave mean and std empty")
         before = set(self.pool.versions(name))
         with tempfile.TemporaryDirectory(prefix="splitmq-upload-") as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(model.data)
             try:
                 proto = load_model(path)
-                preprocess = image_preprocess(Graph(proto), mean, std)
-                mv = self.pool.add(
-                    path,
-                    name,
-                    preprocess=preprocess,
-                    labels=labels,
-                    source=f"dashboard upload: {filename}",
-                )
+                if config is not None:
+                    cfg = model_config(config.data, config.filename or "the config", labels, tmp)
+                    mv = self.pool.add(
+                        path, name, config=cfg, source=f"dashboard upload: {filename}"
+                    )
+                else:
+                    mv = self.pool.add(
+                        path,
+                        name,
+                        preprocess=image_preprocess(Graph(proto), mean, std),
+                        labels=labels,
+                        source=f"dashboard upload: {filename}",
+                    )
             except ModelError as exc:  # name the user's file, not the temporary copy
                 raise ModelError(str(exc).replace(str(path), filename)) from None
         return {**model_row(mv), "new": mv.version not in before}
+
+
+def model_config(data: bytes, where: str, labels: list[str] | None, tmp: str) -> ModelConfig:
+    """An uploaded config, read as ``splitmq pool add --config`` reads one; ConfigError,
+    one line naming the file and the field, for anything wrong. The labels it names are
+    the uploaded labels file (copied into ``tmp``), never a path on this server."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model config {where}: not TOML ({exc})") from None
+    output = doc.get("output")
+    named = output.get("labels") if isinstance(output, dict) else None
+    if named is not None and labels is None:
+        raise ConfigError(
+            f"{where}: output.labels names {named!r}: choose that file as the labels too"
+        )
+    if labels is not None and (output is None or isinstance(output, dict)):
+        (Path(tmp) / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        doc.setdefault("output", {})["labels"] = "labels.txt"
+    return ModelConfig.parse(doc, Path(tmp), where)
 
 
 def image_preprocess(graph: Graph, mean: str | None, std: str | None) -> Preprocess | None:

@@ -14,7 +14,7 @@ Endpoints (docs/dashboard.md):
     GET  /api/events           the same, pushed as SSE ``snapshot`` events on change
     GET  /api/models           the pool's models
     GET  /api/models/<ref>     one model version: its cut table and codecs
-    POST /api/models           upload a model (form: name, model, labels, mean, std)
+    POST /api/models           upload a model (form: name, model, labels, mean, std, config)
     POST /api/run              run an image through a split (form: model, cut, codec, image)
 
 Posts must carry the ``X-Splitmq-Dashboard`` header, which the page sends: a form

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from typing import Any
 
 from splitmq.shared.protocol.plan import Plan
-from splitmq.shared.protocol.results import ErrorReport, HopLatency, Result
+from splitmq.shared.protocol.results import Box, ErrorReport, HopLatency, Result, TopK
 from splitmq.shared.protocol.telemetry import DeviceTelemetry, Offline, TelemetryDoc
 
 ROLES_KEPT = 1000
@@ -37,8 +37,11 @@ def hop_ms(hop: HopLatency) -> float:
 def result_row(result: Result, seen: float) -> dict[str, Any]:
     """A result as the page charts and lists it. ``latency_ms`` is the sum of the hops'
     times: from the device starting the frame to the answering worker sending the
-    answer (the parts telescope; the way back to the device is not in it)."""
+    answer (the parts telescope; the way back to the device is not in it). The answer
+    is summed up whatever the task: the top-1 class; a detector's box count and best
+    box; a raw task's output names and shapes (never its values)."""
     first = result.top[0] if result.top else None
+    best = max(result.boxes, key=lambda b: b.score, default=None)
     return {
         "t": result.t_sent,
         "seen": seen,
@@ -48,13 +51,22 @@ def result_row(result: Result, seen: float) -> dict[str, Any]:
         "version": result.version,
         "tier": result.tier,
         "exit": result.exit,
-        "top": None
-        if first is None
-        else {"index": first.index, "label": first.label, "score": first.score},
+        "top": _class(first),
+        "boxes": len(result.boxes),
+        "best_box": _class(best),
+        "outputs": [{"name": o.name, "shape": list(o.shape)} for o in result.outputs],
         "latency_ms": round(sum(hop_ms(h) for h in result.latency), 3),
         "bytes": result.bytes,
         "hops": [{"tier": h.tier, "id": h.id, "ms": round(hop_ms(h), 3)} for h in result.latency],
     }
+
+
+def _class(entry: TopK | Box | None) -> dict[str, Any] | None:
+    return (
+        None
+        if entry is None
+        else {"index": entry.index, "label": entry.label, "score": entry.score}
+    )
 
 
 class LiveState:

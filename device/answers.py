@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
+import numpy as np
+
 from splitmq.shared.errors import SplitMQError
-from splitmq.shared.protocol.results import HopLatency, TopK
+from splitmq.shared.protocol.results import Box, HopLatency, RawOutput, TopK
 
 
 class InferenceFailed(SplitMQError):
@@ -28,17 +31,40 @@ class Answer:
     bytes_sent: int
     e2e_ms: float
     attempts: int
+    boxes: tuple[Box, ...] = ()  # a detector's answer
+    outputs: tuple[RawOutput, ...] = ()  # a raw task's answer
 
     @property
     def top1(self) -> int:
-        return self.top[0].index
+        """The top class (a detector's: its best box's; -1 when nothing was found)."""
+        best = self._best
+        return -1 if best is None else best.index
 
     @property
     def label(self) -> str | None:
-        """The top class's name (None when the model has no labels)."""
-        return self.top[0].label
+        """The top class's name (None when the model has no labels or found nothing)."""
+        best = self._best
+        return None if best is None else best.label
 
     @property
     def score(self) -> float:
-        """The top class's softmax score."""
-        return self.top[0].score
+        """The top class's softmax score (a detector's best box's score; 0 for none)."""
+        best = self._best
+        return 0.0 if best is None else best.score
+
+    @property
+    def _best(self) -> TopK | Box | None:
+        if self.top:
+            return self.top[0]
+        return max(self.boxes, key=lambda b: b.score, default=None)
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        """A raw task's output tensors by name, as arrays."""
+        return {o.name: raw_array(o) for o in self.outputs}
+
+
+def raw_array(output: RawOutput) -> np.ndarray:
+    """The values a ``RawOutput`` carries."""
+    data = base64.b64decode(output.data, validate=True)
+    return np.frombuffer(data, np.dtype(output.dtype).newbyteorder("<")).reshape(output.shape)

@@ -127,6 +127,8 @@ class Replies:
                 sum(flight.sizes),
                 round(e2e, 3),
                 flight.attempts,
+                result.boxes,
+                result.outputs,
             )
         )
 

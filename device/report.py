@@ -1,7 +1,8 @@
 """A device's answers as flat rows: what ``splitmq device`` prints, one per frame.
 
 A row is ``{"frame", "id", "tier", "exit", "top1", "index", "score", "e2e_ms",
-"bytes", "cloud_bytes", "attempts"}`` for an answer (``bytes`` the device sent,
+"bytes", "cloud_bytes", "attempts"}`` for an answer (a detector's: its best box, and
+``boxes``, how many; ``bytes`` the device sent,
 ``cloud_bytes`` what reached the cloud: 0 unless it escalated), or ``{"frame",
 "error"}`` for a request that failed visibly (a worker's error, or no answer
 after the retry). A run's rows add up to its summary (``lab.summary``).
@@ -27,15 +28,15 @@ if TYPE_CHECKING:
 
 def answer_row(frame: int, answer: Answer) -> dict:
     """The row of one answered frame."""
-    best = answer.top[0]
     return {
         "frame": frame,
         "id": answer.id,
         "tier": answer.tier,
         "exit": answer.exit,
-        "top1": best.label or best.index,
-        "index": best.index,
-        "score": best.score,
+        "top1": answer.label or answer.top1,
+        "index": answer.top1,
+        "score": answer.score,
+        **({"boxes": len(answer.boxes)} if answer.boxes or not answer.top else {}),
         "e2e_ms": answer.e2e_ms,
         "bytes": answer.bytes_sent,
         "cloud_bytes": sum(h.bytes or 0 for h in answer.latency if h.tier == "cloud"),

@@ -305,6 +305,8 @@ class Device:
                 0,
                 ms,
                 1,
+                work.answer.boxes,
+                work.answer.outputs,
             )
         )
 

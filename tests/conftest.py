@@ -123,6 +123,6 @@ def real_pool() -> ModelPool:
     """
     root = Path(os.environ.get("SPLITMQ_POOL") or Path(__file__).parent.parent / ".pool")
     pool = ModelPool(root)
-    for name in ZOO:
+    for name in (z.name for z in ZOO.values() if z.default):
         ready(pool, name, calibration_threads=os.cpu_count() or 1)
     return pool

@@ -20,6 +20,7 @@ import pytest
 from clitools import cli_env, run_cli
 from kit import Inbox, eventually
 from PIL import Image
+from usermodels import fixed_batch
 
 from splitmq.dashboard.tryout import Tryout
 from splitmq.device.follow import local_plan
@@ -48,16 +49,6 @@ FIXED = {
     "mnist-b4": ("mnist-cnn", 4),
     "fashion-b1": ("fashion-mnist-ee", 1),
 }
-
-
-def fixed_batch(model_bytes: bytes, batch: int) -> onnx.ModelProto:
-    """The model with its input's and outputs' first dim fixed to ``batch``."""
-    model = onnx.load_from_string(model_bytes)
-    for value in [*model.graph.input, *model.graph.output]:
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_value = batch
-    return model
 
 
 def add_fixed(real_pool: ModelPool, pool: ModelPool, name: str, tmp: Path, **kwargs) -> None:

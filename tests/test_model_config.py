@@ -18,6 +18,7 @@ import pytest
 from clitools import cli_env, run_cli
 from onnx import TensorProto, helper
 from PIL import Image
+from usermodels import EFFNET_CONFIG, nhwc, squeezenet_style, with_features_last
 
 from splitmq.device.runtime import Device
 from splitmq.edge.worker import edge_worker
@@ -29,18 +30,6 @@ from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.model.preprocess import normalize, to_pixels
 from splitmq.shared.offline.datasets import mnist_digits, photos
 
-EFFNET_CONFIG = """
-[input]
-layout = "NCHW"
-color = "RGB"
-resize = 256
-crop = 224
-mean = [127.0, 127.0, 127.0]
-std = [128.0, 128.0, 128.0]
-[output]
-task = "classify"
-"""
-
 
 def top1(mv, frame) -> int:
     """The original model's answer for ``frame``: the reference."""
@@ -48,40 +37,6 @@ def top1(mv, frame) -> int:
     x = normalize(to_pixels(frame, pre), pre)
     name = mv.output_names[-1]
     return int(make_session(mv.model_bytes).run([name], {mv.manifest.input.name: x})[0].argmax())
-
-
-def squeezenet_style(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The scores as [N, 1000, 1, 1], as SqueezeNet and many zoo exports give them."""
-    graph = model.graph
-    final = graph.output[-1].name
-    axes = helper.make_tensor("axes_23", TensorProto.INT64, [2], [2, 3])
-    graph.initializer.append(axes)
-    graph.node.append(helper.make_node("Unsqueeze", [final, "axes_23"], ["scores"]))
-    del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1000, 1, 1])
-    )
-    return model
-
-
-def nhwc(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same network taking [N, H, W, C], as TensorFlow exports do."""
-    graph = model.graph
-    old = graph.input[0]
-    dims = [d.dim_value or d.dim_param for d in old.type.tensor_type.shape.dim]
-    graph.node.insert(0, helper.make_node("Transpose", ["image"], [old.name], perm=[0, 3, 1, 2]))
-    new = helper.make_tensor_value_info("image", TensorProto.FLOAT, [dims[0], *dims[2:], dims[1]])
-    del graph.input[:]
-    graph.input.append(new)
-    return model
-
-
-def with_features_last(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A second output after the answer: the network's last feature map (4-D)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    maps = [v for v in inferred.graph.value_info if len(v.type.tensor_type.shape.dim) == 4]
-    model.graph.output.append(maps[-1])
-    return model
 
 
 @pytest.fixture
@@ -194,7 +149,7 @@ def test_every_bad_config_names_its_field(tmp_path, toml, field) -> None:
         ({"input": {"layout": "NHWC"}}, "input.layout"),  # 1 channel read where RGB is 3
         ({"input": {"crop": 32}}, "input.crop"),
         ({"output": {"tensor": "nope"}}, "output.tensor"),
-        ({"output": {"task": "detect"}}, "output.task"),
+        ({"output": {"task": "detect"}}, "output.detect"),
     ],
 )
 def test_a_config_that_does_not_fit_the_model_fails_at_pool_add(

@@ -6,8 +6,9 @@ a store from schema version N-1 to N; a store records each version it applied
 in ``schema_version``. Never edit a released migration: append the next one.
 
 Columns a query filters on are columns (device, model, version, tier,
-answered_at); the rest of an answer (top-k, the route, the per-hop latency
-breakdown) is JSON. Times are Unix seconds, each host's own clock.
+answered_at); the rest of an answer (top-k, a detector's boxes, a raw task's
+output summaries, the route, the per-hop latency breakdown) is JSON. Times are
+Unix seconds, each host's own clock.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX results_by_device ON results (device, answered_at)",
         "CREATE INDEX results_by_model ON results (model, version, answered_at)",
     ),
+    # 2: detectors and raw tasks answer with boxes or tensors, not top-k; rows from
+    # before read as answers with none.
+    (
+        "ALTER TABLE results ADD COLUMN boxes {json} NOT NULL DEFAULT '[]'",
+        "ALTER TABLE results ADD COLUMN outputs {json} NOT NULL DEFAULT '[]'",
+    ),
 )
 
 VERSION_TABLE = (
@@ -68,8 +75,13 @@ COLUMNS = (
     "bytes",
     "sent_at",
     "answered_at",
+    "boxes",
+    "outputs",
 )
-JSON_COLUMNS = frozenset({"route", "top", "latency"})
+JSON_COLUMNS = frozenset({"route", "top", "latency", "boxes", "outputs"})
+#: What a row keeps of a raw output: its summary, not its values (``data``, base64),
+#: which may be megabytes per answer.
+RAW_SUMMARY = ("name", "shape", "dtype", "min", "max", "mean")
 
 
 def row(result: Result, request: Request) -> tuple[Any, ...]:
@@ -95,6 +107,8 @@ def row(result: Result, request: Request) -> tuple[Any, ...]:
         result.bytes,
         request.timing.device.t_sent,
         result.t_sent,
+        _json([asdict(box) for box in result.boxes]),  # corners as [x0, y0, x1, y1]
+        _json([{key: getattr(o, key) for key in RAW_SUMMARY} for o in result.outputs]),
     )
 
 

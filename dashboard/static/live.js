@@ -88,10 +88,19 @@ function renderSwitches(s) {
   fill($("switches").tBodies[0], rows, $("switches-empty"));
 }
 
+// The answer whatever the task: the top-1 class, a detector's boxes (how many, the best),
+// or a raw task's outputs (names and shapes).
+function resultText(r) {
+  if (r.top) return answerText(r.top);
+  if (r.outputs.length) return r.outputs.map((o) => `${o.name} ${o.shape.join("×")}`).join(", ");
+  if (!r.boxes) return "no boxes";
+  return `${r.boxes} box${r.boxes === 1 ? "" : "es"}, best ${answerText(r.best_box)}`;
+}
+
 function renderResults(s) {
   const rows = [...s.results].reverse().slice(0, 25).map((r) => el("tr", { dataset: { device: r.device } },
     el("td", {}, clock(r.t)), el("td", { class: "id" }, r.device), el("td", {}, `${r.model} v${r.version}`),
-    el("td", { class: "answer" }, answerText(r.top)), el("td", { class: "tier" }, r.tier),
+    el("td", { class: "answer" }, resultText(r)), el("td", { class: "tier" }, r.tier),
     el("td", { class: "num" }, ms(r.latency_ms)), el("td", { class: "num" }, bytes(r.bytes)),
     el("td", { class: "wrap" }, r.hops.map((h) => `${h.tier} ${ms(h.ms)}`).join(" · "))));
   fill($("results").tBodies[0], rows, $("results-empty"));

@@ -2,7 +2,7 @@
 
 Written by ``splitmq calibrate`` (``offline.calibration``) into the manifest;
 read when encoding (``codec_params``: devices and workers) and by the planner
-(``fidelity``: bytes, top-1 agreement and codec time of each (cut, codec);
+(``fidelity``: bytes, agreement and codec time of each (cut, codec);
 ``exits``: how often exit heads answer and how well; all measured on held-out
 data, never assumed). Stored as::
 
@@ -57,7 +57,7 @@ class FidelityRow:
     codec: str
     bytes: Annotated[float, Field(gt=0)]  # mean per sample: codec data plus params as msgpack
     ratio: Annotated[float, Field(gt=0)]  # fp32 bytes at the cut / bytes
-    agreement: Fraction  # top-1 equal to the uncompressed model's
+    agreement: Fraction  # agrees with the uncompressed model (top-1; a detector: its boxes)
     accuracy: Fraction | None  # top-1 equal to the label; None: no labels
     samples: Annotated[int, Field(ge=1)]  # held-out samples behind agreement and accuracy
     encode_ms: Annotated[float, Field(ge=0)]  # median per sample on the calibrating host

@@ -13,8 +13,22 @@ is read (the task, which output answers, the labels)::
     std = [128.0, 128.0, 128.0]
     [output]
     task = "classify"        # "detect", "raw"
-    tensor = "probs"         # which output, when there are several
+    tensor = "probs"         # which output, when there are several (raw: a list)
     labels = "labels.txt"    # relative to the config
+
+A detector says how its outputs become boxes (``DetectSpec``: CenterNet-style heads,
+then NMS), decoded on the tier that computes them::
+
+    [output.detect]
+    decoder = "centernet"
+    heatmap = "heatmap"      # [1, classes, H, W] centre scores (after the sigmoid)
+    size = "scale"           # [1, 2, H, W] box height and width
+    offset = "offset"        # [1, 2, H, W] the centre within its cell
+    stride = 4               # input pixels per cell
+    size_encoding = "log"    # or "linear"
+    order = "yx"             # or "xy": the channel order of size and offset
+    score = 0.5              # the least centre score
+    iou = 0.3                # NMS overlap
 
 ``splitmq pool add --config`` reads it (its flags override single fields); :meth:`check`
 holds it against the graph, so a config that cannot work fails at ``pool add`` with one
@@ -32,18 +46,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from splitmq.shared.errors import UserError
-from splitmq.shared.model.manifest import OutputSpec, Preprocess, TensorSpec
+from splitmq.shared.model.manifest import DetectSpec, OutputSpec, Preprocess, TensorSpec
 
 LAYOUTS = ("NCHW", "NHWC")
 #: The config's colour names -> the manifest's (Pillow's mode for grey is "L").
 COLORS = {"RGB": "RGB", "BGR": "BGR", "GRAY": "L"}
 TASKS = ("classify", "detect", "raw")
-SERVED = ("classify",)  # tasks the workers and devices answer today
 MAX_SIDE = 8192  # pixels: a resize or crop side (a 24 MP camera's long side is 6,000)
 SECTIONS = {
     "input": {"layout", "color", "resize", "crop", "mean", "std"},
-    "output": {"task", "tensor", "labels"},
+    "output": {"task", "tensor", "labels", "detect"},
 }
 
 
@@ -95,9 +110,8 @@ class ModelConfig:
         field = _Fields(where)
         out = doc.get("output", {})
         task = field.choice("output.task", out.get("task", "classify"), TASKS)
-        tensor = out.get("tensor")
-        if tensor is not None and not isinstance(tensor, str):
-            raise ConfigError(f"{where}: output.tensor must be an output's name, got {tensor!r}")
+        tensor = field.tensor(task, out.get("tensor"))
+        detect = field.detect(task, out.get("detect"))
         labels = None
         if out.get("labels") is not None:
             if not isinstance(out["labels"], str):
@@ -107,11 +121,15 @@ class ModelConfig:
         pre = None
         if "input" in doc:
             pre = field.preprocess(doc["input"])
-        return cls(pre, OutputSpec(task=task, tensor=tensor), labels)
+        return cls(pre, OutputSpec(task=task, tensor=tensor, detect=detect), labels)
 
     def check(self, name: str, model_input: TensorSpec, outputs: list[TensorSpec]) -> None:
         """Hold the config against the model's graph; ConfigError naming the field."""
         final, classes = check_output(name, self.output, outputs)
+        if self.labels is not None and classes is None:
+            raise ConfigError(
+                f"the config of {name}: output.labels names classes, but a raw task has none"
+            )
         if self.labels is not None and len(self.labels) != classes:
             raise ConfigError(
                 f"the config of {name}: output.labels has {len(self.labels)} labels for the "
@@ -121,28 +139,34 @@ class ModelConfig:
             _check_input(f"the config of {name}", self.preprocess, model_input)
 
 
-def check_output(name: str, output: OutputSpec, outputs: list[TensorSpec]) -> tuple[str, int]:
+def check_output(
+    name: str, output: OutputSpec, outputs: list[TensorSpec]
+) -> tuple[str, int | None]:
     """Whether the model's outputs can answer as ``output`` says (any model added to the
-    pool, with a config or not: a classifier needs one vector of class scores); returns
-    the answering output and its number of classes."""
+    pool, with a config or not); returns the answering output and its number of classes
+    (None for a raw task). A classifier needs one vector of class scores, a detector
+    heads of one grid, and every answering output starts with the batch dim."""
     where = f"model {name}"
-    if output.task not in SERVED:
-        raise ConfigError(
-            f"{where}: output.task = {output.task!r} is not served yet: splitmq answers "
-            f"{', '.join(SERVED)}"
-        )
-    names = [o.name for o in outputs]
-    if output.tensor is not None and output.tensor not in names:
-        raise ConfigError(
-            f"{where}: output.tensor {output.tensor!r} is not an output of the model: it "
-            f"has {', '.join(names)}"
-        )
-    final = next(o for o in outputs if o.name == (output.tensor or names[-1]))
-    if not final.shape or final.shape[0] != 1:
-        raise ConfigError(
-            f"{where}: output {final.name!r} of shape {final.shape} does not start with the "
-            "batch dim: export the model with its scores as [batch, classes]"
-        )
+    by_name = {o.name: o for o in outputs}
+    field = "output.detect" if output.detect is not None else "output.tensor"
+    chosen = output.tensors or ([outputs[-1].name] if output.task != "raw" else list(by_name))
+    for tensor in chosen:
+        if tensor not in by_name:
+            raise ConfigError(
+                f"{where}: {field} names {tensor!r}, which is not an output of the model: it "
+                f"has {', '.join(by_name)}"
+            )
+        spec = by_name[tensor]
+        if not spec.shape or spec.shape[0] != 1:
+            raise ConfigError(
+                f"{where}: output {spec.name!r} of shape {spec.shape} does not start with the "
+                "batch dim: export the model with the batch first"
+            )
+    if output.task == "raw":
+        return chosen[0], None
+    if output.detect is not None:
+        return chosen[0], _check_heads(where, output.detect, by_name)
+    final = by_name[chosen[0]]
     classes = [d for d in final.shape[1:] if d != 1]
     if len(classes) != 1:
         raise ConfigError(
@@ -151,6 +175,25 @@ def check_output(name: str, output: OutputSpec, outputs: list[TensorSpec]) -> tu
             "does with output.tensor"
         )
     return final.name, int(classes[0])
+
+
+def _check_heads(where: str, detect: DetectSpec, by_name: dict[str, TensorSpec]) -> int:
+    """A CenterNet detector's heads: [1, classes, H, W] scores, [1, 2, H, W] size and
+    offset on the same grid; returns the number of classes."""
+    heatmap = by_name[detect.heatmap].shape
+    if len(heatmap) != 4:
+        raise ConfigError(
+            f"{where}: output.detect.heatmap {detect.heatmap!r} is {heatmap}, not "
+            "[batch, classes, height, width]"
+        )
+    for field in ("size", "offset"):
+        shape = by_name[getattr(detect, field)].shape
+        if shape != [1, 2, *heatmap[2:]]:
+            raise ConfigError(
+                f"{where}: output.detect.{field} {getattr(detect, field)!r} is {shape}; the "
+                f"decoder needs [1, 2, {heatmap[2]}, {heatmap[3]}], the heatmap's grid"
+            )
+    return heatmap[1]
 
 
 def _check_input(where: str, pre: Preprocess, spec: TensorSpec) -> None:
@@ -241,6 +284,36 @@ class _Fields:
             std=self.numbers("input.std", section["std"], channels, positive=True),
         )
 
+    def tensor(self, task: str, value: Any) -> str | list[str] | None:
+        """``output.tensor``: one output's name; a raw task may name several."""
+        several = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+        if value is None or isinstance(value, str):
+            return value
+        if task == "raw" and several:
+            return list(value)
+        what = "an output's name or a list of them" if task == "raw" else "an output's name"
+        raise self.fail("output.tensor", f"must be {what}, got {value!r}")
+
+    def detect(self, task: str, value: Any) -> DetectSpec | None:
+        """``[output.detect]``: how a detect task decodes boxes (and only a detect task)."""
+        if value is None:
+            if task == "detect":
+                raise self.fail(
+                    "output.detect", "is missing: a detect task declares its decoder there"
+                )
+            return None
+        if task != "detect":
+            raise self.fail("output.detect", f'is for task = "detect", not {task!r}')
+        if not isinstance(value, dict):
+            raise self.fail("output.detect", f"must be a table, got {value!r}")
+        try:
+            return DetectSpec.model_validate(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = ".".join(str(part) for part in error["loc"])
+            got = f", got {error['input']!r}" if error["type"] != "missing" else ""
+            raise self.fail(f"output.detect.{name}", f"{error['msg'].lower()}{got}") from None
+
     def labels(self, field: str, path: Path) -> list[str]:
         try:
             lines = path.read_text().splitlines()
@@ -270,7 +343,10 @@ def render(pre: Preprocess | None, output: OutputSpec, labels: str | None) -> st
         ]
     lines += ["[output]", f'task = "{output.task}"']
     if output.tensor is not None:
-        lines.append(f"tensor = {json.dumps(output.tensor)}")  # a TOML basic string
+        lines.append(f"tensor = {json.dumps(output.tensor)}")  # TOML basic strings
     if labels is not None:
         lines.append(f"labels = {json.dumps(labels)}")
+    if output.detect is not None:
+        lines += ["", "[output.detect]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in output.detect.model_dump().items()]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 A tensor T is a cut when every node downstream of T reads no data tensor from
 upstream except T itself (constants and shape reads may be recomputed on
-either side) and T leads to the model's final output. For a single-output
+either side) and T leads to the model's final output (to every one of a
+detector's final heads; the last cut is then the last of them). For a single-output
 model that is exactly "every path from the input to the output passes through
 T"; for a model whose earlier outputs are early-exit heads it lets a head
 that branches off before T stay on the upstream side.
@@ -30,11 +31,13 @@ def find_cuts(graph: Graph) -> list[Cut]:
         if t in graph.producer
     }
     desc, reads = _descendants(graph, order, bit, inputs_of)
-    final = graph.output_names[-1]
+    finals = graph.finals
+    # The last cut: a final that no other final is computed from.
+    last = next(f for f in reversed(finals) if not any(desc[f] & bit.get(g, 0) for g in finals))
     candidates = [
         t
         for t in order
-        if (t == final or desc[t] & bit.get(final, 0))  # leads to the final output
+        if (t == last or all(desc[t] & bit.get(f, 0) for f in finals))  # leads to all finals
         and not reads[t] & ~(desc[t] | bit[t])  # downstream reads nothing else from upstream
     ]
     candidates.sort(key=lambda t: -desc[t].bit_count())  # upstream first: most descendants

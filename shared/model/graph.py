@@ -163,6 +163,8 @@ class Graph:
     """Topologically ordered view of an ONNX model (see module docstring)."""
 
     model: onnx.ModelProto
+    #: The outputs that answer together (a detector's heads); () -> the last output.
+    answering: tuple[str, ...] = ()
     nodes: list[onnx.NodeProto] = field(init=False)
     producer: dict[str, int] = field(init=False)
     consumers: dict[str, list[int]] = field(init=False)
@@ -191,6 +193,24 @@ class Graph:
     @cached_property
     def output_names(self) -> list[str]:
         return [o.name for o in self.model.graph.output]
+
+    @cached_property
+    def finals(self) -> list[str]:
+        """The outputs that answer together: every cut but the last leads to all of
+        them; the outputs before them are exit heads."""
+        return list(self.answering) or self.output_names[-1:]
+
+    def answers(self, exits: list[str], finals: list[str]) -> Graph:
+        """This model as splitmq runs it: ``exits`` then ``finals`` are its only outputs
+        (a config may pick some of a model's outputs, so the others are never computed)."""
+        if [*exits, *finals] == self.output_names and finals == self.finals:
+            return self
+        by_name = {o.name: o for o in self.model.graph.output}
+        view = onnx.ModelProto()
+        view.CopyFrom(self.model)
+        del view.graph.output[:]
+        view.graph.output.extend(by_name[n] for n in [*exits, *finals])
+        return Graph(view, tuple(finals))
 
     @cached_property
     def dynamic(self) -> frozenset[str]:

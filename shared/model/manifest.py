@@ -60,12 +60,44 @@ class Preprocess(Frozen):
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
 
+class DetectSpec(Frozen):
+    """How a detector's outputs become boxes (``[output.detect]``): CenterNet-style heads
+    at ``stride`` pixels per cell, a ``heatmap`` of centre scores per class (after its
+    sigmoid), the box ``size`` and the centre's sub-cell ``offset``; then greedy NMS."""
+
+    decoder: Literal["centernet"] = "centernet"
+    heatmap: str
+    size: str
+    offset: str
+    stride: int = Field(gt=0, le=1024)
+    size_encoding: Literal["linear", "log"] = "linear"  # log: size = exp(value) * stride
+    order: Literal["xy", "yx"] = "xy"  # the channel order of size and offset
+    score: float = Field(0.5, gt=0, lt=1)  # the least centre score that makes a box
+    iou: float = Field(0.5, gt=0, le=1)  # NMS drops a box overlapping a better one more
+    max_boxes: int = Field(100, gt=0, le=1000)
+
+    @property
+    def tensors(self) -> list[str]:
+        return [self.heatmap, self.size, self.offset]
+
+
 class OutputSpec(Frozen):
     """How the model's output is read: ``task``, and ``tensor``, the output that answers
-    (None: the last; the outputs before it are exit heads)."""
+    (None: the last; the outputs before it are exit heads); a ``raw`` task may name
+    several, a ``detect`` task names its tensors in ``detect``."""
 
     task: Literal["classify", "detect", "raw"] = "classify"
-    tensor: str | None = None
+    tensor: str | list[str] | None = None
+    detect: DetectSpec | None = None
+
+    @property
+    def tensors(self) -> list[str] | None:
+        """The outputs that answer together (None: the model's last output)."""
+        if self.detect is not None:
+            return self.detect.tensors
+        if self.tensor is None:
+            return None
+        return [self.tensor] if isinstance(self.tensor, str) else list(self.tensor)
 
 
 class Manifest(Frozen):

@@ -57,8 +57,10 @@ def available_at(graph: Graph, cuts: list[Cut], output: str, cut: int | None) ->
     """Whether ``output`` can be computed from what exists once the model ran up to ``cut``."""
     if cut is None or cut >= len(cuts) - 1:
         return True
-    final = graph.output_names[-1]
-    trunk = downstream_of(graph, cuts[cut].name) & (upstream_of(graph, final) | {final})
+    trunk = set(graph.finals)
+    for final in graph.finals:
+        trunk |= upstream_of(graph, final)
+    trunk &= downstream_of(graph, cuts[cut].name)
     return not (upstream_of(graph, output) | {output}) & trunk
 
 

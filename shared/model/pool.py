@@ -86,10 +86,19 @@ class ModelVersion:
 
     @property
     def output_names(self) -> list[str]:
-        """The outputs that answer: exit heads first, the final output last; only the
-        config's ``output.tensor`` when it names one (the others are not exit heads)."""
-        tensor = self.manifest.output.tensor
-        return [tensor] if tensor is not None else [o.name for o in self.manifest.outputs]
+        """The outputs that answer: exit heads first, then the finals (see ``answering``)."""
+        exits, finals = answering(self.manifest.output, self.manifest.outputs)
+        return [*exits, *finals]
+
+    @property
+    def exits(self) -> list[str]:
+        """The early-exit heads: a classifier's outputs before its last."""
+        return answering(self.manifest.output, self.manifest.outputs)[0]
+
+    @property
+    def finals(self) -> list[str]:
+        """The outputs that answer together when the whole model has run."""
+        return answering(self.manifest.output, self.manifest.outputs)[1]
 
     @property
     def last_cut(self) -> int:
@@ -108,9 +117,10 @@ class ModelVersion:
     @cached_property
     def graph(self) -> Graph:
         try:
-            return Graph(onnx.load_from_string(self.model_bytes))
+            graph = Graph(onnx.load_from_string(self.model_bytes))
         except Exception as exc:
             raise PoolError(f"{self.dir / 'model.onnx'}: cannot be parsed: {exc}") from exc
+        return graph.answers(*answering(self.manifest.output, self.manifest.outputs))
 
     @cached_property
     def labels(self) -> list[str] | None:
@@ -252,7 +262,6 @@ class ModelPool:
             if existing.manifest.sha256 == digest and _same_config(existing, config):
                 return existing  # the same file, as it was configured: the same version
         graph = Graph(model)
-        cuts = find_cuts(graph)
         inputs, outputs = (
             _spec(graph, graph.input_name),
             [_spec(graph, o) for o in graph.output_names],
@@ -268,6 +277,7 @@ class ModelPool:
             config.check(name, inputs, outputs)
         else:
             check_output(name, output, outputs)
+        cuts = find_cuts(graph.answers(*answering(output, outputs)))
         with _locked(self.root / name / ".lock"):
             version = max(self.versions(name), default=0) + 1
             d = self.root / name / str(version)
@@ -291,6 +301,19 @@ class ModelPool:
             write_atomic(d / "manifest.json", _dump(manifest))
         log.info("added %s v%d (%d cuts) to %s", name, version, len(cuts), self.root)
         return ModelVersion(d, manifest)
+
+
+def answering(output: OutputSpec, outputs: list[TensorSpec]) -> tuple[list[str], list[str]]:
+    """(exit heads, finals) of a model whose outputs are ``outputs``: the finals answer
+    together (a detector's heads, a raw task's tensors, the one ``output.tensor``, else
+    the last output); only a classifier that names no tensor has exit heads, the
+    outputs before its last."""
+    names = [o.name for o in outputs]
+    if output.tensors:
+        return [], output.tensors
+    if output.task == "raw":
+        return [], names
+    return names[:-1], names[-1:]
 
 
 def _same_config(mv: ModelVersion, config: ModelConfig | None) -> bool:

@@ -52,21 +52,27 @@ def read_image(data: bytes, what: str = "the image", max_pixels: int = MAX_PIXEL
     return image
 
 
+def framing(pre: Preprocess, width: int, height: int) -> tuple[tuple[int, int], int, int]:
+    """How a ``width`` x ``height`` image becomes the model's input: the size it is
+    resized to, then the (left, top) of the centre crop taken from it."""
+    rows, cols = pre.size
+    if not pre.resize:
+        return (cols, rows), 0, 0  # stretched to the input's size
+    scale = pre.resize / min(width, height)
+    resized = (max(cols, round(width * scale)), max(rows, round(height * scale)))
+    return resized, (resized[0] - cols) // 2, (resized[1] - rows) // 2
+
+
 def to_pixels(image: np.ndarray | Image.Image, pre: Preprocess) -> np.ndarray:
     """An HxW(xC) uint8 image (or PIL image) -> (1, C, H, W) uint8 at the model's size."""
     img = image if isinstance(image, Image.Image) else _as_pil(image)
     img = img.convert("RGB" if pre.channels == "BGR" else pre.channels)
     height, width = pre.size
-    if pre.resize:
-        scale = pre.resize / min(img.size)
-        img = img.resize(
-            (max(width, round(img.width * scale)), max(height, round(img.height * scale))),
-            Image.Resampling.BILINEAR,
-        )
-        left, top = (img.width - width) // 2, (img.height - height) // 2
+    resized, left, top = framing(pre, img.width, img.height)
+    if img.size != resized:
+        img = img.resize(resized, Image.Resampling.BILINEAR)
+    if img.size != (width, height):
         img = img.crop((left, top, left + width, top + height))
-    elif img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     if pre.channels == "BGR":

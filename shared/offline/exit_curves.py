@@ -28,7 +28,7 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 
 def exit_cuts(mv: ModelVersion) -> dict[str, int]:
     """Each exit head (every output but the last) and the cut where it is computed."""
-    return {name: exit_cut(mv.graph, mv.cuts, name) for name in mv.output_names[:-1]}
+    return {name: exit_cut(mv.graph, mv.cuts, name) for name in mv.exits}
 
 
 def exit_curves(
@@ -50,7 +50,7 @@ def exit_curves(
     total = -(-len(samples) // BATCH)
     for done, batch in enumerate(samples.batches(BATCH), 1):
         values = taps.outputs(batch.inputs)
-        reference.append(class_of(values[taps.final]))
+        reference.append(class_of(values[taps.finals[0]]))
         for head in heads:
             probs = softmax(values[head].astype(np.float64))
             confidence[head].append(probs.max(-1))

@@ -74,7 +74,7 @@ def measure(
             ece_before=ece(calibrated[i] * temps[i], labels),
             ece_after=ece(calibrated[i], labels),
         )
-        for i, name in enumerate(mv.output_names[:-1])
+        for i, name in enumerate(mv.exits)
     ]
     right = [v.argmax(-1) == labels for v in calibrated]
     curves = [_curve(policy, calibrated, right) for policy in ("max_softmax", "entropy")]

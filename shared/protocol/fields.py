@@ -104,11 +104,14 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return doc
 
 
-def exact_map(value: object, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A map with exactly ``keys``: missing and unknown fields are both errors."""
+def exact_map(
+    value: object, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A map with exactly ``keys`` (those in ``optional`` may be left out): missing and
+    unknown fields are both errors."""
     if not isinstance(value, dict):
         raise WireError(f"{path}: expected a map, got {type_name(value)}")
-    missing = [key for key in keys if key not in value]
+    missing = [key for key in keys if key not in value and key not in optional]
     if missing:
         raise WireError(f"{path}: missing field {missing[0]!r}")
     unknown = [key for key in value if key not in keys]

@@ -32,8 +32,10 @@ from splitmq.shared.protocol.ids import MAX_VERSION, TIERS, Tier
 from splitmq.shared.protocol.wire import MAX_HOPS, Timing
 
 __all__ = [
+    "Box",
     "ErrorReport",
     "HopLatency",
+    "RawOutput",
     "Result",
     "TopK",
     "latency_breakdown",
@@ -45,6 +47,8 @@ __all__ = [
 
 MAX_MESSAGE = 1000  # characters of an error's human-readable message
 MAX_TOP = 1000  # entries of a result's top-k list
+MAX_BOXES = 1000  # a detection result's boxes
+MAX_RAW = 16  # a raw result's output tensors
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,62 @@ class TopK:
         if self.label is not None:
             free_text("label", self.label, 256)
         object.__setattr__(self, "score", number("score", self.score))
+
+
+@dataclass(frozen=True)
+class Box:
+    """One detected object: its class (index, label or None), score, and corners
+    ``[x0, y0, x1, y1]`` in the pixels of the model's input (after resize and crop)."""
+
+    index: int
+    label: str | None
+    score: float
+    box: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        integer("index", self.index, 0, 2**31 - 1)
+        if self.label is not None:
+            free_text("label", self.label, 256)
+        object.__setattr__(self, "score", number("score", self.score))
+        corners = self.box
+        if not isinstance(corners, list | tuple) or len(corners) != 4:
+            raise WireError("box: expected [x0, y0, x1, y1]")
+        x0, y0, x1, y1 = (number("box", v, -1e6, 1e6) for v in corners)
+        if x1 < x0 or y1 < y0:
+            raise WireError(f"box: {list(corners)} has a corner before its origin")
+        object.__setattr__(self, "box", (x0, y0, x1, y1))
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """One output tensor of a ``raw`` task's answer: a summary to read in JSON, and the
+    values (``data``: base64 of the C-order little-endian bytes)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    min: float
+    max: float
+    mean: float
+    data: str
+
+    def __post_init__(self) -> None:
+        free_text("name", self.name, 256)
+        if not isinstance(self.shape, list | tuple) or len(self.shape) > 8:
+            raise WireError("shape: expected at most 8 dims")
+        object.__setattr__(
+            self, "shape", tuple(integer("shape", d, 0, 2**31 - 1) for d in self.shape)
+        )
+        if self.dtype not in RAW_DTYPES:
+            raise WireError(f"dtype: {self.dtype!r} is not one of {', '.join(RAW_DTYPES)}")
+        for name in ("min", "max", "mean"):
+            object.__setattr__(self, name, number(name, getattr(self, name)))
+        if not isinstance(self.data, str):
+            raise WireError(f"data: expected base64 text, got {type_name(self.data)}")
+
+
+#: The dtypes a raw output travels in (a float64 output is sent as float32).
+RAW_DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 
 
 @dataclass(frozen=True)
@@ -142,11 +202,19 @@ class Result:
     latency: tuple[HopLatency, ...]
     bytes: int
     t_sent: float
+    boxes: tuple[Box, ...] = ()  # a detector's answer (``top`` is empty)
+    outputs: tuple[RawOutput, ...] = ()  # a raw task's answer (``top`` is empty)
 
     def __post_init__(self) -> None:
         ident("id", self.id)
         ident("device", self.device)
         model_name("model", self.model)
+        for name, kind, most in (("boxes", Box, MAX_BOXES), ("outputs", RawOutput, MAX_RAW)):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, kind) for v in value):
+                raise WireError(f"{name}: expected a tuple of {kind.__name__}")
+            if len(value) > most:
+                raise WireError(f"{name}: {len(value)} entries, expected at most {most}")
         integer("version", self.version, 1, MAX_VERSION)
         if not isinstance(self.top, tuple) or not all(isinstance(t, TopK) for t in self.top):
             raise WireError("top: expected a tuple of TopK")
@@ -188,8 +256,12 @@ class ErrorReport:
 
 
 _TOP_KEYS = names(TopK)
+_BOX_KEYS = names(Box)
+_RAW_KEYS = names(RawOutput)
 _LATENCY_KEYS = names(HopLatency)
 _RESULT_KEYS = names(Result)
+#: A result's fields that only some tasks carry: packed when not empty.
+_OPTIONAL = ("boxes", "outputs")
 _ERROR_KEYS = names(ErrorReport)
 
 
@@ -230,11 +302,25 @@ def pack_result(result: Result) -> bytes:
         "bytes": result.bytes,
         "t_sent": result.t_sent,
     }
+    if result.boxes:
+        doc["boxes"] = [{**as_map(b, _BOX_KEYS), "box": list(b.box)} for b in result.boxes]
+    if result.outputs:
+        doc["outputs"] = [{**as_map(o, _RAW_KEYS), "shape": list(o.shape)} for o in result.outputs]
     return _dump(doc)
 
 
 def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
-    doc = exact_map(_load(payload, max_bytes), "result", _RESULT_KEYS)
+    doc = exact_map(_load(payload, max_bytes), "result", _RESULT_KEYS, optional=_OPTIONAL)
+    extra: dict[str, Any] = {}
+    for name, kind, keys, most in (
+        ("boxes", Box, _BOX_KEYS, MAX_BOXES),
+        ("outputs", RawOutput, _RAW_KEYS, MAX_RAW),
+    ):
+        items = []
+        for index, item in enumerate(array(doc.get(name, []), name, 0, most)):
+            with at(f"{name}[{index}]"):
+                items.append(kind(**exact_map(item, f"{name}[{index}]", keys)))
+        extra[name] = tuple(items)
     top = []
     for index, item in enumerate(array(doc["top"], "top", 0, MAX_TOP)):
         entry = exact_map(item, f"top[{index}]", _TOP_KEYS)
@@ -245,7 +331,7 @@ def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
         entry = exact_map(item, f"latency[{index}]", _LATENCY_KEYS)
         with at(f"latency[{index}]"):
             latency.append(HopLatency(**entry))
-    return Result(**{**doc, "top": tuple(top), "latency": tuple(latency)})
+    return Result(**{**doc, "top": tuple(top), "latency": tuple(latency), **extra})
 
 
 def pack_error(error: ErrorReport) -> bytes:

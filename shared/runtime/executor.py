@@ -19,10 +19,10 @@ import numpy as np
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode, parse_codec
 from splitmq.shared.errors import RequestFailed, SplitMQError
-from splitmq.shared.model.outputs import answer, top_k
+from splitmq.shared.model.outputs import answer, read
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.preprocess import normalize
-from splitmq.shared.protocol.results import TopK
+from splitmq.shared.protocol.results import Box, RawOutput, TopK
 from splitmq.shared.runtime.sessions import SessionCache
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ class Job:
 
 @dataclass(frozen=True)
 class Answered:
-    output: str  # the output that answered: an exit head or the final output
-    top: tuple[TopK, ...]
+    output: str  # the output that answered: an exit head or the (first) final output
+    top: tuple[TopK, ...]  # a classifier's answer
+    boxes: tuple[Box, ...] = ()  # a detector's
+    outputs: tuple[RawOutput, ...] = ()  # a raw task's
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,10 @@ class HopExecutor:
         outputs = self.sessions.segment(mv, job.cut, end).run(x)
         t_done = time.time()
         threshold = job.exit_threshold if job.to is not None else None
-        found = answer(mv.output_names, outputs, threshold)
+        found = answer(mv.exits, mv.finals, outputs, threshold)
         if found is not None:
-            name, logits = found
-            answered = Answered(name, top_k(logits, mv.labels))
+            name, values = found
+            answered = Answered(name, *read(mv.manifest.output, mv.labels, values))
             return Outcome(job, answered, mv=mv, t_start=t_start, t_done=t_done, t_end=t_done)
         if job.to is None:
             raise RequestFailed("internal", "the last hop produced no model output")

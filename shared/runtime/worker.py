@@ -291,6 +291,8 @@ class Worker:
             latency=latency_breakdown(request.device, timing),
             bytes=sum(r.bytes for r in timing.hops),
             t_sent=record.t_sent,
+            boxes=outcome.answer.boxes,
+            outputs=outcome.answer.outputs,
         )
 
     # --- pieces --------------------------------------------------------------------------

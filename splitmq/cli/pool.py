@@ -241,7 +241,10 @@ def pool_announce(model: ModelArg, pool: PoolOption = None, broker: BrokerOption
 @models_app.command("build")
 def models_build(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Models to build (default: all).")
+        list[str] | None,
+        typer.Argument(
+            help="Models to build (default: those `models list` marks built by default)."
+        ),
     ] = None,
     pool: PoolOption = None,
     profile_them: Annotated[
@@ -272,7 +275,7 @@ def models_build(
 
     cfg = settings(pool=pool, broker=broker)
     mp = ModelPool(cfg.pool)
-    for name in names or list(ZOO):
+    for name in names or [z.name for z in ZOO.values() if z.default]:
         before = mp.versions(name)
         with Console(stderr=True).status(f"building {name} …"):
             mv = build(mp, name, force=force)
@@ -307,8 +310,8 @@ def models_list() -> None:
     from splitmq.shared.offline.zoo import ZOO
 
     table = Table()
-    for col in ("name", "description", "weights from"):
+    for col in ("name", "description", "weights from", "built by default"):
         table.add_column(col)
     for z in ZOO.values():
-        table.add_row(z.name, z.describe, z.source)
+        table.add_row(z.name, z.describe, z.source, "yes" if z.default else "when named")
     out.print(table)

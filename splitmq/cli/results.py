@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from splitmq.cli.output import out, print_json
 from splitmq.cli.root import JsonOption, app, settings
@@ -15,6 +17,8 @@ from splitmq.shared.errors import UserError
 
 #: Where `splitmq demo` records when no store is set, and where `splitmq results` then looks.
 DEMO_STORE = "splitmq-results.db"
+#: A detector's boxes named in the table's answer column, best first (the rest counted).
+SHOWN_BOXES = 3
 
 ResultsOption = Annotated[
     str | None,
@@ -82,24 +86,86 @@ def _where(store: str | None) -> str:
     )
 
 
-def _table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("answered", "device", "model", "tier", "plan", "top-1", "score", "ms", "bytes"):
-        table.add_column(col, justify="right" if col in ("score", "ms", "bytes") else "left")
-    for r in rows:
-        best = r["top"][0] if r["top"] else None
-        table.add_row(
+#: The table's columns and the least width each text may be squeezed to (numbers never
+#: are): a cell wraps, at spaces where it can, rather than end in "…", so each column
+#: stays legible in 80 columns.
+COLUMNS = (
+    ("answered", 10),
+    ("device", 8),
+    ("model", 6),
+    ("by", 6),
+    ("plan", 8),
+    ("answer", 12),
+    ("ms", None),
+    ("bytes", None),
+)
+
+
+def _table(rows: list[dict[str, Any]], title: str, room: int | None = None) -> Table:
+    """The rows in ``room`` characters (the console's width): cells as plain text."""
+    cells = [
+        (
             datetime.fromtimestamp(r["answered_at"]).strftime("%Y-%m-%d %H:%M:%S"),
             r["device"],
             f"{r['model']}@{r['version']}",
-            f"{r['tier']} ({r['worker']})",
+            f"{r['worker']} ({r['tier']})",
             _plan(r),
-            (best["label"] or str(best["index"])) if best else "",
-            f"{best['score']:.3f}" if best else "",
+            answer_text(r),
             f"{_answer_ms(r['latency']):.1f}",
             str(r["bytes"]),
         )
+        for r in rows
+    ]
+    natural = [
+        max(len(name), *(len(row[i]) for row in cells)) for i, (name, _) in enumerate(COLUMNS)
+    ]
+    least = [n if fewest is None else fewest for n, (_, fewest) in zip(natural, COLUMNS)]
+    spacing = 2 * len(COLUMNS) - 1  # a padding space after each cell, a rule between
+    widths = fit(natural, least, (room or out.width) - spacing)
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
+    for (name, _), width in zip(COLUMNS, widths):
+        number = name in ("ms", "bytes")
+        table.add_column(name, justify="right" if number else "left", width=width, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # text, never markup
     return table
+
+
+def fit(natural: list[int], least: list[int], room: int) -> list[int]:
+    """Column widths within ``room``: the widest column gives a character at a time,
+    down to its least width, until the table fits (or none can give more)."""
+    widths = list(natural)
+    while sum(widths) > room:
+        shrinkable = [i for i, w in enumerate(widths) if w > least[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def answer_text(r: dict[str, Any]) -> str:
+    """The answer in a few words, whatever the task: the top-1 class and its score, a
+    detector's boxes (best first), or a raw task's outputs (names and shapes)."""
+    if r["top"]:
+        best = r["top"][0]
+        return f"{_label(best)} {best['score']:.3f}"
+    if r["outputs"]:
+        return ", ".join(
+            f"{o['name']} {'x'.join(map(str, o['shape'])) or 'scalar'} {o['dtype']}"
+            for o in r["outputs"]
+        )
+    boxes = r["boxes"]
+    words = f"{len(boxes)} box{'' if len(boxes) == 1 else 'es'}"
+    if boxes:
+        words += ": " + ", ".join(f"{_label(b)} {b['score']:.2f}" for b in boxes[:SHOWN_BOXES])
+    if len(boxes) > SHOWN_BOXES:
+        words += f", +{len(boxes) - SHOWN_BOXES} more"
+    return words
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return entry["label"] if entry["label"] is not None else str(entry["index"])
 
 
 def _plan(r: dict[str, Any]) -> str:
