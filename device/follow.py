@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
-from splitmq.shared.model.pool import ModelVersion
+from splitmq.shared.model.pool import ModelPool, ModelVersion, parse_ref
 from splitmq.shared.protocol.plan import Option, Plan
 from splitmq.shared.protocol.reading import Rejected, read_plan
 from splitmq.shared.protocol.topics import Topics
@@ -192,6 +192,16 @@ class Plans:
     def _warm(self, plan: Plan, mv: ModelVersion) -> None:
         if plan.cut > 0:
             self.sessions.segment(mv, 0, plan.cut)  # load and warm the head now
+
+
+def starting_plan(pool: ModelPool, ref: str) -> tuple[Plan, str | None]:
+    """What a following device given ``ref`` runs until the planner speaks, and the family
+    it asks the planner to choose from: a family's smallest member (a device given a
+    family is often the one that cannot afford the largest), or the model itself."""
+    if ref in pool.families():
+        smallest = min(pool.family(ref), key=lambda mv: mv.cuts[-1].macs_before)
+        return local_plan(smallest), ref
+    return local_plan(pool.get(*parse_ref(ref))), None
 
 
 def local_plan(mv: ModelVersion) -> Plan:

@@ -85,8 +85,10 @@ class Device:
         power: Power | None = None,
         follow: bool = False,
         telemetry_period_s: float = 5.0,
+        family: str | None = None,
     ) -> None:
         self.settings, self.id = settings, device_id
+        self.family = family  # following: the planner picks which member runs
         self.topics = settings.topics
         sessions = SessionCache(ModelPool(settings.pool), settings.threads)
         self.plans = Plans(device_id, plan, sessions, self.topics, self._switched)
@@ -172,7 +174,9 @@ class Device:
         self.prober.start()
         if self.follow:
             self.client.subscribe(
-                self.topics.plan(self.id, self.mv.name), self.plans.received, qos=1
+                self.topics.plan(self.id, self.family or self.mv.name),
+                self.plans.received,
+                qos=1,
             )
         return self
 
@@ -325,6 +329,7 @@ class Device:
             id=self.id,
             plan=plan,
             model=ModelRef(model=mv.name, version=mv.version),
+            family=self.family,
             rps=self.stats.rate(),
             in_flight=len(self.flights),
             errors=self.stats.failures(),

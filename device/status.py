@@ -40,6 +40,7 @@ class Snapshot:
     id: str
     plan: Plan
     model: ModelRef
+    family: str | None  # the family it asked the planner to choose from
     rps: float
     in_flight: int
     errors: dict[str, int]
@@ -63,6 +64,7 @@ def device_telemetry(snap: Snapshot, ts: float) -> DeviceTelemetry:
         in_flight=snap.in_flight,
         errors=snap.errors,
         model=snap.model,
+        family=snap.family,
         plan=snap.plan.for_device(snap.id),
         link=snap.link,
         speed=snap.speed,

@@ -116,9 +116,9 @@ def _choose(
         row is None
         or not found.meets(row)
         or current.objective != found.objective
-        or current.version != decision.plan.version
+        or (current.model, current.version) != (decision.plan.model, decision.plan.version)
     ):
-        return decision.plan  # broken, the battery changed the goal, or a new model version
+        return decision.plan  # broken, the battery changed the goal, another model or version
 
     if not current.alternatives and decision.plan.alternatives:
         return decision.plan  # made without a link estimate: no dwell holds it

@@ -11,6 +11,7 @@ set and the best value within the others: never a silent best effort.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,8 @@ class Decision:
     considered: int  # options costed
     row: int  # the chosen option
     assessment: Assessment
+    #: For a model family: the best plan of each member not chosen (``planner.members``).
+    members: Mapping[str, Plan] = dataclasses.field(default_factory=dict)
 
     @property
     def predicted(self) -> Prediction:
@@ -114,6 +117,11 @@ class Decision:
             "predicted": plan["predicted"],
             "alternatives": plan["alternatives"],
             "fixed": {name: p.model_dump() for name, p in self.fixed.items()},
+            **(
+                {"members": {n: p.to_json_dict() for n, p in self.members.items()}}
+                if self.members
+                else {}
+            ),
         }
 
 

@@ -36,7 +36,7 @@ class PlannerMetrics(RoleMetrics):
 
     def published(self, plan: Plan, retained: Mapping[tuple[str, str], Plan], ready: bool) -> None:
         """``plan`` goes out; ``retained`` holds the plans in force before it."""
-        before = retained.get((plan.device or "", plan.model))
+        before = retained.get((plan.device or "", plan.topic_model))
         if not ready:
             reason = "not_ready"
         elif before is None:

@@ -33,7 +33,9 @@ import uuid
 from collections import Counter
 
 from splitmq.planner.control import Control, Target, plan_fleet
+from splitmq.planner.decide import Decision, decide
 from splitmq.planner.fleet import device_state, tier_states
+from splitmq.planner.members import Member, best_plans, choose
 from splitmq.planner.metrics import PlannerMetrics
 from splitmq.planner.options import NotReady, Options
 from splitmq.shared.errors import SplitMQError
@@ -47,6 +49,7 @@ from splitmq.shared.protocol.telemetry import (
     Offline,
     PlannerTelemetry,
     TelemetryDoc,
+    Wants,
     WorkerTelemetry,
 )
 from splitmq.shared.protocol.topics import BROKER_DROPPED
@@ -239,29 +242,38 @@ class PlannerService:
             (d for d in docs.values() if isinstance(d, DeviceTelemetry)), key=lambda d: d.id
         )
         targets, fixed = [], []
+        families = {doc.id: doc.family for doc in devices if doc.family is not None}
         for doc in devices:
-            model = doc.model.model
-            version = max(doc.model.version, newest.get(model, 0))
-            options = self._options_of(model, version)
-            retained = plans.get((doc.id, model))
-            if isinstance(options, NotReady):
+            retained = plans.get((doc.id, doc.family or doc.model.model))
+            version = max(doc.model.version, newest.get(doc.model.model, 0))
+            found = (
+                self._member(doc, workers, retained)
+                if doc.family is not None
+                else self._options_of(doc.model.model, version)
+            )
+            if isinstance(found, NotReady):
                 made = None if retained is None else (retained.reason, retained.version)
-                if made != (str(options), version):
-                    refusal = self._refusal(doc.id, model, version, options)
+                if made != (str(found), version):
+                    refusal = self._refusal(doc.id, doc.model.model, version, found)
                     if refusal is not None:
-                        fixed.append(refusal)
+                        fixed.append(refusal.model_copy(update={"family": doc.family}))
                 continue
+            options, wants = found if isinstance(found, tuple) else (found, doc.wants)
             targets.append(
                 Target(
                     device=doc.id,
                     state=device_state(doc, options),
-                    wants=doc.wants,
+                    wants=wants,
                     options=options,
                     tiers=tier_states(workers, options, self.links, self.speeds),
                     current=_in_force(doc, retained),
                 )
             )
-        changed = list(plan_fleet(targets, time.time(), self.control).values()) + fixed
+        planned = plan_fleet(targets, time.time(), self.control)
+        changed = [
+            plan.model_copy(update={"family": families.get(device)})
+            for device, plan in planned.items()
+        ] + fixed
         for plan in changed:
             self.metrics.published(plan, plans, ready=plan not in fixed)
             self._publish(plan)
@@ -285,6 +297,37 @@ class PlannerService:
             self._options[key] = found
         return self._options[key]
 
+    def _member(
+        self, doc: DeviceTelemetry, workers: list[WorkerTelemetry], retained: Plan | None
+    ) -> tuple[Options, Wants] | NotReady:
+        """The options of the family member the device should run (``members``), with the
+        floor that member's own plans keep."""
+        assert doc.family is not None
+        try:
+            family = self.pool.family(doc.family)
+        except SplitMQError as exc:
+            return NotReady(str(exc))
+        ready = {}
+        for mv in family:
+            options = self._options_of(mv.name, mv.version)
+            if isinstance(options, Options) and mv.manifest.quality is not None:
+                ready[mv.name] = Member(options, mv.manifest.quality)
+        if not ready:
+            return NotReady(
+                f"no member of family {doc.family} is profiled, calibrated and measured: run "
+                f"`splitmq family measure {doc.family}` after calibrating its members"
+            )
+
+        def decide_for(options: Options, wants: Wants) -> Decision:
+            tiers = tier_states(workers, options, self.links, self.speeds)
+            return decide(options, device_state(doc, options), tiers, wants, device_id=doc.id)
+
+        choices = best_plans(ready, doc.wants, decide_for)
+        if not choices:
+            return NotReady(f"no member of family {doc.family} meets the device's wants")
+        name = choose(choices, retained.model if retained else None, self.control.gain)
+        return choices[name].options, choices[name].wants
+
     def _refusal(self, device: str, model: str, version: int, why: NotReady) -> Plan | None:
         """The device-only plan that tells a device why it is not planned for (None: the
         pool lacks the version, so no plan can be made; logged with ``why`` already)."""
@@ -296,10 +339,10 @@ class PlannerService:
 
     def _publish(self, plan: Plan) -> None:
         assert plan.device is not None
-        topic = self.topics.plan(plan.device, plan.model)
+        topic = self.topics.plan(plan.device, plan.topic_model)
         self.client.publish(topic, plan.to_json(), qos=1, retain=True, json=True)
         with self._lock:
-            self._plans[(plan.device, plan.model)] = plan
+            self._plans[(plan.device, plan.topic_model)] = plan
         self.published += 1
         log.info("%s: plan for %s: %s", self.id, plan.device, plan.reason)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +30,7 @@ from splitmq.shared.errors import UserError
 if TYPE_CHECKING:
     from splitmq.device.answers import Answer
     from splitmq.device.runtime import Device as DeviceRuntime
-    from splitmq.planner import Decision
+    from splitmq.planner import Decision, Options
     from splitmq.shared.model.pool import ModelVersion
     from splitmq.shared.protocol.plan import Objective, Plan
     from splitmq.shared.protocol.telemetry import Wants
@@ -105,6 +106,7 @@ def plan(
     loads are the share of a tier's threads other devices keep busy; errors name each
     parameter as ``name_of`` spells it (see ``wants``)."""
     from splitmq.planner import DeviceState, Link, Options, TierState, decide
+    from splitmq.shared.model.pool import ModelPool
     from splitmq.shared.units import parse_ms, parse_rate
 
     up = set(tiers)
@@ -131,14 +133,45 @@ def plan(
             link=Link.parse(cloud_link, name_of("cloud_link")),
         ),
     }
-    mv = model if not isinstance(model, str) else _model(model, settings or _settings())
-    return decide(Options.of(mv), device, {t: states[t] for t in up}, asked or wants())
+    live = {t: states[t] for t in up}
+    cfg = settings or _settings()
+    if isinstance(model, str) and model in ModelPool(cfg.pool).families():
+        return _member_plan(model, cfg, lambda o, w: decide(o, device, live, w), asked or wants())
+    mv = model if not isinstance(model, str) else _model(model, cfg)
+    return decide(Options.of(mv), device, live, asked or wants())
+
+
+def _member_plan(
+    family: str, cfg: Settings, decide: Callable[[Options, Wants], Decision], asked: Wants
+) -> Decision:
+    """The plan of the family member the planner would run (``planner.members``), with
+    every other member's best plan."""
+    from splitmq.planner import Options
+    from splitmq.planner.members import Member, best_plans, choose
+    from splitmq.shared.model.pool import ModelPool
+
+    members = {}
+    for mv in ModelPool(cfg.pool).family(family):
+        if mv.manifest.quality is None:
+            raise UserError(f"{mv.name} is not measured: run `splitmq family measure {family}`")
+        members[mv.name] = Member(Options.of(mv), mv.manifest.quality)
+    choices = best_plans(members, asked, decide)
+    if not choices:
+        raise UserError(f"no member of family {family} meets the accuracy floor and limits")
+    chosen = choose(choices, None, 0.0)
+    best = choices[chosen].decision
+    return replace(
+        best,
+        plan=best.plan.model_copy(update={"family": family}),
+        members={n: c.decision.plan for n, c in choices.items() if n != chosen},
+    )
 
 
 class Device:
     """A device inside an application (see module docstring). Use as a context manager.
 
-    Without ``plan`` it follows the planner's plans for ``model``; a ``Plan`` (or a plan
+    Without ``plan`` it follows the planner's plans for ``model`` (a model family's name:
+    the planner chooses which member runs); a ``Plan`` (or a plan
     JSON file, as ``splitmq plan --json`` writes its ``plan``) pins one. ``broker`` and
     ``pool`` default to the settings (``SPLITMQ_BROKER``, ``SPLITMQ_POOL``, ``.env``);
     ``device_id`` to the MQTT user name (``SPLITMQ_USERNAME``), else a random ``app-...``.
@@ -157,9 +190,10 @@ class Device:
         timeout_s: float = 10.0,
         settings: Settings | None = None,
     ) -> None:
-        from splitmq.device.follow import local_plan
+        from splitmq.device.follow import starting_plan
         from splitmq.device.runtime import Device as DeviceRuntime
         from splitmq.device.runtime import default_id
+        from splitmq.shared.model.pool import ModelPool
         from splitmq.shared.protocol.plan import Plan, load_plan_file
 
         cfg = settings or _settings(broker=broker, pool=pool)
@@ -169,14 +203,16 @@ class Device:
             pinned = plan
         else:
             pinned = load_plan_file(Path(plan))
+        start, family = (pinned, None) if pinned else starting_plan(ModelPool(cfg.pool), model)
         self.runtime: DeviceRuntime = DeviceRuntime(
             cfg,
             device_id or default_id(cfg, "app"),
-            pinned or local_plan(_model(model, cfg)),
+            start,
             window=window,
             timeout_s=timeout_s,
             wants=asked or wants(),
             follow=pinned is None,
+            family=family,
         )
 
     def __enter__(self) -> Device:

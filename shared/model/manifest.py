@@ -99,6 +99,31 @@ class OutputSpec(Frozen):
             return None
         return [self.tensor] if isinstance(self.tensor, str) else list(self.tensor)
 
+    def answering(self, outputs: list[TensorSpec]) -> tuple[list[str], list[str]]:
+        """(exit heads, finals) of a model whose outputs are ``outputs``: the finals answer
+        together (a detector's heads, a raw task's tensors, the one ``tensor``, else the
+        last output); only a classifier that names no tensor has exit heads, the outputs
+        before its last."""
+        names = [o.name for o in outputs]
+        if self.tensors:
+            return [], self.tensors
+        if self.task == "raw":
+            return [], names
+        return names[:-1], names[-1:]
+
+
+class Quality(Frozen):
+    """How good one member of a model family is, measured on the same samples as every
+    other member (``splitmq family measure``): its unsplit answers' agreement with the
+    family's ``reference`` member (the most accurate), and its accuracy where the samples
+    are labelled."""
+
+    reference: str  # the member the others are held against (itself: agreement 1)
+    agreement: float = Field(ge=0, le=1)
+    accuracy: float | None = Field(None, ge=0, le=1)
+    samples: int = Field(gt=0)
+    data: str  # which samples
+
 
 class Manifest(Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
@@ -118,6 +143,8 @@ class Manifest(Frozen):
     profiles: list[Profile] = Field(default_factory=list)
     calibration: CalibrationTable | None = None
     exits: ExitReport | None = None  # exits measured on labelled data (multi-exit models)
+    family: str | None = None  # the model family it is a member of (``pool add --family``)
+    quality: Quality | None = None  # measured against the family's reference member
 
     @field_validator("profiles", mode="before")
     @classmethod

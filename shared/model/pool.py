@@ -86,19 +86,19 @@ class ModelVersion:
 
     @property
     def output_names(self) -> list[str]:
-        """The outputs that answer: exit heads first, then the finals (see ``answering``)."""
-        exits, finals = answering(self.manifest.output, self.manifest.outputs)
+        """The outputs that answer: exit heads, then the finals (``OutputSpec.answering``)."""
+        exits, finals = self.manifest.output.answering(self.manifest.outputs)
         return [*exits, *finals]
 
     @property
     def exits(self) -> list[str]:
         """The early-exit heads: a classifier's outputs before its last."""
-        return answering(self.manifest.output, self.manifest.outputs)[0]
+        return self.manifest.output.answering(self.manifest.outputs)[0]
 
     @property
     def finals(self) -> list[str]:
         """The outputs that answer together when the whole model has run."""
-        return answering(self.manifest.output, self.manifest.outputs)[1]
+        return self.manifest.output.answering(self.manifest.outputs)[1]
 
     @property
     def last_cut(self) -> int:
@@ -120,7 +120,7 @@ class ModelVersion:
             graph = Graph(onnx.load_from_string(self.model_bytes))
         except Exception as exc:
             raise PoolError(f"{self.dir / 'model.onnx'}: cannot be parsed: {exc}") from exc
-        return graph.answers(*answering(self.manifest.output, self.manifest.outputs))
+        return graph.answers(*self.manifest.output.answering(self.manifest.outputs))
 
     @cached_property
     def labels(self) -> list[str] | None:
@@ -221,6 +221,18 @@ class ModelPool:
         d = self.root / name / str(v)
         return ModelVersion(d, _parse_manifest(d / "manifest.json"))
 
+    def families(self) -> list[str]:
+        """The model families the pool's models are members of."""
+        return sorted({f for n in self.names() if (f := self.get(n).manifest.family)})
+
+    def family(self, name: str) -> list[ModelVersion]:
+        """The members of family ``name``: the newest version of each model in it."""
+        members = [mv for n in self.names() if (mv := self.get(n)).manifest.family == name]
+        if not members:
+            known = ", ".join(self.families()) or "none (pool add --family NAME)"
+            raise PoolError(f"no model family {name!r} in the pool {self.root}; families: {known}")
+        return members
+
     def matching(self, name: str, version: int, sha256: str) -> ModelVersion:
         """The version an announcement names, if this pool has the very same bytes."""
         mv = self.get(name, version)
@@ -241,6 +253,7 @@ class ModelPool:
         source: str | None = None,
         output: OutputSpec | None = None,
         config: ModelConfig | None = None,
+        family: str | None = None,
     ) -> ModelVersion:
         """Add an ONNX file; idempotent for identical bytes, a new version otherwise.
 
@@ -254,12 +267,22 @@ class ModelPool:
         if config is not None:
             preprocess, labels, output = config.preprocess, config.labels, config.output
         check_name(name)
+        taken = self.names() if family is not None else self.families()
+        if family is not None and (check_name(family) == name or family in taken):
+            raise PoolError(f"family {family!r} is a model's name in {self.root}: pick another")
+        if family is None and name in taken:
+            raise PoolError(f"{name!r} names a model family in {self.root}: pick another name")
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         model = load_model(path)  # validates, with a clear error
         digest = sha256_bytes(data)
         for v in self.versions(name):
             existing = self.get(name, v)
-            if existing.manifest.sha256 == digest and _same_config(existing, config):
+            same_family = family is None or existing.manifest.family == family
+            if (
+                existing.manifest.sha256 == digest
+                and _same_config(existing, config)
+                and same_family
+            ):
                 return existing  # the same file, as it was configured: the same version
         graph = Graph(model)
         inputs, outputs = (
@@ -272,12 +295,14 @@ class ModelPool:
                 preprocess = preprocess or before.manifest.preprocess
                 labels = labels or before.labels
                 output = output or before.manifest.output
+        if family is None and self.versions(name):
+            family = self.get(name).manifest.family  # a new version stays in its family
         output = output or OutputSpec()
         if config is not None:
             config.check(name, inputs, outputs)
         else:
             check_output(name, output, outputs)
-        cuts = find_cuts(graph.answers(*answering(output, outputs)))
+        cuts = find_cuts(graph.answers(*output.answering(outputs)))
         with _locked(self.root / name / ".lock"):
             version = max(self.versions(name), default=0) + 1
             d = self.root / name / str(version)
@@ -293,6 +318,7 @@ class ModelPool:
                 output=output,
                 labels="labels.txt" if labels else None,
                 cuts=cuts,
+                family=family,
             )
             write_atomic(d / "model.onnx", data)
             if labels:
@@ -301,19 +327,6 @@ class ModelPool:
             write_atomic(d / "manifest.json", _dump(manifest))
         log.info("added %s v%d (%d cuts) to %s", name, version, len(cuts), self.root)
         return ModelVersion(d, manifest)
-
-
-def answering(output: OutputSpec, outputs: list[TensorSpec]) -> tuple[list[str], list[str]]:
-    """(exit heads, finals) of a model whose outputs are ``outputs``: the finals answer
-    together (a detector's heads, a raw task's tensors, the one ``output.tensor``, else
-    the last output); only a classifier that names no tensor has exit heads, the
-    outputs before its last."""
-    names = [o.name for o in outputs]
-    if output.tensors:
-        return [], output.tensors
-    if output.task == "raw":
-        return [], names
-    return names[:-1], names[-1:]
 
 
 def _same_config(mv: ModelVersion, config: ModelConfig | None) -> bool:

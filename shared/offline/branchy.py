@@ -1,8 +1,10 @@
 """A multi-exit CNN for Fashion-MNIST, trained jointly in the BranchyNet way.
 
-Three stages of 3x3 convolutions (32, 64, 128 channels, batch norm, ReLU,
-max pooling), with a side branch after each of the first two: a small
-convolution, global average pooling and a linear layer. The loss is the
+Three stages of 3x3 convolutions (``WIDTHS``: 32, 64, 128 channels, batch
+norm, ReLU, max pooling), with a side branch after each of the first two: a
+small convolution as wide as the first stage, global average pooling and a
+linear layer. ``SMALL_WIDTHS`` halves every width: a quarter of the MACs, the
+smaller member of the model family. The loss is the
 weighted sum of the three exits' cross-entropies (``EXIT_WEIGHTS``), so the
 trunk learns features the early branches can use. Training is deterministic
 (fixed seed, deterministic kernels, one data order) and takes a few minutes
@@ -25,13 +27,17 @@ EPOCHS = 5
 BATCH = 128
 EXIT_WEIGHTS = (0.4, 0.6, 1.0)  # exit1, exit2, final
 OUTPUTS = ("exit1", "exit2", "logits")
+WIDTHS = (32, 64, 128)  # channels of the three stages
+SMALL_WIDTHS = (16, 32, 64)
 MEAN, STD = 72.94, 90.02  # of the training pixels, in 0..255 units
 
 
-def network() -> Any:
+def network(widths: tuple[int, int, int] = WIDTHS) -> Any:
     """The untrained network (torch is imported only here, for training and export)."""
     import torch
     from torch import nn
+
+    w1, w2, w3 = widths
 
     def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
         return nn.Sequential(
@@ -40,17 +46,17 @@ def network() -> Any:
 
     def branch(cin: int) -> nn.Sequential:
         return nn.Sequential(
-            conv(cin, 32, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)
+            conv(cin, w1, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w1, 10)
         )
 
     class Branchy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stage1 = nn.Sequential(conv(1, 32), conv(32, 32), nn.MaxPool2d(2))
-            self.stage2 = nn.Sequential(conv(32, 64), conv(64, 64), nn.MaxPool2d(2))
-            self.stage3 = nn.Sequential(conv(64, 128), nn.MaxPool2d(2), nn.Flatten())
-            self.exit1, self.exit2 = branch(32), branch(64)
-            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(128 * 3 * 3, 10))
+            self.stage1 = nn.Sequential(conv(1, w1), conv(w1, w1), nn.MaxPool2d(2))
+            self.stage2 = nn.Sequential(conv(w1, w2), conv(w2, w2), nn.MaxPool2d(2))
+            self.stage3 = nn.Sequential(conv(w2, w3), nn.MaxPool2d(2), nn.Flatten())
+            self.exit1, self.exit2 = branch(w1), branch(w2)
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(w3 * 3 * 3, 10))
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             a = self.stage1(x)
@@ -62,15 +68,18 @@ def network() -> Any:
 
 
 def train(
-    images: np.ndarray, labels: np.ndarray, progress: Callable[[int, int], None] | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    widths: tuple[int, int, int] = WIDTHS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """The network trained on ``images`` (N, 28, 28 uint8) and their labels."""
+    """The network of ``widths`` trained on ``images`` (N, 28, 28 uint8) and their labels."""
     import torch
     from torch import nn
 
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
-    net = network()
+    net = network(widths)
     x = torch.from_numpy((images.astype(np.float32)[:, None] - MEAN) / STD)
     y = torch.from_numpy(labels.astype(np.int64))
     steps = EPOCHS * -(-len(x) // BATCH)

