@@ -105,6 +105,7 @@ class Plans:
         self._plan, self._mv = plan, self._model_of(plan)
         self.switches: deque[Switch] = deque(maxlen=SWITCHES_KEPT)
         self.refused: str | None = None  # why the planner cannot plan for us, while it cannot
+        self.family: str | None = None  # the family the device follows (None: its model)
         self.fallback = Fallback()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{device}-switch")
 
@@ -142,6 +143,13 @@ class Plans:
         heard = read_plan(self.topics, msg.topic, msg.payload)
         if isinstance(heard, Rejected):
             log.warning("%s: ignoring a plan: %s", self.device, heard.why)
+        elif heard.doc is not None and heard.doc.family != self.family:
+            log.warning(
+                "%s: ignoring a plan for family %s: it follows %s",
+                self.device,
+                heard.doc.family,
+                f"family {self.family}" if self.family else "its model",
+            )
         elif heard.doc is not None:  # None: a retained plan was cleared
             self._worker.submit(self._from_planner, heard.doc)
 

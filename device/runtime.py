@@ -92,6 +92,7 @@ class Device:
         self.topics = settings.topics
         sessions = SessionCache(ModelPool(settings.pool), settings.threads)
         self.plans = Plans(device_id, plan, sessions, self.topics, self._switched)
+        self.plans.family = family
         self.conditions: Conditions = conditions or Direct()
         self.head = Head(HopExecutor(sessions, settings.max_payload_bytes), self.conditions)
         self.follow = follow

@@ -127,6 +127,11 @@ def run_demo(
             raise UserError(f"no model {opts.model!r} in the pool {pool.root}")
         build(pool, opts.model)
     mv = pool.get(opts.model)
+    if mv.manifest.output.task != "classify":
+        raise UserError(
+            f"the demo scores top-1 answers; {mv.name} is a {mv.manifest.output.task} model: "
+            "run it with `splitmq device --model` and the roles"
+        )
     plan = local_plan(mv) if opts.planner else demo_plan(mv, opts)
     distinct = photos(min(opts.frames, DISTINCT_FRAMES), seed=DEMO_SEED)
     frames = [distinct[i % len(distinct)] for i in range(opts.frames)]  # references, no copies

@@ -72,9 +72,13 @@ def best_plans(
             continue
         try:
             decision = decide(member.options, own)
-            found[name] = Choice(member.options, own, decision, member.quality.agreement)
         except Infeasible:
             continue
+        found[name] = Choice(member.options, own, decision, member.quality.agreement)
+    if not found and (wants.slo_ms is not None or wants.max_bytes is not None):
+        # No member meets the SLO or the byte budget: the best effort, as for one model.
+        relaxed = wants.model_copy(update={"slo_ms": None, "max_bytes": None})
+        return best_plans(members, relaxed, decide)
     return found
 
 

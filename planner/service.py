@@ -38,6 +38,7 @@ from splitmq.planner.fleet import device_state, tier_states
 from splitmq.planner.members import Member, best_plans, choose
 from splitmq.planner.metrics import PlannerMetrics
 from splitmq.planner.options import NotReady, Options
+from splitmq.planner.state import DeviceState
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
@@ -258,11 +259,13 @@ class PlannerService:
                     if refusal is not None:
                         fixed.append(refusal.model_copy(update={"family": doc.family}))
                 continue
-            options, wants = found if isinstance(found, tuple) else (found, doc.wants)
+            options, wants, state = (
+                found if isinstance(found, tuple) else (found, doc.wants, device_state(doc, found))
+            )
             targets.append(
                 Target(
                     device=doc.id,
-                    state=device_state(doc, options),
+                    state=state,
                     wants=wants,
                     options=options,
                     tiers=tier_states(workers, options, self.links, self.speeds),
@@ -299,9 +302,9 @@ class PlannerService:
 
     def _member(
         self, doc: DeviceTelemetry, workers: list[WorkerTelemetry], retained: Plan | None
-    ) -> tuple[Options, Wants] | NotReady:
+    ) -> tuple[Options, Wants, DeviceState] | NotReady:
         """The options of the family member the device should run (``members``), with the
-        floor that member's own plans keep."""
+        floor that member's own plans keep and the device as it was costed."""
         assert doc.family is not None
         try:
             family = self.pool.family(doc.family)
@@ -317,16 +320,21 @@ class PlannerService:
                 f"no member of family {doc.family} is profiled, calibrated and measured: run "
                 f"`splitmq family measure {doc.family}` after calibrating its members"
             )
+        # Every member is costed on one device, its speed corrected by the running member's
+        # head times: else the running one alone looks slow and the choice swings.
+        running = self._options_of(doc.model.model, doc.model.version)
+        first = next(iter(ready.values())).options
+        state = device_state(doc, running if isinstance(running, Options) else first)
 
         def decide_for(options: Options, wants: Wants) -> Decision:
             tiers = tier_states(workers, options, self.links, self.speeds)
-            return decide(options, device_state(doc, options), tiers, wants, device_id=doc.id)
+            return decide(options, state, tiers, wants, device_id=doc.id)
 
         choices = best_plans(ready, doc.wants, decide_for)
         if not choices:
             return NotReady(f"no member of family {doc.family} meets the device's wants")
         name = choose(choices, retained.model if retained else None, self.control.gain)
-        return choices[name].options, choices[name].wants
+        return choices[name].options, choices[name].wants, state
 
     def _refusal(self, device: str, model: str, version: int, why: NotReady) -> Plan | None:
         """The device-only plan that tells a device why it is not planned for (None: the

@@ -211,3 +211,14 @@ def test_a_detector_splits_exactly_before_its_heads(faces) -> None:
     tail = onnx.load_from_string(parts[-1].onnx)
     assert sorted(o.name for o in tail.graph.output) == ["heatmap", "offset", "scale"]
     assert make_plan(mv, 5, "int8").cut == 5
+
+
+def test_wild_head_values_make_clipped_boxes_not_failures() -> None:
+    """A log size of 15 (a box of 13 million pixels) and a negative linear size, as an
+    int8 codec can make of a weak peak: boxes the wire carries, never a failed request."""
+    log_spec = SPEC.model_copy(update={"size_encoding": "log"})
+    found = heads([(0, 4, 4, 0.9, 15.0, 15.0)])
+    (huge,) = decode(log_spec, found, None)
+    assert huge.box == (-1e6, -1e6, 1e6, 1e6)
+    (flat,) = decode(SPEC, heads([(0, 4, 4, 0.9, -0.2, -0.2)]), None)
+    assert flat.box[0] == flat.box[2] and flat.box[1] == flat.box[3]

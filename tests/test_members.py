@@ -70,3 +70,10 @@ def test_a_low_battery_plans_for_energy_and_picks_the_cheaper_member(members) ->
     assert {c.decision.plan.objective for c in low.values()} == {"energy"}
     cheapest = min(low, key=lambda n: low[n].decision.plan.predicted.energy_mj)
     assert choose(low, None, 0.1) == cheapest
+
+
+def test_an_slo_no_member_meets_still_gets_the_best_effort(members) -> None:
+    tight = Wants(accuracy=FLOOR, slo_ms=0.001)
+    choices = best_plans(members, tight, deciding())
+    assert set(choices) == {"small", "large"}
+    assert all(c.wants.slo_ms is None for c in choices.values())

@@ -50,6 +50,7 @@ from pydantic import ValidationError
 
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.manifest import DetectSpec, OutputSpec, Preprocess, TensorSpec
+from splitmq.shared.protocol.results import MAX_RAW, RAW_DTYPES
 
 LAYOUTS = ("NCHW", "NHWC")
 #: The config's colour names -> the manifest's (Pillow's mode for grey is "L").
@@ -163,6 +164,7 @@ def check_output(
                 "batch dim: export the model with the batch first"
             )
     if output.task == "raw":
+        _check_raw(where, [by_name[t] for t in chosen])
         return chosen[0], None
     if output.detect is not None:
         return chosen[0], _check_heads(where, output.detect, by_name)
@@ -175,6 +177,21 @@ def check_output(
             "does with output.tensor"
         )
     return final.name, int(classes[0])
+
+
+def _check_raw(where: str, tensors: list[TensorSpec]) -> None:
+    """A raw answer carries at most ``MAX_RAW`` tensors of the dtypes a result holds."""
+    if len(tensors) > MAX_RAW:
+        raise ConfigError(
+            f"{where}: a raw answer carries at most {MAX_RAW} outputs, the model has "
+            f"{len(tensors)}: name the ones to answer with in output.tensor"
+        )
+    for spec in tensors:
+        if spec.dtype not in (*RAW_DTYPES, "float64"):
+            raise ConfigError(
+                f"{where}: output {spec.name!r} is {spec.dtype}; a raw answer carries "
+                f"{', '.join(RAW_DTYPES)}"
+            )
 
 
 def _check_heads(where: str, detect: DetectSpec, by_name: dict[str, TensorSpec]) -> int:

@@ -22,6 +22,7 @@ from splitmq.shared.model.manifest import DetectSpec
 from splitmq.shared.protocol.results import Box
 
 MATCH_IOU = 0.5  # boxes of two answers match at this overlap or more (as COCO's AP50)
+BOUND = 1e6  # pixels: a corner further out is a wild head value, clipped
 
 
 def decode(
@@ -44,10 +45,11 @@ def decode(
     hw = size[:, ys, xs]
     if spec.size_encoding == "log":
         hw = np.exp(np.minimum(hw, 20.0))  # a wild value is a huge box, not an overflow
-    hw = hw * spec.stride
+    hw = np.maximum(hw, 0) * spec.stride  # a regression head may dip below 0 at weak peaks
     cy = (ys + offset[0, ys, xs] + 0.5) * spec.stride
     cx = (xs + offset[1, ys, xs] + 0.5) * spec.stride
     corners = np.stack([cx - hw[1] / 2, cy - hw[0] / 2, cx + hw[1] / 2, cy + hw[0] / 2], 1)
+    corners = np.clip(np.nan_to_num(corners, nan=0.0), -BOUND, BOUND)  # what a Box may hold
     keep = nms(corners, scores, cls, spec.iou)[: spec.max_boxes]
     return tuple(
         Box(
@@ -57,7 +59,6 @@ def decode(
             tuple(round(float(v), 2) for v in corners[i]),  # type: ignore[arg-type]
         )
         for i in keep
-        if np.isfinite(corners[i]).all()
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -29,6 +29,9 @@ class Document(Frozen):
     """A versioned document; ``parse`` turns any bad input into one ``WireError``."""
 
     v: Literal[1] = DOCUMENT_VERSION
+    #: Fields added after v1 shipped: left out while None, so a reader that predates
+    #: them (every document refuses unknown fields) still reads what a newer writer sends.
+    LATER: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def parse(cls, data: bytes | str | Mapping[str, object], where: str = "document") -> Self:
@@ -43,7 +46,11 @@ class Document(Frozen):
             raise WireError(f"{where}: {describe(exc)}") from None
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        return self.model_dump_json(by_alias=True, exclude=self.unset_later()).encode()
+
+    def unset_later(self) -> dict[str, Any]:
+        """What ``to_json`` leaves out (pydantic's ``exclude``)."""
+        return {name: True for name in self.LATER if getattr(self, name) is None}
 
 
 def describe(exc: ValidationError) -> str:

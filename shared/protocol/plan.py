@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -104,6 +104,7 @@ class Plan(Option, Document):
     model: str
     version: int = Field(ge=1, le=MAX_VERSION)
     family: str | None = None  # the family the planner chose ``model`` from, for the device
+    LATER: ClassVar[frozenset[str]] = frozenset({"family"})
     reason: str = "static plan"
     ts: float = Field(default_factory=time.time)
     objective: Objective | None = None  # what the planner minimised; None: not planned
@@ -128,6 +129,9 @@ class Plan(Option, Document):
         """What its topic names after the device: the family a device asked for, or the
         model."""
         return self.family or self.model
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.to_json())
 
     def for_device(self, device: str) -> Plan:
         return self.model_copy(update={"device": device})

@@ -10,7 +10,7 @@ service time per segment. The Last Will replaces a document with
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -102,6 +102,12 @@ class DeviceTelemetry(Telemetry):
     role: Literal["device"] = "device"
     model: ModelRef
     family: str | None = Field(None, pattern=MODEL_PATTERN)  # planned among its members
+    LATER: ClassVar[frozenset[str]] = frozenset({"family"})
+
+    def unset_later(self) -> dict[str, Any]:
+        left = super().unset_later()
+        return {**left, "plan": self.plan.unset_later()} if self.plan.family is None else left
+
     plan: Plan
     link: LinkEstimate
     speed: float = Field(gt=0, le=1)  # vs the host its profile was measured on
