@@ -86,7 +86,6 @@ def choose(choices: Mapping[str, Choice], current: str | None, gain: float) -> s
     """The member to run: the best plan's, unless the one in force is within ``gain``
     of it (ties: the more accurate member)."""
     best = min(choices, key=lambda n: (choices[n].value, -choices[n].agreement))
-    kept = current is not None and current in choices
-    if kept and choices[current].value <= choices[best].value * (1 + gain):  # type: ignore[index]
-        return current  # type: ignore[return-value]
-    return best
+    if current is None or current not in choices:
+        return best
+    return current if choices[current].value <= choices[best].value * (1 + gain) else best
