@@ -159,11 +159,11 @@ def evaluate(
             )
             p = o.p_exit[rows]
             exit_ret = back(edge, o.result_bytes_split)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"):  # p = 1 never reaches an unreachable tail
                 after = np.where(p >= 1, exit_ret, p * exit_ret + (1 - p) * tail)
+                cloud_ms[rows] = np.where(p >= 1, 0.0, (1 - p) * svc2)
             latency[rows] = reach[rows] + after
             forward[rows] = f
-            cloud_ms[rows] = (1 - p) * svc2
             disagree[rows] = np.minimum(1.0, disagree[rows] + p * exit_disagree[rows] + (1 - p) * d)
     idle = np.maximum(latency - compute - radio, 0.0)
     with np.errstate(invalid="ignore"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from graphs import MODELS, classic, early_exit, inception, residual
 
@@ -112,3 +113,21 @@ def test_conv_macs_count_groups():
 def test_ir3_weights_as_inputs_give_the_cuts_of_the_same_model_in_a_newer_ir():
     old, new = names(MODELS["classic_ir3"]()), names(classic(7, 12))
     assert old == new and old[0] == "x" and len(old) > 5
+
+
+def test_a_quantised_model_cuts_only_at_its_uint8_tensors():
+    """In QDQ form a conv's DequantizeLinear -> Conv -> QuantizeLinear group runs as one
+    integer kernel; a float tensor inside a group is no cut (each side would run the op
+    in float), the uint8 tensor between a QuantizeLinear and its DequantizeLinear is."""
+    from splitmq.shared.offline.quantize import quantize
+
+    model = residual()
+    shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    calibration = np.random.default_rng(0).standard_normal([16, *shape[1:]]).astype(np.float32)
+    graph = Graph(quantize(model, calibration))
+    cuts = find_cuts(graph)
+    inner = cuts[1:-1]
+    assert len(inner) >= 3
+    assert all(graph.nodes[graph.producer[c.name]].op_type == "QuantizeLinear" for c in inner)
+    assert {c.dtype for c in inner} == {"uint8"}
+    assert (cuts[0].name, cuts[-1].name) == (graph.input_name, graph.output_names[-1])

