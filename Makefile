@@ -12,12 +12,12 @@ BIN := $(VENV)/bin
 export SPLITMQ_POOL ?= $(CURDIR)/.pool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check lint bench models mosquitto datasets postgresql chromium venv clean
+.PHONY: demo test check lint bench models mosquitto datasets postgresql chromium compose gstreamer venv clean
 
 demo: venv mosquitto models
 	$(BIN)/splitmq demo
 
-test: venv mosquitto models postgresql chromium check
+test: venv mosquitto models postgresql chromium compose gstreamer check
 	$(BIN)/python -m pytest -q
 
 # The layer contracts (import-linter) and static types (mypy), checked on the package
@@ -82,6 +82,24 @@ chromium:
 		echo "installing chromium from apt"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+# The camera tests serve RTSP with GStreamer's RTSP server, run by Debian's python3 with gi
+# (tests/rtsp_server.py --check says whether all it needs is there).
+gstreamer:
+	@/usr/bin/python3 tests/rtsp_server.py --check 2>/dev/null || { \
+		echo "installing GStreamer's RTSP server from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-gi \
+			gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+			gstreamer1.0-plugins-good; }
+
+# tests/test_compose.py runs `docker compose config` (or docker-compose) on
+# docker-compose.yml: Debian's docker-compose when neither is there (no engine needed).
+compose:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { \
+		echo "installing docker-compose from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-compose; }
 
 # Labelled data from Debian: Fashion-MNIST (60k train / 10k test) for the multi-exit model.
 FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz

@@ -47,8 +47,11 @@ CONTROL_TIMEOUT_S = 5.0
 def private_dir(path: Path) -> None:
     """Make ``path`` (and missing parents) and set it 0700: a umask of 000 must not
     leave keys in a directory anyone can list or swap files in."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+    except OSError as exc:  # a read-only or missing parent, /proc, a file in the way
+        raise UserError(f"cannot make the directory {path}: {exc.strerror or exc}") from None
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitmq.shared.errors import SplitMQError
-from splitmq.shared.protocol.results import Box, HopLatency, RawOutput, TopK
+from splitmq.shared.protocol.results import Box, HopLatency, RawOutput, Result, TopK
 
 
 class InferenceFailed(SplitMQError):
@@ -33,6 +33,31 @@ class Answer:
     attempts: int
     boxes: tuple[Box, ...] = ()  # a detector's answer
     outputs: tuple[RawOutput, ...] = ()  # a raw task's answer
+    fallback: str | None = None  # why the device answered in its plan's tier's place
+
+    @classmethod
+    def of(
+        cls,
+        result: Result,
+        bytes_sent: int,
+        e2e_ms: float,
+        attempts: int,
+        fallback: str | None = None,
+    ) -> Answer:
+        """The device's view of ``result``, whichever tier published it."""
+        return cls(
+            result.id,
+            result.top,
+            result.tier,
+            result.exit,
+            result.latency,
+            bytes_sent,
+            e2e_ms,
+            attempts,
+            result.boxes,
+            result.outputs,
+            fallback,
+        )
 
     @property
     def top1(self) -> int:

@@ -92,10 +92,14 @@ class Window:
         self._latency: deque[float] = deque(maxlen=recent)
         self._last_cut = -float("inf")
 
-    def acquire(self) -> None:
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a place in the window, waiting at most ``timeout`` s (None: as long as it
+        takes); whether it got one."""
         with self._cond:
-            self._cond.wait_for(lambda: self._busy < int(self.size))
+            if not self._cond.wait_for(lambda: self._busy < int(self.size), timeout):
+                return False
             self._busy += 1
+            return True
 
     def release(self, latency_s: float | None = None, congested: bool = False) -> None:
         """One request ended: answered after ``latency_s``, failed by a timeout or an

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion, parse_ref
-from splitmq.shared.protocol.plan import Option, Plan
+from splitmq.shared.protocol.plan import FELL_BACK, Option, Plan
 from splitmq.shared.protocol.reading import Rejected, read_plan
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.runtime.sessions import SessionCache
@@ -43,7 +43,7 @@ NO_PLAN_YET = "no plan from the planner yet: on the device"
 #: Plan switches a device remembers (the demo's timeline reads them).
 SWITCHES_KEPT = 256
 #: How a switch's reason begins when the planner, or the device's own fallback, chose it.
-FROM_PLANNER, FELL_BACK = "planner: ", "fell back: "
+FROM_PLANNER = "planner: "
 
 
 @dataclass(frozen=True)

@@ -118,18 +118,7 @@ class Replies:
         self.stats.finished()
         self.stats.count(f"answered_{result.tier}")
         flight.future.set_result(
-            Answer(
-                result.id,
-                result.top,
-                result.tier,
-                result.exit,
-                result.latency,
-                sum(flight.sizes),
-                round(e2e, 3),
-                flight.attempts,
-                result.boxes,
-                result.outputs,
-            )
+            Answer.of(result, sum(flight.sizes), round(e2e, 3), flight.attempts)
         )
 
     def _learn(self, flight: Flight, result: Result, e2e_ms: float) -> None:

@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 import numpy as np
 
@@ -35,7 +36,8 @@ from splitmq.device.conditions import Conditions, Direct
 from splitmq.device.estimates import LinkEstimator
 from splitmq.device.flights import JITTER, Flight, Flights, Timeouts, Window
 from splitmq.device.follow import Plans, Switch
-from splitmq.device.head import Head, Work
+from splitmq.device.head import Head
+from splitmq.device.local import Fallback, Local, Pending
 from splitmq.device.metrics import DeviceMetrics
 from splitmq.device.probe import Prober
 from splitmq.device.replies import Replies
@@ -44,7 +46,6 @@ from splitmq.device.status import EarlyReports, Snapshot, device_telemetry
 from splitmq.shared.errors import LoginRefused, SplitMQError, UserError
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.plan import Plan
-from splitmq.shared.protocol.results import HopLatency
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
     LinkEstimate,
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: The device's session outlives a reconnect this long: answers wait for it meanwhile.
 SESSION_EXPIRY_S = 60
+#: How long closing waits for the broker to take the results the device answered itself.
+FLUSH_S = 5.0
 #: Failures that say the tier is overloaded: the window halves.
 OVERLOAD = frozenset({"timeout", "expired"})
 
@@ -86,8 +89,12 @@ class Device:
         follow: bool = False,
         telemetry_period_s: float = 5.0,
         family: str | None = None,
+        fallback: Fallback = "local",
+        connect_patience_s: float | None = 0.0,
     ) -> None:
         self.settings, self.id = settings, device_id
+        self.fallback = fallback  # what ``infer`` does past its deadline
+        self.patience_s = connect_patience_s  # for a broker not up yet (None: forever)
         self.family = family  # following: the planner picks which member runs
         self.topics = settings.topics
         sessions = SessionCache(ModelPool(settings.pool), settings.threads)
@@ -123,6 +130,9 @@ class Device:
             settings.max_payload_bytes,
             self.reports.sampled,
         )
+        self.local = Local(
+            device_id, self.head, self.stats, self.conditions, self.power, lambda: self.sender
+        )
         self._window = Window(window)
         self._closed = False
         self.client: MqttClient | None = None
@@ -152,10 +162,13 @@ class Device:
             self.metrics.uplink.inc,
         )
         try:
-            self.client.connect()
+            self.client.connect(patience_s=self.patience_s)
         except LoginRefused as exc:
             raise self._refused(exc) from exc
-        self.client.subscribe(self.topics.result(self.id), self.replies.on_result, qos=1)
+        # not its own answers, which it publishes there too
+        self.client.subscribe(
+            self.topics.result(self.id), self.replies.on_result, qos=1, no_local=True
+        )
         self.client.subscribe(self.topics.error(self.id), self.replies.on_error, qos=1)
         self.telemetry = TelemetryPublisher(
             self.client, self.topics, "device", self.id, self._telemetry, self._period
@@ -200,6 +213,8 @@ class Device:
         for f in left:
             f.future.set_exception(InferenceFailed(f.request.id, "cancelled", "device closed"))
         self.plans.close()
+        if self.sender and (unsent := self.sender.flush(FLUSH_S if wait else 0.0)):
+            log.warning("%s: closing with %d of its own results unsent", self.id, unsent)
         if self.prober:
             self.prober.stop()
         self.conditions.close()
@@ -236,21 +251,52 @@ class Device:
 
     # --- inference -------------------------------------------------------------------
 
-    def infer(self, frame: np.ndarray) -> Answer:
-        """Synchronous: the answer for one frame, or InferenceFailed."""
-        return self.submit(frame).result(timeout=self.longest_s() + 5)
+    def infer(self, frame: np.ndarray, timeout: float | None = None) -> Answer:
+        """Synchronous: the answer for one frame, or InferenceFailed. ``timeout`` (s) is a
+        deadline that holds through outages: a request not answered by then (or failed)
+        is answered by the device itself (``fallback="local"``) or fails as ``deadline``
+        (``fallback="fail"``): see ``device.local``."""
+        if timeout is None:
+            return self.submit(frame).result(timeout=self.longest_s() + 5)
+        plan, mv = self.plans.current()
+        lead = self.local.lead_s(mv) if self.fallback == "local" else 0.0
+        start_by = time.monotonic() + timeout - lead
+        future = self._submit(frame, max(0.0, start_by - time.monotonic()))
+        why = f"no answer from {plan.words} within {timeout:g} s"
+        try:
+            if future is not None:
+                return future.result(timeout=max(0.0, start_by - time.monotonic()))
+        except FuturesTimeout:
+            assert future is not None
+            if future.request_id is not None:  # a later answer is counted, not delivered
+                failed = InferenceFailed(future.request_id, "deadline", why)
+                self.replies.finish(future.request_id, error=failed)
+        except InferenceFailed as exc:
+            if self.fallback == "fail":
+                raise
+            why = f"{plan.words} failed: {exc}"
+        if self.fallback == "fail":
+            raise InferenceFailed(getattr(future, "request_id", None) or "-", "deadline", why)
+        return self.local.run(frame, mv, why)
 
     def longest_s(self) -> float:
         """The longest a request can take before it fails: every attempt timing out."""
         attempts = range(self.flights.retries + 1)
         return sum(self.timeout_s * 2**n * (1 + JITTER) for n in attempts)
 
-    def submit(self, frame: np.ndarray) -> Future:
+    def submit(self, frame: np.ndarray) -> Future[Answer]:
         """Asynchronous: a Future of the Answer; blocks while the window is full."""
+        future = self._submit(frame, None)
+        assert future is not None
+        return future
+
+    def _submit(self, frame: np.ndarray, wait_s: float | None) -> Pending | None:
+        """The request's future; None when the window stayed full for ``wait_s``."""
         if self._closed:
             raise UserError("the device is closed")
-        self._window.acquire()
-        future: Future = Future()
+        if not self._window.acquire(wait_s):
+            return None
+        future = Pending()
         future.add_done_callback(self._released)
         try:
             self._send(frame, future)
@@ -269,12 +315,11 @@ class Device:
         else:
             self._window.release(congested=_overloaded(future))
 
-    def _send(self, frame: np.ndarray, future: Future) -> None:
+    def _send(self, frame: np.ndarray, future: Pending) -> None:
         plan, mv = self.plans.current()
         work = self.head.run(frame, plan, mv)
         if work.tensor is None:
-            self.conditions.spent(self.power, work.t_encoded - work.t_start)
-            self._answer_locally(work, future)
+            self.local.answer(work, mv, future)
             return
         request = Request(
             id=uuid.uuid4().hex,
@@ -288,32 +333,12 @@ class Device:
             deadline=work.t_encoded + self.timeouts.base_s() * (1 + JITTER),
             timing=Timing(DeviceTiming(work.t_start, work.t_head, work.t_encoded, work.t_encoded)),
         )
+        future.request_id = request.id
         flight = Flight(request, future, work.t_start)
         self.flights.add(flight)
         assert self.sender is not None, "start() the device first"
         self.sender.publish(flight)
         self.conditions.spent(self.power, work.t_encoded - work.t_start, len(work.tensor.data))
-
-    def _answer_locally(self, work: Work, future: Future) -> None:
-        assert work.answer is not None
-        ms = (time.time() - work.t_start) * 1000
-        self.stats.latency("e2e", ms)
-        self.stats.finished()
-        self.stats.count("answered_device")
-        future.set_result(
-            Answer(
-                uuid.uuid4().hex,
-                work.answer.top,
-                "device",
-                work.answer.output,
-                (HopLatency("device", self.id, None, None, ms, 0.0, None),),
-                0,
-                ms,
-                1,
-                work.answer.boxes,
-                work.answer.outputs,
-            )
-        )
 
     def _resend(self, flight: Flight) -> None:
         self.stats.count("retries")

@@ -7,19 +7,27 @@ topic and an expiry. The PUBACK's reason code is the broker's word on it:
 reconnected and workers may not have resubscribed yet), "not authorized"
 means this device's user may not write there. Either ends the request at
 once, visibly, instead of waiting out its timeouts.
+
+What the device answered itself goes out the same way, as the result document
+on its own ``result/<device>`` (``tier: "device"``), so subscribers and the
+results store see every answer whichever tier computed it. It is never waited
+for; while the broker is away such results queue (QoS 1, sent after the
+reconnect) up to ``LOCAL_BACKLOG``, and past that they are dropped and counted.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitmq.device.answers import InferenceFailed
 from splitmq.device.conditions import Conditions
 from splitmq.device.flights import Flight
 from splitmq.shared.errors import SplitMQError
+from splitmq.shared.protocol.results import Result, pack_result
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.protocol.wire import CONTENT_TYPE_REQUEST, expiry_interval, pack_request
 from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, NOT_AUTHORIZED, MqttClient
@@ -29,6 +37,9 @@ log = logging.getLogger(__name__)
 #: After a reconnect (a broker restart), workers may resubscribe after the device
 #: does: "no subscribers" then means "not yet", and the attempt's timeout resends it.
 RESUBSCRIBE_GRACE_S = 5.0
+#: The device's own results unacknowledged at most (queued while offline): a day of
+#: frames must not pile up in memory; past it, results are dropped and counted.
+LOCAL_BACKLOG = 1000
 
 
 @dataclass
@@ -42,6 +53,47 @@ class Sender:
     fail: Callable[[str, InferenceFailed], None]  # end a request visibly
     unreachable: Callable[[str], None]  # a tier has no worker
     sent_bytes: Callable[[int], None]
+    _waiting: int = 0  # own results not yet acknowledged by the broker
+    _acked: threading.Condition = field(default_factory=threading.Condition)
+
+    def answered(self, result: Result) -> bool:
+        """Publish a result the device computed; False: ``LOCAL_BACKLOG`` are waiting for
+        the broker, and this one is dropped."""
+        with self._acked:
+            if self._waiting >= LOCAL_BACKLOG:
+                return False
+            self._waiting += 1
+        payload = pack_result(result)
+        self.sent_bytes(len(payload))
+
+        def acked(code: int, why: str) -> None:
+            with self._acked:
+                self._waiting -= 1
+                self._acked.notify_all()
+
+        def send() -> None:
+            try:
+                self.client.publish(
+                    self.topics.result(self.device_id),
+                    payload,
+                    qos=1,
+                    correlation_data=result.id.encode(),
+                    json=True,
+                    on_ack=acked,
+                )
+            except SplitMQError as exc:
+                acked(0, str(exc))
+                log.warning("%s: cannot publish its answer %s: %s", self.device_id, result.id, exc)
+
+        self.conditions.uplink(len(payload), send)
+        return True
+
+    def flush(self, timeout: float) -> int:
+        """Wait until the broker has every result the device published (at most
+        ``timeout`` seconds); how many it still lacks."""
+        with self._acked:
+            self._acked.wait_for(lambda: self._waiting == 0, timeout)
+            return self._waiting
 
     def publish(self, flight: Flight) -> None:
         """Send ``flight``'s request (again, on a retry)."""

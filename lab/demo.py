@@ -10,6 +10,7 @@ every tier) is not counted.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -17,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,27 @@ from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.settings import Settings
 from splitmq.shared.units import Link
 
-# Device profiles: (link, speed vs this host). Cycled over the devices.
-PROFILES = [("100mbit/2ms", 0.25), ("20mbit/10ms", 0.5), ("2mbit/40ms", 0.25)]
+log = logging.getLogger(__name__)
+
+# Device profiles: (link, speed vs this host), cycled over the devices. Speeds are
+# relative, so on any host the first runs the model 20x slower than the edge on a fast
+# link (splitting or sending its input wins), the second 8x slower on a middling one,
+# and the third, nearly as fast on a slow link, keeps it.
+PROFILES = [("100mbit/2ms", 0.05), ("20mbit/10ms", 0.125), ("2mbit/40ms", 0.5)]
 DEFAULT_MODEL = "efficientnet-lite0-ee"
 DEFAULT_CUT = "/_blocks.4/Add_output_0"  # 40x28x28: 3% of the input's MACs behind it
 DEFAULT_CLOUD_CUT = "/_blocks.10/Add_output_0"  # where the exit head reads
 DEMO_SEED = 7  # photo crops; the exit head was distilled on seed 1000
 DISTINCT_FRAMES = 240  # longer demos cycle through these: memory stays bounded
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ends a demo's stream early (a signal): ``requested`` once ``streaming`` began.
+    Before that nothing was sent, so a caller interrupts the demo as it would any code."""
+
+    streaming: threading.Event = field(default_factory=threading.Event)
+    requested: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -111,16 +126,19 @@ def run_demo(
     settings: Settings,
     on_progress: Callable[[int, int], None] | None = None,
     on_dashboard: Callable[[str], None] | None = None,
+    stop: Stop | None = None,
 ) -> dict:
-    """Run the demo and return its summary (see ``summarize``)."""
+    """Run the demo and return its summary (see ``summarize``); ``stop`` ends the stream
+    early: the frames sent still end, and are summarised."""
     from splitmq.broker.launcher import Broker
-    from splitmq.cloud.results import Recorder
+    from splitmq.cloud.results import ResultsListener
     from splitmq.edge.worker import edge_worker
     from splitmq.shared.offline.zoo import ZOO, build
     from splitmq.shared.runtime.worker import Worker
 
     if opts.devices < 1 or opts.frames < 1:
         raise UserError("--devices and --frames must be at least 1")
+    began = time.time()
     pool = ModelPool(settings.pool)
     if not pool.versions(opts.model):
         if opts.model not in ZOO:
@@ -152,17 +170,21 @@ def run_demo(
             broker = stack.enter_context(Broker())
             settings = settings.model_copy(update={"broker": broker.address})
             login = _same(settings)
-        # Entered first, closed last: it keeps what the workers answer until they stop.
-        recorder = stack.enter_context(Recorder(opts.results)) if opts.results else None
+        # Entered first, closed last: it keeps every tier's answers from result/+ until the
+        # devices and workers stop (as the monitor: it only reads).
+        recorder = (
+            stack.enter_context(ResultsListener(login("monitor"), opts.results, "demo-recorder"))
+            if opts.results
+            else None
+        )
         if opts.dashboard is not None:  # before the roles start: the page sees them arrive
             from splitmq.dashboard.server import Dashboard
 
             page = stack.enter_context(Dashboard(login("monitor"), port=opts.dashboard))
             if on_dashboard:
                 on_dashboard(page.url)
-        on_result = recorder.add if recorder else None
-        stack.enter_context(edge_worker(login("edge"), "demo-edge", on_result=on_result))
-        stack.enter_context(Worker(login("cloud"), "cloud", "demo-cloud", on_result=on_result))
+        stack.enter_context(edge_worker(login("edge"), "demo-edge"))
+        stack.enter_context(Worker(login("cloud"), "cloud", "demo-cloud"))
         if opts.planner:
             stack.enter_context(PlannerService(login("planner"), "demo-planner"))
         devices = []
@@ -186,18 +208,29 @@ def run_demo(
             _await_plans(devices)
         for dev in devices:  # first requests load sessions on every tier: not measured
             dev.infer(frames[0])
-        t0 = time.time()
         started = time.monotonic()
-        futures = _stream(devices, frames, on_progress)
-        answers = [outcome(f) for f in futures]
+        stop = stop or Stop()
+        stop.streaming.set()
+        futures = _stream(devices, frames, on_progress, stop.requested)
+        sent = [i for i, f in enumerate(futures) if f is not None]  # all, unless stopped
+        answers = [outcome(f) for f in futures if f is not None]
+        reference = [reference[i] for i in sent]
         wall_s = time.monotonic() - started
+        if recorder:  # every answer (and warm-up) on result/+, before the store closes
+            expected = len(devices) + sum(isinstance(a, Answer) for a in answers)
+            if not recorder.wait_heard(expected, RECORD_WAIT_S):
+                log.warning("the results store got %s of %d answers", recorder.counts(), expected)
     summary = summarize(plan, devices, answers, reference, wall_s, settings)
-    summary["results"] = str(recorder.store.url) if recorder else None
-    if opts.planner:
-        summary.update(timeline(devices, t0))
+    summary["results"] = str(recorder.recorder.store.url) if recorder else None
+    if opts.planner:  # seconds from the demo's start; a plan re-published as it was is none
+        told = timeline(devices, began)
+        told["switches"] = [s for s in told["switches"] if s["from"] != s["to"]]
+        summary.update(told)
     return summary
 
 
+#: How long the demo waits for the last answers to reach its results store.
+RECORD_WAIT_S = 10.0
 #: How long the demo waits for the planner to plan every device with a link estimate.
 PLAN_WAIT_S = 20.0
 
@@ -226,9 +259,13 @@ def _reference_top1(mv: ModelVersion, frames: list[np.ndarray]) -> list[int]:
 
 
 def _stream(
-    devices: list[Device], frames: list[np.ndarray], on_progress: Callable[[int, int], None] | None
-) -> list[Future]:
-    """Each device sends its share of the frames from its own thread, pipelined."""
+    devices: list[Device],
+    frames: list[np.ndarray],
+    on_progress: Callable[[int, int], None] | None,
+    stop: threading.Event,
+) -> list[Future | None]:
+    """Each device sends its share of the frames from its own thread, pipelined, until
+    ``stop`` is set; the frames not sent are None."""
     futures: list[Future | None] = [None] * len(frames)
     done: Counter[str] = Counter()
     lock = threading.Lock()
@@ -242,6 +279,8 @@ def _stream(
 
     def feed(k: int) -> None:
         for i in range(k, len(frames), len(devices)):
+            if stop.is_set():
+                return
             fut = devices[k].submit(frames[i])
             fut.add_done_callback(tick)
             futures[i] = fut
@@ -251,7 +290,7 @@ def _stream(
         t.start()
     for t in threads:
         t.join()
-    return [f for f in futures if f is not None]
+    return futures
 
 
 def summarize(

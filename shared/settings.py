@@ -21,6 +21,7 @@ from splitmq.shared.codecs import DEFAULT_MAX_BYTES
 from splitmq.shared.connection import DEFAULT_KEEPALIVE_S, BrokerUrl, Connection
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.topics import DEFAULT_PREFIX, Topics
+from splitmq.shared.units import parse_ms
 
 #: The pool ``make`` builds in a checkout, found from that directory without settings.
 PROJECT_POOL = Path(".pool")
@@ -73,6 +74,33 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free)"
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the metrics and /healthz server binds (0.0.0.0: every interface)",
+    )
+    connect_timeout: str | None = Field(
+        None,
+        description="how long a role waits for its broker at start, e.g. 30s or 2min "
+        "(unset: forever, retrying with backoff)",
+    )
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _check_connect_timeout(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_ms(value, "connect timeout")
+            except UserError as exc:  # pydantic reports a ValueError with the field's name
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def connect_timeout_s(self) -> float | None:
+        """Seconds a role waits for its broker at start; None: until it comes."""
+        if self.connect_timeout is None:
+            return None
+        return parse_ms(self.connect_timeout, "connect timeout") / 1000
 
     @classmethod
     def given(cls, **overrides: Any) -> Settings:

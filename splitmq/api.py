@@ -29,6 +29,7 @@ from splitmq.shared.errors import UserError
 
 if TYPE_CHECKING:
     from splitmq.device.answers import Answer
+    from splitmq.device.local import Fallback
     from splitmq.device.runtime import Device as DeviceRuntime
     from splitmq.planner import Decision, Options
     from splitmq.shared.model.pool import ModelVersion
@@ -188,6 +189,7 @@ class Device:
         asked: Wants | None = None,
         window: int = 4,
         timeout_s: float = 10.0,
+        fallback: Fallback = "local",
         settings: Settings | None = None,
     ) -> None:
         from splitmq.device.follow import starting_plan
@@ -213,6 +215,7 @@ class Device:
             wants=asked or wants(),
             follow=pinned is None,
             family=family,
+            fallback=fallback,
         )
 
     def __enter__(self) -> Device:
@@ -231,9 +234,12 @@ class Device:
         """The plan in force now (the planner's, once one arrived)."""
         return self.runtime.plan
 
-    def infer(self, image: ImageLike) -> Answer:
-        """The answer for one image; ``InferenceFailed`` when it has none."""
-        return self.runtime.infer(as_frame(image))
+    def infer(self, image: ImageLike, timeout: float | None = None) -> Answer:
+        """The answer for one image; ``InferenceFailed`` when it has none. ``timeout``
+        (seconds) is a deadline, outages included: past it the device answers itself
+        (``fallback="local"``, the default; ``Answer.fallback`` says why) or the request
+        fails as ``deadline`` (``fallback="fail"``)."""
+        return self.runtime.infer(as_frame(image), timeout)
 
     def submit(self, image: ImageLike) -> Future[Answer]:
         """A future of the answer; blocks while the window of requests in flight is full."""

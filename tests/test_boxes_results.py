@@ -27,10 +27,11 @@ from splitmq.shared.protocol.results import (
     Box,
     RawOutput,
     Result,
-    latency_breakdown,
     unpack_result,
 )
 from splitmq.shared.protocol.wire import Hop, pack_request
+from splitmq.shared.runtime.answers import answer_to
+from splitmq.shared.runtime.executor import Answered
 from splitmq.shared.runtime.worker import Worker
 
 
@@ -102,11 +103,8 @@ def task_answer(
 ) -> tuple:
     """A hand-made answer of a detector (``boxes``) or a raw model (``outputs``): no top-k."""
     request = make_request((Hop("cloud"),), device=device, at=at)
-    latency = latency_breakdown(device, request.timing.appended(hop_record("cloud", "c-1", at)))
-    result = Result(
-        request.id, device, "m", 1, (), "cloud", "out", latency, 330, at, boxes, outputs
-    )
-    return row(result, request)
+    timing = request.timing.appended(hop_record("cloud", "c-1", at))
+    return row(answer_to(request, timing, "cloud", "m", 1, Answered("out", (), boxes, outputs)))
 
 
 def raw_outputs() -> tuple[RawOutput, ...]:

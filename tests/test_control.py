@@ -12,6 +12,7 @@ from splitmq.planner.control import Control, Target, plan_fleet
 from splitmq.planner.fleet import device_state, tier_states
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.protocol.plan import FELL_BACK
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
     LatencySummary,
@@ -78,6 +79,28 @@ def test_a_plan_through_a_tier_that_went_away_moves_at_once(options: Options) ->
     assert first.tiers == ("edge",)
     gone = plan_fleet([target(options, tiers={}, current=first)], now=100.5)  # dwell not over
     assert gone["d"].device_only
+
+
+def test_a_device_back_from_its_own_fallback_follows_the_planner_whatever_the_gain(
+    options: Options,
+) -> None:
+    """The device fell back to running alone when the edge stopped answering; with the
+    edge back, the planner's choice replaces the fallback once it is 2 s old, though the
+    gain is below the 10% that would move a plan the planner chose."""
+    control = Control(dwell_s=10.0, gain=0.1)
+    planned = plan_fleet([target(options, speed=0.5, mbit=40.0)], 100.0, control)["d"]
+    assert planned.tiers == ("edge",)
+    local = next(o for o in planned.alternatives if o.device_only)
+    fallback = planned.fallback(local, f"{FELL_BACK}no edge worker is subscribed")
+    assert fallback.fell_back and fallback.ts > 100.0
+    fell_at = fallback.ts
+    young = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 1)
+    assert young == {}  # not within urgent_dwell_s: a tier just back may flap
+    back = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 2.5)
+    assert back["d"].tiers == ("edge",)
+    chosen = planned.model_copy(update={"ts": fell_at})  # the planner's own choice
+    kept = plan_fleet([target(options, speed=0.5, mbit=30.0, current=chosen)], fell_at + 30)
+    assert kept == {}  # keeps the hysteresis: local would win by 3.5% only
 
 
 def test_the_same_inputs_keep_the_same_plans(options: Options) -> None:

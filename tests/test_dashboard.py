@@ -162,6 +162,12 @@ def test_the_page_shows_the_devices_their_plans_the_tiers_and_results(
         for thread in streams:
             thread.start()
         try:
+            # until the planner speaks, cam-a answers itself: those answers are results too
+            eventually(
+                lambda: [r for r in rows(page, "#results")
+                         if r["device"] == "cam-a" and r["tier"] == "device"],
+                "cam-a's own answers on the page", 20,
+            )  # fmt: skip
             # cam-a's link and speed make offloading its input the planner's choice
             offload = eventually(
                 lambda: next((p for p in told.items if not p.device_only), None),
@@ -418,6 +424,9 @@ def test_the_command_serves_the_page_and_mistakes_are_one_line(cfg) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
-    bad = run_cli("dashboard", "--port", "0", "--broker", "127.0.0.1:1", env=cli_env(cfg))
+    bad = run_cli(  # 0 s: one attempt (by default it waits for its broker)
+        "dashboard", "--port", "0", "--broker", "127.0.0.1:1", "--connect-timeout", "0s",
+        env=cli_env(cfg),
+    )  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "cannot connect to the MQTT broker" in bad.stderr

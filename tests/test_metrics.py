@@ -24,6 +24,7 @@ from graphs import chain, pool_of
 from kit import Inbox, eventually, make_request
 from prometheus_client.parser import text_string_to_metric_families
 
+from splitmq.cloud.results import ResultsListener
 from splitmq.device.follow import local_plan
 from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.edge.worker import edge_worker
@@ -350,7 +351,7 @@ def test_splitmq_edge_serves_metrics_on_the_port_it_logs(cfg, pool, tmp_path):
         text=True,
     )
     try:
-        url = served_at(read_lines(proc), r"metrics of cli-m on http://0\.0\.0\.0:(\d+)/metrics")
+        url = served_at(read_lines(proc), r"metrics of cli-m on http://127\.0\.0\.1:(\d+)/metrics")
         first = scrape(url)
         assert first[sample("splitmq_worker_threads", tier="edge")] == 2
         with Device(cfg, "dev-cli", make_plan(mv, 2, "raw")) as dev:
@@ -393,7 +394,7 @@ def test_splitmq_device_serves_metrics_while_it_runs(cfg, pool, tmp_path):
             text=True,
         )
         try:
-            url = served_at(read_lines(proc), r"metrics on http://0\.0\.0\.0:(\d+)/metrics")
+            url = served_at(read_lines(proc), r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
             eventually(
                 lambda: scrape(url)[sample("splitmq_device_answered_total", tier="edge")] >= 2,
                 "two answers in the device's metrics",
@@ -413,7 +414,7 @@ def test_a_port_in_use_is_one_line_error(cfg, pool):
         r = run_cli("edge", "--metrics-port", str(port), env=cli_env(cfg), timeout=60)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
-    assert f"cannot serve metrics on 0.0.0.0:{port}" in last and "Traceback" not in r.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in last and "Traceback" not in r.stderr
 
 
 def test_a_port_out_of_range_is_refused(cfg):
@@ -436,7 +437,7 @@ def test_the_metrics_server_stops_and_frees_its_port() -> None:
         assert nothing is None
 
 
-def test_the_docs_and_the_dashboard_name_every_metric_and_only_those(cfg, pool):
+def test_the_docs_and_the_dashboard_name_every_metric_and_only_those(cfg, pool, tmp_path):
     """docs/operations.md lists each metric the roles expose; the Grafana dashboard uses
     only metrics that exist."""
     docs = Path(__file__).parent.parent / "docs"
@@ -447,6 +448,7 @@ def test_the_docs_and_the_dashboard_name_every_metric_and_only_those(cfg, pool):
         # a lab device: its simulated battery is a metric too
         Device(cfg, "d-dev", make_plan(pool.get("chain"), 2, "raw"), conditions=Emulated()),
         PlannerService(cfg, "d-planner"),
+        ResultsListener(cfg, str(tmp_path / "r.db"), "d-recorder"),
     )  # never started: their metrics exist from the start
     exposed = {
         f"{family.name}_total" if family.type == "counter" else family.name

@@ -4,6 +4,7 @@ by running workers and taken up by the planner, while a device streams, losing n
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import threading
 from concurrent.futures import Future
@@ -36,10 +37,11 @@ MODEL = "efficientnet-lite0"
 def pool(tmp_path, real_pool) -> ModelPool:
     """A pool of its own holding the real EfficientNet-Lite0 v1, profiled and calibrated
     (a slow device on a fast link offloads it, whatever this host's speed)."""
-    v1 = real_pool.get(MODEL)
-    shutil.copytree(
-        v1.dir, tmp_path / "pool" / MODEL / "1", ignore=shutil.ignore_patterns("partitions")
-    )
+    built = real_pool.get(MODEL)  # the newest there, copied as version 1
+    v1 = tmp_path / "pool" / MODEL / "1"
+    shutil.copytree(built.dir, v1, ignore=shutil.ignore_patterns("partitions"))
+    manifest = json.loads((v1 / "manifest.json").read_text())
+    (v1 / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
     return ModelPool(tmp_path / "pool")
 
 

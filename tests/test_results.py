@@ -29,8 +29,10 @@ from splitmq.edge.worker import edge_worker
 from splitmq.shared.codecs import encode
 from splitmq.shared.errors import UserError
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.protocol.results import Result, TopK, latency_breakdown, unpack_result
+from splitmq.shared.protocol.results import Result, TopK, unpack_result
 from splitmq.shared.protocol.wire import Hop, Request, pack_request
+from splitmq.shared.runtime.answers import answer_to
+from splitmq.shared.runtime.executor import Answered
 from splitmq.shared.runtime.worker import Worker
 
 MODEL = "exits"  # early_exit(): an exit head inside the edge's hop, the final head after it
@@ -103,15 +105,21 @@ def send(cfg, make_client, inbox, pool: ModelPool) -> dict[str, tuple[Request, R
     }
 
 
-def answer(device: str = "cam-1", tier: str = "edge", at: float = 1e9, version: int = 1) -> tuple:
-    """A hand-made answer of model ``m`` at Unix time ``at``, as ``row`` stores it."""
+FOX = TopK(2, "fox", 0.75)
+
+
+def answer_result(
+    device: str = "cam-1", tier: str = "edge", at: float = 1e9, version: int = 1
+) -> Result:
+    """A hand-made answer of model ``m`` at Unix time ``at``."""
     request = make_request((Hop(tier),), device=device, version=version, at=at)
     timing = request.timing.appended(hop_record(tier, f"{tier}-1", at))
-    latency = latency_breakdown(device, timing)
-    result = Result(
-        request.id, device, "m", version, (TopK(2, "fox", 0.75),), tier, "out", latency, 330, at
-    )
-    return row(result, request)
+    return answer_to(request, timing, tier, "m", version, Answered("out", (FOX,)))
+
+
+def answer(device: str = "cam-1", tier: str = "edge", at: float = 1e9, version: int = 1) -> tuple:
+    """``answer_result`` as ``row`` stores it."""
+    return row(answer_result(device, tier, at, version))
 
 
 # --- the schema ---------------------------------------------------------------------------
@@ -206,9 +214,31 @@ def test_both_tiers_record_what_the_devices_received(url, cfg, pool, make_client
     assert (rows["exit"]["tier"], rows["exit"]["exit"]) == ("edge", mv.output_names[0])
     assert (rows["exit"]["cut"], rows["exit"]["codec"]) == (0, "raw")
     assert (rows["direct"]["tier"], rows["direct"]["cut"]) == ("cloud", 0)
-    # The cloud got the edge's tensor: the device's cut and codec never reached it.
+    # The cloud got the edge's tensor, at the edge's cut, and the device's cut and codec
+    # with it: the row says what the device sent, whichever tier answered.
     assert rows["forward"]["tier"] == "cloud" and len(rows["forward"]["latency"]) == 3
-    assert (rows["forward"]["cut"], rows["forward"]["codec"]) == (None, None)
+    assert (rows["forward"]["cut"], rows["forward"]["codec"]) == (0, "raw")
+    assert received["forward"][1].cut == 0 and received["forward"][1].route == (
+        received["forward"][0].route
+    )
+
+
+def test_the_recorder_deletes_answers_past_the_retention_on_its_schedule(url) -> None:
+    """At start, then every ``prune_every_s``: what a store held from before is deleted
+    once it is older than ``keep_s``, and what is recent stays."""
+    now, day = time.time(), 86_400.0
+    with ResultsStore(url) as db:
+        db.add([answer(f"old-{i}", at=now - 2 * day) for i in range(3)])
+        db.add([answer("recent", at=now - 60)])
+    with Recorder(url, keep_s=day, prune_every_s=0.2) as recorder:
+        eventually(lambda: recorder.pruned == 3, "the old answers deleted at start")
+        with ResultsStore(url) as db:
+            assert [r["device"] for r in db.query()] == ["recent"]
+            db.add([answer("aged", at=now - 3 * day)])  # arrives late, already past retention
+        eventually(lambda: recorder.pruned == 4, "the next round of the schedule")
+        recorder.add(answer_result("new", at=time.time()))
+    with ResultsStore(url) as db:
+        assert sorted(r["device"] for r in db.query()) == ["new", "recent"]
 
 
 def test_a_failing_store_costs_a_row_never_an_answer(url, cfg, pool, make_client, inbox):
@@ -354,8 +384,11 @@ def test_the_cli_reads_the_demos_store_here_or_says_how_to_name_one(tmp_path):
         (["results", "--results", "mysql://db/r"], "scheme must be sqlite or postgresql"),
         (["edge", "--results", "ftp://store"], "scheme must be sqlite or postgresql"),
         (["results", "--results", "/no/such/store.db"], "no results store at /no/such/store.db"),
-        (["results", "--results", "x.db", "--tier", "fog"], "--tier must be edge or cloud"),
+        (["results", "--results", "x.db", "--tier", "fog"], "--tier must be device, edge or cloud"),
         (["results", "--results", "x.db", "--since", "soon"], "bad --since 'soon'"),
+        (["recorder"], "splitmq recorder needs a store: --results or SPLITMQ_RESULTS"),
+        (["recorder", "--results", "x.db", "--keep", "soon"], "bad --keep 'soon'"),
+        (["recorder", "--results", "x.db", "--keep", "0"], "--keep must be more than 0"),
     ],
 )
 def test_cli_mistakes_are_one_line(tmp_path, args, words):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -252,9 +253,12 @@ def test_demo_from_the_readme(real_pool):
     assert (s["frames"], s["answered"], s["lost"], s["errors"]) == (40, 40, 0, 0)
     assert s["agreement"] >= 0.97 and s["p50_ms"] > 0
     assert set(s["plans"]) == {"demo-dev0", "demo-dev1", "demo-dev2"}
-    planned = {sw["device"] for sw in s["switches"] if sw["reason"].startswith("planner: ")}
-    assert planned == set(s["plans"])
+    # a slow device on a fast link splits on any host: answers come from two tiers or more
+    assert any(words != "device-only" for words in s["plans"].values())
+    assert len(s["by_tier"]) >= 2, s["by_tier"]
+    assert s["switches"] and all(sw["reason"].startswith("planner: ") for sw in s["switches"])
     assert all(set(sw) == {"t_s", "device", "from", "to", "reason"} for sw in s["switches"])
+    assert all(sw["from"] != sw["to"] and sw["t_s"] >= 0 for sw in s["switches"])
 
 
 def test_the_fixed_plan_demo_escalates_to_the_cloud(real_pool):
@@ -282,6 +286,36 @@ def _children(pid: int) -> list[tuple[int, str]]:
         except (OSError, IndexError, ValueError):
             continue
     return kids
+
+
+def test_a_demo_stopped_while_it_streams_prints_its_summary(real_pool, tmp_path):
+    """SIGTERM mid-stream: it stops sending, every frame sent ends (nothing lost), and the
+    summary comes out, without a traceback from the threads feeding the devices."""
+    store = tmp_path / "r.db"
+    proc = start_cli(
+        "demo", "--json", "--frames", "100000", "--results", str(store),
+        env=cli_env(pool=real_pool.root), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def streaming() -> bool:  # warm-ups are one row per device; more: frames flow
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            if not store.exists():
+                return False
+            with sqlite3.connect(store) as db:
+                return db.execute("SELECT count(*) FROM results").fetchone()[0] > 10
+
+        eventually(streaming, "the demo's frames in its results store", 180, every=0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    s = json.loads(out)
+    assert 10 < s["frames"] < 100_000 and s["answered"] == s["frames"] and s["lost"] == 0
+    assert "stopped: " in err and "Traceback" not in err and "closed" not in err
+    assert all(sw["t_s"] >= 0 and sw["from"] != sw["to"] for sw in s["switches"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -60,7 +60,7 @@ TELEMETRY = {k for k in KINDS if "telemetry" in k}
 #: role -> the kinds it may publish to / subscribe to: the contract, by hand.
 WRITE = {
     "device": {"edge request, own", "cloud request, own", "probe, own", "device telemetry, own"}
-    | {"frame, own"},
+    | {"frame, own", "result, own"},
     "edge": {"cloud request, own", "cloud request, other's", "edge telemetry"}
     | {"result, own", "result, other's", "error, own", "error, other's"},
     "cloud": {"result, own", "result, other's", "error, own", "error, other's"}

@@ -28,6 +28,7 @@ from splitmq.shared.protocol.wire import (
     DeviceTiming,
     Hop,
     HopTiming,
+    Origin,
     Request,
     Timing,
     expiry_interval,
@@ -136,6 +137,18 @@ def test_forwarded_request_round_trips() -> None:
     assert (forwarded.hop, forwarded.cut, forwarded.current) == (1, 3, Hop("cloud"))
     assert forwarded.timing.hops == (_record(),)
     assert unpack_request(pack_request(forwarded)) == forwarded
+    # what the device sent travels on, for the tier that answers to report
+    assert forwarded.sent == Origin(REQUEST.cut, REQUEST.tensor.codec) != (3, "q4c+zstd")
+    assert forwarded.tensor.codec == "q4c+zstd"
+
+
+def test_only_a_forward_carries_the_devices_origin() -> None:
+    with pytest.raises(WireError, match=r"^origin: only a forwarded request"):
+        replace(REQUEST, origin=Origin(0, "raw"))
+    doc = msgpack.unpackb(VECTOR, raw=False)
+    doc["origin"] = {"cut": 2, "codec": "zip"}
+    with pytest.raises(WireError, match=r"^origin\.codec: unknown codec 'zip'"):
+        unpack_request(msgpack.packb(doc, use_bin_type=True))
 
 
 def test_packing_is_canonical() -> None:
@@ -400,7 +413,15 @@ def _result_doc(**changes: Any) -> bytes:
     ("changes", "message"),
     [
         ({"extra": 1}, "result: unknown field 'extra'"),
-        ({"tier": "device"}, "tier: 'device' is not one of edge, cloud"),
+        ({"tier": "fog"}, "tier: 'fog' is not one of device, edge, cloud"),
+        ({"cut": -1}, "cut: -1 is outside"),
+        ({"codec": "gzip"}, "codec: unknown codec 'gzip'"),
+        ({"route": [{"tier": "fog"}]}, r"route\[0\]: missing field 'to'"),
+        (
+            {"route": [{"tier": "fog", "to": None, "exit": None, "codec": None}]},
+            r"route\[0\]\.tier",
+        ),
+        ({"sent_at": 1e300}, r"sent_at: 1e\+300 is not a finite number"),
         ({"exit": True}, "exit: expected an output name or index, got bool"),
         ({"exit": -1}, "exit: -1 is outside"),
         (

@@ -18,7 +18,6 @@ from dataclasses import asdict
 from typing import Any
 
 from splitmq.shared.protocol.results import Result
-from splitmq.shared.protocol.wire import Request
 
 #: The DDL of each schema version, in order.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -84,13 +83,9 @@ JSON_COLUMNS = frozenset({"route", "top", "latency", "boxes", "outputs"})
 RAW_SUMMARY = ("name", "shape", "dtype", "min", "max", "mean")
 
 
-def row(result: Result, request: Request) -> tuple[Any, ...]:
-    """An answer as the values of ``COLUMNS``.
-
-    The device's cut and codec reach only the first hop (a forward carries the tensor
-    at the next cut, in the hop's codec), so answers after a forward store them as NULL.
-    """
-    first = request.hop == 0
+def row(result: Result) -> tuple[Any, ...]:
+    """An answer as the values of ``COLUMNS``: all from the result document, whichever
+    tier published it (a device's own answers have no codec and an empty route)."""
     return (
         result.device,
         result.id,
@@ -99,13 +94,13 @@ def row(result: Result, request: Request) -> tuple[Any, ...]:
         result.tier,
         result.latency[-1].id,
         str(result.exit),
-        request.cut if first else None,
-        request.tensor.codec if first else None,
-        _json([asdict(hop) for hop in request.route]),
+        result.cut,
+        result.codec,
+        _json([asdict(hop) for hop in result.route]),
         _json([asdict(entry) for entry in result.top]),
         _json([asdict(hop) for hop in result.latency]),  # as the result document has them
         result.bytes,
-        request.timing.device.t_sent,
+        result.sent_at if result.sent_at is not None else result.t_sent,
         result.t_sent,
         _json([asdict(box) for box in result.boxes]),  # corners as [x0, y0, x1, y1]
         _json([{key: getattr(o, key) for key in RAW_SUMMARY} for o in result.outputs]),

@@ -137,6 +137,13 @@ class ResultsStore:
             with self._transaction() as cur:  # the server dropped us (a restart): once more
                 cur.executemany(self._q(sql), rows)
 
+    def forget(self, before: float) -> int:
+        """Delete the answers given before ``before`` (Unix seconds, the answering tier's
+        clock): the store's retention. How many went."""
+        with self._transaction() as cur:
+            cur.execute(self._q("DELETE FROM results WHERE answered_at < ?"), (before,))
+            return int(cur.rowcount)
+
     def query(
         self,
         *,

@@ -177,8 +177,8 @@ def _export_mixed(head: str, tail: str, tensor: str) -> Callable[[ModelPool, Pat
     """Zoo models ``head`` and ``tail`` (built first) joined at ``tensor``."""
 
     def export(pool: ModelPool, path: Path) -> None:
-        parts = (onnx.load_from_string(build(pool, name).model_bytes) for name in (head, tail))
-        onnx.save(mixed.join(*parts, tensor), path)
+        first, second = build(pool, head), build(pool, tail)
+        onnx.save(mixed.join(first.graph.model, second.graph.model, tensor), path)
 
     return export
 

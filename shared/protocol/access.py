@@ -59,6 +59,7 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
             Grant("write", t.telemetry("device", user)),
             Grant("write", t.probe(user)),
             Grant("write", t.frame(ANY, user)),
+            Grant("write", t.result(user)),  # what it answered itself
             Grant("read", t.result(user)),
             Grant("read", t.error(user)),
             Grant("read", t.plan(user, ANY)),

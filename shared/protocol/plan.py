@@ -29,6 +29,8 @@ from splitmq.shared.protocol.wire import Hop
 
 #: What a plan minimises per request.
 Objective = Literal["latency", "energy", "bytes"]
+#: How a device's own fallback plan's reason starts: a tier of its plan stopped answering.
+FELL_BACK = "fell back: "
 
 
 class Prediction(Frozen):
@@ -123,6 +125,12 @@ class Plan(Option, Document):
         if value is not None and not is_model_name(value):
             raise ValueError(f"{value!r} is not {MODEL_RULE}")
         return value
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the device moved to this plan itself, its plan's tier gone: no choice
+        of the planner's, so none its hysteresis should keep."""
+        return self.reason.startswith(FELL_BACK)
 
     @property
     def topic_model(self) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from splitmq.shared.codecs import DEFAULT_MAX_BYTES
-from splitmq.shared.errors import ERROR_CODES, WireError
+from splitmq.shared.codecs import DEFAULT_MAX_BYTES, parse_codec
+from splitmq.shared.errors import ERROR_CODES, CodecError, WireError
 from splitmq.shared.protocol.fields import (
+    TIMES,
     array,
     as_map,
     at,
@@ -28,8 +29,8 @@ from splitmq.shared.protocol.fields import (
     type_name,
     unique_map,
 )
-from splitmq.shared.protocol.ids import MAX_VERSION, TIERS, Tier
-from splitmq.shared.protocol.wire import MAX_HOPS, Timing
+from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, TIERS, Tier
+from splitmq.shared.protocol.wire import MAX_HOPS, Hop, Timing
 
 __all__ = [
     "Box",
@@ -46,8 +47,7 @@ __all__ = [
 ]
 
 MAX_MESSAGE = 1000  # characters of an error's human-readable message
-MAX_TOP = 1000  # entries of a result's top-k list
-MAX_BOXES = 1000  # a detection result's boxes
+MAX_TOP = MAX_BOXES = 1000  # entries of a result's top-k list, a detection result's boxes
 MAX_RAW = 16  # a raw result's output tensors
 
 
@@ -67,20 +67,14 @@ class TopK:
 
 
 @dataclass(frozen=True)
-class Box:
-    """One detected object: its class (index, label or None), score, and corners
+class Box(TopK):
+    """One detected object: a class answer (index, label or None, score) with corners
     ``[x0, y0, x1, y1]`` in the pixels of the model's input (after resize and crop)."""
 
-    index: int
-    label: str | None
-    score: float
     box: tuple[float, float, float, float]
 
     def __post_init__(self) -> None:
-        integer("index", self.index, 0, 2**31 - 1)
-        if self.label is not None:
-            free_text("label", self.label, 256)
-        object.__setattr__(self, "score", number("score", self.score))
+        super().__post_init__()
         corners = self.box
         if not isinstance(corners, list | tuple) or len(corners) != 4:
             raise WireError("box: expected [x0, y0, x1, y1]")
@@ -190,25 +184,33 @@ def _ms(seconds: float) -> float:
 
 @dataclass(frozen=True)
 class Result:
-    """What the answering worker publishes to ``result/<device>``."""
+    """What the answering tier publishes to ``result/<device>``: a worker, or the device
+    for what it answered itself (``tier`` "device"), so every answer is on MQTT."""
 
     id: str
     device: str
     model: str
     version: int
     top: tuple[TopK, ...]
-    tier: Tier
+    tier: Tier | Literal["device"]
     exit: str | int
     latency: tuple[HopLatency, ...]
     bytes: int
     t_sent: float
     boxes: tuple[Box, ...] = ()  # a detector's answer (``top`` is empty)
     outputs: tuple[RawOutput, ...] = ()  # a raw task's answer (``top`` is empty)
+    # How it went: the device's cut and codec (None: answered on the device), its route,
+    # when the device sent it (its clock); None or () where a sender did not say.
+    cut: int | None = None
+    codec: str | None = None
+    route: tuple[Hop, ...] = ()
+    sent_at: float | None = None
 
     def __post_init__(self) -> None:
         ident("id", self.id)
         ident("device", self.device)
         model_name("model", self.model)
+        self._check_path()
         for name, kind, most in (("boxes", Box, MAX_BOXES), ("outputs", RawOutput, MAX_RAW)):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, kind) for v in value):
@@ -220,7 +222,7 @@ class Result:
             raise WireError("top: expected a tuple of TopK")
         if len(self.top) > MAX_TOP:
             raise WireError(f"top: {len(self.top)} entries, expected at most {MAX_TOP}")
-        tier_field("tier", self.tier)
+        tier_field("tier", self.tier, ("device", *TIERS))
         if isinstance(self.exit, bool) or not isinstance(self.exit, str | int):
             raise WireError(f"exit: expected an output name or index, got {type_name(self.exit)}")
         if isinstance(self.exit, int):
@@ -235,6 +237,21 @@ class Result:
             raise WireError(f"latency: {len(self.latency)} entries, expected 1..{MAX_HOPS + 1}")
         integer("bytes", self.bytes, 0, 2**63 - 1)
         normalise_times(self, ("t_sent",))
+
+    def _check_path(self) -> None:
+        if self.cut is not None:
+            integer("cut", self.cut, 0, MAX_CUT)
+        if self.codec is not None:
+            try:
+                parse_codec(self.codec)
+            except CodecError as exc:
+                raise WireError(str(exc)) from exc
+        if not isinstance(self.route, tuple) or len(self.route) > MAX_HOPS:
+            raise WireError(f"route: expected at most {MAX_HOPS} hops")
+        if not all(isinstance(hop, Hop) for hop in self.route):
+            raise WireError("route: expected a tuple of Hop")
+        if self.sent_at is not None:
+            object.__setattr__(self, "sent_at", number("sent_at", self.sent_at, *TIMES))
 
 
 @dataclass(frozen=True)
@@ -259,9 +276,10 @@ _TOP_KEYS = names(TopK)
 _BOX_KEYS = names(Box)
 _RAW_KEYS = names(RawOutput)
 _LATENCY_KEYS = names(HopLatency)
+_HOP_KEYS = names(Hop)
 _RESULT_KEYS = names(Result)
-#: A result's fields that only some tasks carry: packed when not empty.
-_OPTIONAL = ("boxes", "outputs")
+#: A result's fields that only some tasks or senders carry: packed when set.
+_OPTIONAL = ("boxes", "outputs", "cut", "codec", "route", "sent_at")
 _ERROR_KEYS = names(ErrorReport)
 
 
@@ -306,32 +324,37 @@ def pack_result(result: Result) -> bytes:
         doc["boxes"] = [{**as_map(b, _BOX_KEYS), "box": list(b.box)} for b in result.boxes]
     if result.outputs:
         doc["outputs"] = [{**as_map(o, _RAW_KEYS), "shape": list(o.shape)} for o in result.outputs]
+    for name in ("cut", "codec", "sent_at"):
+        if getattr(result, name) is not None:
+            doc[name] = getattr(result, name)
+    if result.route:
+        doc["route"] = [as_map(hop, _HOP_KEYS) for hop in result.route]
     return _dump(doc)
 
 
 def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
     doc = exact_map(_load(payload, max_bytes), "result", _RESULT_KEYS, optional=_OPTIONAL)
-    extra: dict[str, Any] = {}
-    for name, kind, keys, most in (
-        ("boxes", Box, _BOX_KEYS, MAX_BOXES),
-        ("outputs", RawOutput, _RAW_KEYS, MAX_RAW),
-    ):
-        items = []
-        for index, item in enumerate(array(doc.get(name, []), name, 0, most)):
-            with at(f"{name}[{index}]"):
-                items.append(kind(**exact_map(item, f"{name}[{index}]", keys)))
-        extra[name] = tuple(items)
-    top = []
-    for index, item in enumerate(array(doc["top"], "top", 0, MAX_TOP)):
-        entry = exact_map(item, f"top[{index}]", _TOP_KEYS)
-        with at(f"top[{index}]"):
-            top.append(TopK(**entry))
-    latency = []
-    for index, item in enumerate(array(doc["latency"], "latency", 1, MAX_HOPS + 1)):
-        entry = exact_map(item, f"latency[{index}]", _LATENCY_KEYS)
-        with at(f"latency[{index}]"):
-            latency.append(HopLatency(**entry))
-    return Result(**{**doc, "top": tuple(top), "latency": tuple(latency), **extra})
+    lists = {
+        name: _items(doc.get(name, []), name, kind, least, most)
+        for name, kind, least, most in (
+            ("top", TopK, 0, MAX_TOP),
+            ("latency", HopLatency, 1, MAX_HOPS + 1),
+            ("boxes", Box, 0, MAX_BOXES),
+            ("outputs", RawOutput, 0, MAX_RAW),
+            ("route", Hop, 0, MAX_HOPS),
+        )
+    }
+    return Result(**{**doc, **lists})
+
+
+def _items(value: object, name: str, kind: type, least: int, most: int) -> tuple[Any, ...]:
+    """A list of maps, each with exactly ``kind``'s fields, as ``kind`` objects."""
+    items = []
+    for index, item in enumerate(array(value, name, least, most)):
+        fields = exact_map(item, f"{name}[{index}]", names(kind))
+        with at(f"{name}[{index}]"):
+            items.append(kind(**fields))
+    return tuple(items)
 
 
 def pack_error(error: ErrorReport) -> bytes:

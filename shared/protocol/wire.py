@@ -42,6 +42,7 @@ __all__ = [
     "DeviceTiming",
     "Hop",
     "HopTiming",
+    "Origin",
     "Request",
     "Timing",
     "expiry_interval",
@@ -129,6 +130,22 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """What the device sent: its cut and codec. A forward carries a later cut in the hop's
+    codec, so it carries this on for the tier that answers to report (and store)."""
+
+    cut: int
+    codec: str
+
+    def __post_init__(self) -> None:
+        integer("cut", self.cut, 0, MAX_CUT)
+        try:
+            parse_codec(self.codec)
+        except CodecError as exc:
+            raise WireError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
 class Request:
     """A source-routed inference request, validated on creation (WireError/CodecError).
 
@@ -145,6 +162,7 @@ class Request:
     tensor: EncodedTensor
     deadline: float | None
     timing: Timing
+    origin: Origin | None = None  # a forward's: what the device sent (``sent``)
 
     def __post_init__(self) -> None:
         ident("id", self.id)
@@ -158,6 +176,14 @@ class Request:
             object.__setattr__(self, "deadline", number("deadline", self.deadline, *TIMES))
         self._check_route()
         self._check_timing()
+        if self.origin is not None and (not isinstance(self.origin, Origin) or not self.hop):
+            raise WireError("origin: only a forwarded request (hop 1 on) carries one")
+
+    @property
+    def sent(self) -> Origin | None:
+        """The device's cut and codec: its own request's, or those a forward carries on
+        (None from a forwarder that did not)."""
+        return Origin(self.cut, self.tensor.codec) if self.hop == 0 else self.origin
 
     def _check_route(self) -> None:
         route = self.route
@@ -212,7 +238,12 @@ class Request:
     def forwarded(self, cut: int, tensor: EncodedTensor, record: HopTiming) -> Request:
         """The request for the next hop: the tensor at ``cut``, this hop's record appended."""
         return replace(
-            self, cut=cut, tensor=tensor, hop=self.hop + 1, timing=self.timing.appended(record)
+            self,
+            cut=cut,
+            tensor=tensor,
+            hop=self.hop + 1,
+            timing=self.timing.appended(record),
+            origin=self.sent,
         )
 
 
@@ -224,11 +255,12 @@ def expiry_interval(deadline: float | None, now: float) -> int | None:
 
 
 _REQUEST_KEYS: tuple[str, ...] = ("v", "id", "device", "model", "version", "cut", "route")
-_REQUEST_KEYS += ("hop", "tensor", "deadline", "t")
+_REQUEST_KEYS += ("hop", "tensor", "deadline", "t", "origin")
 _HOP_KEYS = names(Hop)
 _TENSOR_KEYS = names(EncodedTensor)
 _DEVICE_KEYS = names(DeviceTiming)
 _RECORD_KEYS = names(HopTiming)
+_ORIGIN_KEYS = names(Origin)
 
 
 def pack_request(request: Request) -> bytes:
@@ -256,6 +288,8 @@ def pack_request(request: Request) -> bytes:
             *(as_map(record, _RECORD_KEYS) for record in request.timing.hops),
         ],
     }
+    if request.origin is not None:
+        doc["origin"] = as_map(request.origin, _ORIGIN_KEYS)
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -288,7 +322,12 @@ def unpack_request(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Reques
     version = doc.get("v", WIRE_VERSION) if isinstance(doc, dict) else WIRE_VERSION
     if type(version) is not int or version != WIRE_VERSION:
         raise WireError(f"v: unsupported format version {version!r}, expected {WIRE_VERSION}")
-    doc = exact_map(doc, "request", _REQUEST_KEYS)
+    doc = exact_map(doc, "request", _REQUEST_KEYS, optional=("origin",))
+    origin = None
+    if "origin" in doc:
+        origin_doc = exact_map(doc["origin"], "origin", _ORIGIN_KEYS)
+        with at("origin"):
+            origin = Origin(**origin_doc)
     route = []
     for index, item in enumerate(array(doc["route"], "route", 1, MAX_HOPS)):
         hop = exact_map(item, f"route[{index}]", _HOP_KEYS)
@@ -325,4 +364,5 @@ def unpack_request(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Reques
         tensor=tensor,
         deadline=doc["deadline"],
         timing=Timing(device, tuple(hops)),
+        origin=origin,
     )

@@ -31,13 +31,7 @@ from splitmq.shared.errors import PayloadTooLarge, RequestFailed, SplitMQError, 
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.ids import Tier
-from splitmq.shared.protocol.results import (
-    ErrorReport,
-    Result,
-    latency_breakdown,
-    pack_error,
-    pack_result,
-)
+from splitmq.shared.protocol.results import ErrorReport, Result, pack_error, pack_result
 from splitmq.shared.protocol.telemetry import ModelRef, ServiceTime, WorkerTelemetry
 from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
@@ -47,6 +41,7 @@ from splitmq.shared.protocol.wire import (
     pack_request,
     unpack_request,
 )
+from splitmq.shared.runtime.answers import answer_to
 from splitmq.shared.runtime.dedupe import Replays, Reply
 from splitmq.shared.runtime.executor import ExecutorFactory, HopExecutor, Job, Outcome
 from splitmq.shared.runtime.ingress import Ingress
@@ -83,7 +78,7 @@ class Worker:
         threads: int = 2,
         queue_size: int = 8,
         telemetry_period_s: float = 5.0,
-        on_result: Callable[[Result, Request], None] | None = None,  # answer, its request
+        on_result: Callable[[Result], None] | None = None,
         *,
         executor: ExecutorFactory = HopExecutor,
         ingress: Sequence[Ingress] = (),
@@ -278,22 +273,10 @@ class Worker:
         return self._result(request, outcome, record)
 
     def _result(self, request: Request, outcome: Outcome, record: HopTiming) -> Result:
-        assert outcome.answer is not None and outcome.mv is not None
+        answer, mv = outcome.answer, outcome.mv
+        assert answer is not None and mv is not None
         timing = request.timing.appended(record)
-        return Result(
-            id=request.id,
-            device=request.device,
-            model=outcome.mv.name,
-            version=outcome.mv.version,
-            top=outcome.answer.top,
-            tier=self.tier,
-            exit=outcome.answer.output,
-            latency=latency_breakdown(request.device, timing),
-            bytes=sum(r.bytes for r in timing.hops),
-            t_sent=record.t_sent,
-            boxes=outcome.answer.boxes,
-            outputs=outcome.answer.outputs,
-        )
+        return answer_to(request, timing, self.tier, mv.name, mv.version, answer)
 
     # --- pieces --------------------------------------------------------------------------
 
@@ -304,7 +287,7 @@ class Worker:
             # Never msg.response_topic: replies go only where the ACL-checked device id says.
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
-                self.on_result(outcome, request)
+                self.on_result(outcome)
             topic = self.topics.result(request.device)
             return Reply(topic, pack_result(outcome), {"correlation_data": corr, "json": True})
         nxt = outcome.current

@@ -7,20 +7,19 @@ measured with mosquitto 2.0.11 (see docs/topics.md and the design notes):
 * TCP_NODELAY on the socket (Nagle costs ~88 ms per small request/response);
 * payload sizes checked *before* publishing: an over-limit packet makes the
   broker drop the connection and paho resend it forever;
-* every subscription restored in ``on_connect`` (shared subscriptions are not
-  restored by the broker), reconnects with exponential backoff;
-* exceptions in callbacks are caught and logged (they would otherwise kill
-  paho's network thread silently);
+* every subscription restored in ``on_connect`` (the broker restores no shared
+  ones); reconnects with backoff, and at start waits for a broker not up yet;
+* callbacks' exceptions logged (they would kill paho's network thread silently);
 * backpressure with a small Receive Maximum plus manual acks.
 
-Handlers run on paho's network thread. They must return quickly: a role puts
-the :class:`Message` on its own bounded queue and its worker pool runs the
-inference, then calls ``message.ack()`` when manual acks are on. Never run a
-model, sleep or wait for a publish inside a handler.
+Handlers run on paho's network thread and must return quickly: a role puts the
+:class:`Message` on its own bounded queue, its worker pool runs the inference,
+then calls ``message.ack()`` (manual acks). Never run a model, sleep or wait for
+a publish inside a handler.
 
-The client takes a :class:`~splitmq.shared.connection.Connection`, never the
-settings. Its parts: ``connect`` (login, TLS, CONNECT options), ``subscriptions``
-(routing, resubscription), ``acks`` (PUBACKs) and ``messages`` (values, packets).
+The client takes a :class:`~splitmq.shared.connection.Connection`, never the settings.
+Parts: ``connect`` (login, TLS, CONNECT options), ``waiting`` (for the broker at start),
+``subscriptions``, ``acks`` (PUBACKs) and ``messages`` (values, packets).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Concatenate, ParamSpec
 
 import paho.mqtt.client as paho
@@ -58,6 +56,7 @@ from splitmq.shared.transport.messages import (
     publish_properties,
 )
 from splitmq.shared.transport.subscriptions import Subscriptions
+from splitmq.shared.transport.waiting import waiting
 
 __all__ = ["JSON_CONTENT_TYPE", "Handler", "Message", "MqttClient", "Will"]
 
@@ -153,18 +152,22 @@ class MqttClient:
         """Maximum packet size the broker announced in CONNACK (None: no limit)."""
         return self._broker_max_packet
 
-    def connect(self, timeout: float = 10.0) -> MqttClient:
-        """Connect, start the network thread and wait for CONNACK; BrokerError on failure."""
+    def connect(self, timeout: float = 10.0, *, patience_s: float | None = 0.0) -> MqttClient:
+        """Connect, start the network thread, wait for CONNACK; BrokerError on failure. An
+        unreachable broker is retried for ``patience_s`` (None: until it answers; ``waiting``)."""
+        if self._generation:  # connected once: paho reconnects by itself, so only wait
+            self.wait_connected(timeout)
+            return self
+        return waiting(lambda: self._connect_once(timeout), self.connection.url, patience_s)
+
+    def _connect_once(self, timeout: float) -> MqttClient:
         url = self.connection.url
-        self._paho.connect_timeout = timeout
+        if self._paho.connect_timeout != timeout:  # paho refuses a change after an attempt
+            self._paho.connect_timeout = timeout
+        props = connect_properties(self._receive_maximum, self._session_expiry_s)
+        clean, keepalive = self._session_expiry_s is None, self.connection.keepalive
         try:
-            self._paho.connect(
-                url.host,
-                url.port,
-                self.connection.keepalive,
-                clean_start=self._session_expiry_s is None,
-                properties=connect_properties(self._receive_maximum, self._session_expiry_s),
-            )
+            self._paho.connect(url.host, url.port, keepalive, clean_start=clean, properties=props)
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad host
             raise BrokerError(f"cannot connect to the MQTT broker at {url}: {exc}") from exc
         self._paho.loop_start()
@@ -177,8 +180,7 @@ class MqttClient:
         return self
 
     def wait_connected(self, timeout: float = 10.0) -> None:
-        """Block until connected (at once if connected); BrokerError on timeout, LoginRefused
-        when the broker refused the connection."""
+        """Block until connected; BrokerError on timeout, LoginRefused if the broker refused."""
         with self._state:
             self._state.wait_for(lambda: self._connected or self._refused is not None, timeout)
             if self._connected:
@@ -207,28 +209,29 @@ class MqttClient:
     def __enter__(self) -> MqttClient:
         return self if self._connected else self.connect()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- subscriptions --------------------------------------------------------
 
     def subscribe(
-        self, topic_filter: str, handler: Handler, qos: int = 1, timeout: float = 10.0
+        self,
+        topic_filter: str,
+        handler: Handler,
+        qos: int = 1,
+        timeout: float = 10.0,
+        *,
+        no_local: bool = False,
     ) -> None:
         """Route messages matching ``topic_filter`` to ``handler``; waits for the SUBACK.
 
         The subscription is remembered and restored after every reconnect.
         Subscribing to the same filter again replaces its handler. Called from
         a handler (the network thread), it does not wait; a refusal is logged.
+        ``no_local``: the broker does not send this client what it published itself.
         """
-        sent = self._subs.add(
-            topic_filter, handler, qos, wait=threading.get_ident() != self._loop_ident
-        )
+        waits = threading.get_ident() != self._loop_ident
+        sent = self._subs.add(topic_filter, handler, qos, wait=waits, no_local=no_local)
         if sent is not None:
             self._subs.await_suback(sent, timeout)
 

@@ -30,6 +30,7 @@ class Subscription:
     handler: Handler
     qos: int
     sub_id: int  # MQTT v5 subscription identifier: routes a message to its handler
+    no_local: bool = False  # MQTT v5: not this client's own publications
 
 
 @dataclass(slots=True)
@@ -61,7 +62,9 @@ class Subscriptions:
         self._ids = itertools.count(1)
         self._pending: dict[int, PendingSubscribe] = {}
 
-    def add(self, topic_filter: str, handler: Handler, qos: int, wait: bool) -> Sent | None:
+    def add(
+        self, topic_filter: str, handler: Handler, qos: int, wait: bool, no_local: bool = False
+    ) -> Sent | None:
         """Remember the filter (replacing its handler) and send it if connected.
 
         Returns what to pass to :meth:`await_suback`, or None when there is nothing to
@@ -70,7 +73,7 @@ class Subscriptions:
         with self._lock:
             old = self._subs.get(topic_filter)
             sub_id = old.sub_id if old else next(self._ids)
-            sub = Subscription(topic_filter, handler, qos, sub_id)
+            sub = Subscription(topic_filter, handler, qos, sub_id, no_local)
             self._subs[topic_filter] = self._by_id[sub_id] = sub
             if not self._connected():
                 return None
@@ -83,7 +86,8 @@ class Subscriptions:
     def _send(self, sub: Subscription) -> tuple[MQTTErrorCode, int | None]:
         props = Properties(PacketTypes.SUBSCRIBE)
         props.SubscriptionIdentifier = sub.sub_id
-        return self._client.subscribe(sub.topic_filter, sub.qos, properties=props)
+        options = paho.SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)
+        return self._client.subscribe(sub.topic_filter, options=options, properties=props)
 
     def await_suback(self, sent: Sent, timeout: float) -> None:
         """Wait for the broker's SUBACK; BrokerError (and the filter forgotten) if refused."""

@@ -45,6 +45,7 @@ COMMAND_MODULES = (
     "secure",
     "results",
     "dashboard",
+    "health",
 )
 MAX_MESSAGE = 300  # characters of an unexpected error's message on its one line
 

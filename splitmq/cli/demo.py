@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +14,9 @@ from rich.table import Table
 from splitmq.cli.output import err, out, progress_bar
 from splitmq.cli.results import DEMO_STORE
 from splitmq.cli.root import BrokerOption, PoolOption, app, settings
+
+if TYPE_CHECKING:
+    from splitmq.lab.demo import Stop
 
 DEFAULT_MODEL = "efficientnet-lite0-ee"  # lab.demo's default, kept import-free here
 
@@ -80,7 +86,7 @@ def demo(
     --scenario streams for a while and changes something mid-run. Other runs record
     every answer in ./splitmq-results.db, or the store SPLITMQ_RESULTS or --results
     names: `splitmq results` lists them."""
-    from splitmq.lab.demo import DemoOptions, run_demo
+    from splitmq.lab.demo import DemoOptions, Stop, run_demo
 
     cfg = settings(pool=pool, results=results)
     if scenario is not None:
@@ -115,20 +121,46 @@ def demo(
         cfg.results or DEMO_STORE,  # the demo always records: `splitmq results` then shows it
         dashboard,
     )
-    with progress_bar() as bar:
+    stop = Stop()
+    with progress_bar() as bar, stopping(stop):
         task = bar.add_task("frames answered", total=frames)
         summary = run_demo(
             opts,
             cfg,
             lambda n, total: bar.update(task, completed=n),
             lambda url: err.print(f"dashboard on {url}", highlight=False),
+            stop,
         )
+    if stop.requested.is_set():
+        err.print(f"stopped: {summary['frames']} of {frames} frames sent, each ended below")
     if as_json:
         print(json.dumps(summary, indent=1))
     else:
         _print_demo(summary)
     if summary["lost"] or summary["errors"]:
         raise typer.Exit(1)
+
+
+@contextmanager
+def stopping(stop: Stop) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM during the stream stop the demo sending: what it
+    sent ends and its summary is printed, rather than dying mid-stream; before the
+    stream they interrupt it as usual (nothing was sent yet)."""
+
+    def handle(signum: int, frame: object) -> None:
+        if not stop.streaming.is_set():
+            raise KeyboardInterrupt
+        stop.requested.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _print_demo(s: dict) -> None:

@@ -16,12 +16,18 @@ from rich.table import Table
 from splitmq.cli.options import asks
 from splitmq.cli.output import err, out
 from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
-from splitmq.cli.serve import MetricsPortOption, metrics_served
+from splitmq.cli.serve import (
+    ConnectTimeoutOption,
+    MetricsHostOption,
+    MetricsPortOption,
+    metrics_served,
+)
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.telemetry import Wants
 
 if TYPE_CHECKING:
     from splitmq.device.report import Stream
+    from splitmq.device.sources import Source
     from splitmq.shared.protocol.plan import Plan
 
 
@@ -57,17 +63,26 @@ def device(
     source: Annotated[
         str,
         typer.Option(
-            help="Image file, folder, .npy, 'synthetic', or a labelled split "
-            "('fashion-mnist:test'; the summary then says the accuracy)."
+            help="A camera (rtsp://…, http(s)://… MJPEG stream or snapshot URL, /dev/videoN; "
+            "its newest frame at each --fps tick), a video file (every frame), an image file, "
+            "folder, .npy, 'synthetic', or a labelled split ('fashion-mnist:test'; the "
+            "summary then says the accuracy)."
         ),
     ] = "synthetic",
     frames: Annotated[
         int | None,
         typer.Option(
             min=1,
-            help="Frames to send \\[default: all a file or folder has; synthetic: until stopped].",
+            help="Frames to send \\[default: all a file, video or folder has (with --loop, "
+            "synthetic or a camera: until stopped)].",
         ),
     ] = None,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop", help="Repeat a folder, file or video until --frames are sent (or stopped)."
+        ),
+    ] = False,
     link: Annotated[
         str | None,
         typer.Option(
@@ -92,6 +107,8 @@ def device(
         bool, typer.Option("--json", help="One JSON line per answer, then a summary line.")
     ] = False,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Run a device: send frames through a plan's split and print the answers.
 
@@ -101,16 +118,24 @@ def device(
     from splitmq.device.follow import starting_plan
     from splitmq.device.report import Stream
     from splitmq.device.runtime import Device, default_id
-    from splitmq.device.sources import frames as frame_source
     from splitmq.device.sources import labels as source_labels
+    from splitmq.device.sources import open_source
     from splitmq.lab.emulation import Emulated
     from splitmq.lab.link import LinkSchedule
     from splitmq.lab.summary import Summary
+    from splitmq.shared.metrics import Health
     from splitmq.shared.model.plans import make_plan
     from splitmq.shared.model.pool import ModelPool, parse_ref
     from splitmq.shared.protocol.plan import load_plan_file
 
-    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
+    cfg = settings(
+        broker=broker,
+        pool=pool,
+        topic_prefix=topic_prefix,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
+    )
     follow = plan_file is None and cut is None
     pinned = [
         flag
@@ -137,32 +162,44 @@ def device(
         plan = make_plan(mv, cut or 0, codec, tier, cloud_cut, exit_threshold)
     conditions = Emulated(LinkSchedule.parse(link) if link else None, speed, battery)
     dev_id = device_id or default_id(cfg)
-    with (
-        Device(
-            cfg,
-            dev_id,
-            plan,
-            conditions=conditions,
-            window=window,
-            timeout_s=timeout,
-            wants=asked,
-            follow=follow,
-            family=family,
-        ) as dev,
-        metrics_served(dev_id, dev.metrics.registry, cfg.metrics_port) as url,
+    dev = Device(
+        cfg,
+        dev_id,
+        plan,
+        conditions=conditions,
+        window=window,
+        timeout_s=timeout,
+        wants=asked,
+        follow=follow,
+        family=family,
+        connect_patience_s=cfg.connect_timeout_s,
+    )
+    health = Health("device", dev_id, lambda: dev.client is not None and dev.client.connected)
+    with (  # /healthz says 503 while the broker is awaited
+        metrics_served(
+            dev_id, dev.metrics.registry, cfg.metrics_port, cfg.metrics_host, health
+        ) as url,
+        dev,
     ):
         if url:
             err.print(f"metrics on {url}")
         pre = dev.mv.manifest.preprocess
-        run = Stream(dev, frame_source(source, frames, pre.channels if pre else "RGB"), asked.fps)
+        channels = pre.channels if pre else "RGB"
+        src = open_source(source, frames, channels, loop=loop, fps=asked.fps)
+        run = Stream(dev, src, asked.fps)
         summary, recent = Summary(source_labels(source)), deque[dict](maxlen=TABLE_ROWS)
-        with _stopping(run):
+        with src, _stopping(run, src):
             for row in run:
                 summary.add(row)
                 recent.append(row)
                 if as_json:
                     print(json.dumps(row), flush=True)
     done = summary.to_json(run.submitted, dev.stats.counts["answered_after_failure"])
+    done["stale"], done["skipped"] = src.stale, src.skipped  # camera frames dropped; bad files
+    if unsent := dev.stats.counts["results_dropped"]:  # its own answers the broker never got
+        done["results_dropped"] = unsent
+    if src.note:
+        err.print(f"[yellow]note:[/] {escape(src.note)}", highlight=False, soft_wrap=True)
     final = dev.plan  # a following device ends on the planner's plan
     done["plan"] = {"words": final.words, "reason": final.reason, "objective": final.objective}
     if as_json:
@@ -185,10 +222,11 @@ TABLE_ROWS = 200  # the table shows the last ones; the summary counts them all
 
 class _stopping:
     """While inside: Ctrl-C or SIGTERM stops submitting (the requests sent still end and
-    are counted); a second one stops at once."""
+    are counted; a camera waiting for its next frame stops waiting); a second one stops
+    at once."""
 
-    def __init__(self, run: Stream) -> None:
-        self.run = run
+    def __init__(self, run: Stream, source: Source) -> None:
+        self.run, self.source = run, source
 
     def __enter__(self) -> None:
         self.previous = signal.signal(signal.SIGTERM, self._stop)
@@ -196,6 +234,7 @@ class _stopping:
 
     def _stop(self, signum: int, frame: object) -> None:
         self.run.stop()
+        self.source.close()
         signal.signal(signal.SIGINT, self.interrupt)
         signal.signal(signal.SIGTERM, self.previous)
 
@@ -211,6 +250,8 @@ def _table(dev_id: str, plan: Plan, rows: list[dict], done: dict) -> Table:
         f"{' device-only' if plan.device_only else ''}",
         caption=f"{done['frames']} frames: {done['answered']} answered, {done['failed']} failed, "
         f"{done['lost']} lost, {done['retries']} retries; p50 {p50}, p95 {p95}"
+        + (f"; {done['stale']} stale camera frames dropped" if done["stale"] else "")
+        + (f"; {done['skipped']} files skipped" if done["skipped"] else "")
         + (f" (the last {len(rows)} rows)" if done["frames"] > len(rows) else ""),
     )
     for col in ("frame", "tier", "top-1", "score", "e2e ms", "bytes", "note"):

@@ -64,7 +64,14 @@ def plan(
     """Choose a plan for a device in a what-if situation: every cut, codec, route and exit
     threshold weighed by the cost model, with alternatives and the fixed strategies."""
     from splitmq.api import plan as what_if
+    from splitmq.shared.units import Link, parse_ms, parse_rate
 
+    # The situation is checked before a model loads: a missing unit fails at once.
+    for rate_flag, text in (("--uplink", uplink), ("--downlink", downlink)):
+        if text is not None:
+            parse_rate(text, rate_flag)
+    parse_ms(rtt, "--rtt")
+    Link.parse(cloud_link, "--cloud-link")
     up = () if tiers == "none" else tuple(t.strip() for t in tiers.split(","))
     cfg = settings(pool=pool)
     family = model in ModelPool(cfg.pool).families()

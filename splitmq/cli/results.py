@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -12,8 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from splitmq.cli.output import out, print_json
-from splitmq.cli.root import JsonOption, app, settings
+from splitmq.cli.root import BrokerOption, JsonOption, PrefixOption, app, settings
+from splitmq.cli.serve import ConnectTimeoutOption, MetricsHostOption, MetricsPortOption
 from splitmq.shared.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: Where `splitmq demo` records when no store is set, and where `splitmq results` then looks.
 DEMO_STORE = "splitmq-results.db"
@@ -39,7 +43,7 @@ def results(
         str | None, typer.Option(help="Only this model: NAME or NAME@VERSION.")
     ] = None,
     tier: Annotated[
-        str | None, typer.Option(help="Only the answers of this tier: edge or cloud.")
+        str | None, typer.Option(help="Only the answers of this tier: device, edge or cloud.")
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only answers from the last while, e.g. 90s or 10min.")
@@ -48,14 +52,14 @@ def results(
     store: ResultsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The answers edge and cloud workers recorded (`--results`), newest first."""
+    """The answers recorded (`splitmq recorder`, or workers' `--results`), newest first."""
     from splitmq.cloud.results import ResultsStore
     from splitmq.shared.model.pool import parse_ref
     from splitmq.shared.protocol.ids import TIERS
     from splitmq.shared.units import parse_ms
 
-    if tier is not None and tier not in TIERS:
-        raise UserError(f"--tier must be {' or '.join(TIERS)}, got {tier!r}")
+    if tier is not None and tier not in ("device", *TIERS):
+        raise UserError(f"--tier must be device, {' or '.join(TIERS)}, got {tier!r}")
     name, version = parse_ref(model) if model else (None, None)
     after = time.time() - parse_ms(since, "--since") / 1000 if since else None
     with ResultsStore(_where(store), create=False) as db:
@@ -69,6 +73,57 @@ def results(
         out.print(f"no answers in the results store {db.url} match")
         return
     out.print(_table(rows, f"results store {db.url}: the newest {len(rows)}"))
+
+
+@app.command()
+def recorder(
+    store: ResultsOption = None,
+    recorder_id: Annotated[
+        str, typer.Option("--id", help="Client id: its durable session keeps what it missed.")
+    ] = "recorder",
+    keep: Annotated[
+        str | None,
+        typer.Option(help="Delete answers older than this, e.g. 7d or 12h (checked every 10 min)."),
+    ] = None,
+    broker: BrokerOption = None,
+    topic_prefix: PrefixOption = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
+) -> None:
+    """Record every answer published on `result/+`, whichever tier gave it (devices
+    answering themselves included), in the results store, until SIGINT or SIGTERM. On a
+    secure broker, run it as the monitor user: it only reads."""
+    from splitmq.cli.serve import metrics_served, wait_for_signal
+    from splitmq.cloud.results import ResultsListener
+    from splitmq.shared.metrics import Health
+    from splitmq.shared.units import parse_ms
+
+    cfg = settings(
+        broker=broker,
+        topic_prefix=topic_prefix,
+        results=store,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
+    )
+    if not cfg.results:
+        raise UserError("splitmq recorder needs a store: --results or SPLITMQ_RESULTS")
+    keep_s = parse_ms(keep, "--keep") / 1000 if keep else None
+    if keep_s is not None and keep_s <= 0:
+        raise UserError(f"--keep must be more than 0, got {keep!r}")
+    listener = ResultsListener(cfg, cfg.results, recorder_id, keep_s, cfg.connect_timeout_s)
+    health = Health("recorder", recorder_id, lambda: listener.client.connected)
+    with (  # /healthz says 503 while the broker is awaited
+        metrics_served(
+            recorder_id, listener.metrics.registry, cfg.metrics_port, cfg.metrics_host, health
+        ),
+        listener,
+    ):
+        log.info("recording the answers on %s into %s", cfg.where, listener.recorder.store.url)
+        wait_for_signal()
+    counts = listener.counts()
+    log.info("recorded %d answers (%d failed, %d dropped, %d rejected)", *counts.values())
 
 
 def _where(store: str | None) -> str:
@@ -169,7 +224,10 @@ def _label(entry: dict[str, Any]) -> str:
 
 
 def _plan(r: dict[str, Any]) -> str:
-    """Cut, codec and route, as `splitmq demo` words a plan; the cut is unknown past a forward."""
+    """Cut, codec and route, as `splitmq demo` words a plan (rows from before results
+    carried the device's cut lack it past a forward)."""
+    if r["tier"] == "device":
+        return "device-only"
     start = f"cut {r['cut']} {r['codec']}" if r["cut"] is not None else "cut ?"
     return f"{start} -> {'/'.join(hop['tier'] for hop in r['route'])}"
 

@@ -78,9 +78,33 @@ def open_ref(ref: str, pool: str | None) -> tuple[Settings, ModelVersion]:
         return cfg, open_model(ModelPool(cfg.pool), ref)
 
 
+def package_version() -> str:
+    """The installed distribution's version (what pip and the image report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("splitmq")
+    except PackageNotFoundError:  # imported from a tree that was never installed
+        from splitmq import __version__
+
+        return __version__
+
+
+def _show_version(given: bool) -> None:
+    if given:
+        typer.echo(f"splitmq {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     global _verbosity
     _verbosity = verbose

@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
+from splitmq.shared.metrics import DEFAULT_HOST, Health
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from splitmq.shared.settings import Settings
+    from splitmq.shared.transport.mqtt import MqttClient
 
 log = logging.getLogger("splitmq")
 
@@ -51,18 +55,54 @@ MetricsPortOption = Annotated[
 ]
 
 
+MetricsHostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-host",
+        help="Address the metrics server binds \\[default: 127.0.0.1; env: "
+        "SPLITMQ_METRICS_HOST]; 0.0.0.0 where a container publishes the port.",
+        show_default=False,
+    ),
+]
+ConnectTimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--connect-timeout",
+        help="How long to wait for the broker at start, e.g. 30s or 2min, retrying with "
+        "backoff \\[default: forever; env: SPLITMQ_CONNECT_TIMEOUT].",
+        show_default=False,
+    ),
+]
+
+
 @contextmanager
 def metrics_served(
-    role_id: str, registry: CollectorRegistry, port: int | None
+    role_id: str,
+    registry: CollectorRegistry,
+    port: int | None,
+    host: str = DEFAULT_HOST,
+    health: Health | None = None,
 ) -> Iterator[str | None]:
-    """A role's metrics on /metrics while inside, if a port is given: yields (and logs)
-    the URL."""
+    """A role's metrics on /metrics (and its ``health`` on /healthz) while inside, if a
+    port is given: yields (and logs) the URL."""
     from splitmq.shared.metrics import serving
 
-    with serving(registry, port) as server:
+    with serving(registry, port, host, health) as server:
         if server:
             log.info("metrics of %s on %s", role_id, server.url)
         yield server.url if server else None
+
+
+def connect_patiently(client: MqttClient, cfg: Settings) -> None:
+    """Connect a role's client before the role starts, waiting for a broker that is not
+    up yet (``--connect-timeout``); the role's own connect then finds it connected."""
+    timeout = cfg.connect_timeout_s
+    log.info(
+        "connecting to %s (waiting %s)",
+        cfg.where,
+        "forever" if timeout is None else f"{timeout:g} s",
+    )
+    client.connect(patience_s=timeout)
 
 
 def wait_for_signal() -> None:
@@ -133,6 +173,8 @@ def _serve(
     results=None,
     speed=1.0,
     metrics_port=None,
+    metrics_host=None,
+    connect_timeout=None,
 ) -> None:
     from splitmq.cloud.results import Recorder
     from splitmq.edge.worker import edge_worker
@@ -144,7 +186,13 @@ def _serve(
         "cloud": functools.partial(Worker, tier="cloud"),
     }
     cfg = settings(
-        broker=broker_, pool=pool, topic_prefix=prefix, results=results, metrics_port=metrics_port
+        broker=broker_,
+        pool=pool,
+        topic_prefix=prefix,
+        results=results,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
     )
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     with contextlib.ExitStack() as stack:  # the recorder closes last, whatever failed first
@@ -162,8 +210,16 @@ def _serve(
 
             options["executor"] = slowed(speed)
         worker = wiring[tier](cfg, worker_id=worker_id, **options)
+        client = worker.client
+        health = Health(tier, worker.id, lambda: client.connected)
+        stack.enter_context(
+            metrics_served(
+                worker.id, worker.metrics.registry, cfg.metrics_port, cfg.metrics_host, health
+            )
+        )  # /healthz says 503 while the broker is awaited
+        stack.callback(client.close)  # should the worker fail to start once connected
+        connect_patiently(client, cfg)
         stack.enter_context(worker)
-        stack.enter_context(metrics_served(worker.id, worker.metrics.registry, cfg.metrics_port))
         log.info("%s worker %s on %s (pool %s); Ctrl-C stops", tier, worker.id, cfg.where, cfg.pool)
         wait_for_signal()
         log.info("stopping %s", worker.id)
@@ -182,10 +238,23 @@ def edge(
     ] = 1.0,
     results: ResultsOption = None,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Edge worker: continue devices' requests, exit early, escalate to the cloud."""
     _serve(
-        "edge", worker_id, broker, pool, topic_prefix, workers, queue, results, speed, metrics_port
+        "edge",
+        worker_id,
+        broker,
+        pool,
+        topic_prefix,
+        workers,
+        queue,
+        results,
+        speed,
+        metrics_port,
+        metrics_host,
+        connect_timeout,
     )
 
 
@@ -199,10 +268,23 @@ def cloud(
     queue: QueueOption = 8,
     results: ResultsOption = None,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Cloud worker: run the final segments of what the edge escalated."""
     _serve(
-        "cloud", worker_id, broker, pool, topic_prefix, workers, queue, results, 1.0, metrics_port
+        "cloud",
+        worker_id,
+        broker,
+        pool,
+        topic_prefix,
+        workers,
+        queue,
+        results,
+        1.0,
+        metrics_port,
+        metrics_host,
+        connect_timeout,
     )
 
 
@@ -233,6 +315,8 @@ def planner(
         float, typer.Option(help="Cloud hosts' speed vs the profile's, until measured.", min=0.01)
     ] = 1.0,
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Planner: read every role's telemetry, publish each device's plan, move devices
     as links, batteries, load and tiers change."""
@@ -240,7 +324,14 @@ def planner(
     from splitmq.planner.service import PlannerService
     from splitmq.shared.units import Link, parse_ms
 
-    cfg = settings(broker=broker, pool=pool, topic_prefix=topic_prefix, metrics_port=metrics_port)
+    cfg = settings(
+        broker=broker,
+        pool=pool,
+        topic_prefix=topic_prefix,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
+    )
     links = {
         tier: Link.parse(text, f"--{tier}-link")
         for tier, text in (("edge", edge_link), ("cloud", cloud_link))
@@ -249,10 +340,16 @@ def planner(
     control = Control(gain=gain, dwell_s=parse_ms(dwell, "--dwell") / 1000)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     speeds = {"edge": edge_speed, "cloud": cloud_speed}
+    service = PlannerService(cfg, planner_id, control=control, links=links, speeds=speeds)
+    client = service.client
+    health = Health("planner", service.id, lambda: client.connected)
+    registry = service.metrics.registry
     with (
-        PlannerService(cfg, planner_id, control=control, links=links, speeds=speeds) as service,
-        metrics_served(service.id, service.metrics.registry, cfg.metrics_port),
+        metrics_served(service.id, registry, cfg.metrics_port, cfg.metrics_host, health),
+        contextlib.closing(client),  # should the planner fail to start once connected
     ):
-        log.info("planner %s on %s (pool %s); Ctrl-C stops", service.id, cfg.where, cfg.pool)
-        wait_for_signal()
-        log.info("stopping %s", service.id)
+        connect_patiently(client, cfg)
+        with service:
+            log.info("planner %s on %s (pool %s); Ctrl-C stops", service.id, cfg.where, cfg.pool)
+            wait_for_signal()
+            log.info("stopping %s", service.id)
