@@ -166,10 +166,15 @@ class SecureDir:
     def upgrade(self) -> list[Role]:
         """Turn an older directory (``passwd`` with mosquitto's ``$7$`` hashes, ``acl``)
         into this one: the same users and passwords in the plugin's file, plus the users
-        of roles added since (returned, e.g. ``admin``)."""
+        of roles added since (returned, e.g. ``admin``). A directory with the plugin's
+        file gets its ACLs written again from this release's topic contract (a grant
+        added since, such as a device's own results), its users and passwords kept."""
         passwd = self.root / "passwd"
-        if (self.root / DYNSEC).exists() or not passwd.exists():
-            raise UserError(f"{self.root} needs no upgrade: it has {DYNSEC}, or no passwd")
+        if (self.root / DYNSEC).exists() and not passwd.exists():
+            self._save(self._registry(), {})
+            return []
+        if not passwd.exists():
+            raise UserError(f"{self.root} is no secure directory: it has no {DYNSEC}, no passwd")
         passwords = {}
         for line in passwd.read_text().splitlines():
             user, _, digest = line.partition(":")

@@ -4,9 +4,12 @@ A device-only plan's frames are answered here; so is a request that cannot be
 offloaded in time (``fallback="local"``): when ``infer(timeout=...)`` would pass
 its deadline waiting for a tier (a broker outage, a worker gone), the device runs
 the whole model itself, early enough to answer by the deadline, and the answer
-says why (``Answer.fallback``). The request still out is failed as ``deadline``,
-so an answer that comes later is counted, never delivered twice. Every answer
-made here is also a result on ``result/<device>`` (``tier: "device"``).
+says why (``Answer.fallback``); with no time left to offload at all, it answers
+without sending. The request still out is failed as ``deadline``, so an answer
+that comes later is counted, never delivered twice, and the local result takes
+its id, so a results store keeps one row for the frame. A device that is closing
+does not fall back. Every answer made here is also a result on
+``result/<device>`` (``tier: "device"``).
 """
 
 from __future__ import annotations
@@ -56,8 +59,16 @@ class Local:
         self.conditions, self.power, self._sender = conditions, power, sender
         self._runs: dict[tuple[str, int], float] = {}  # the whole model's time, per version
 
-    def answer(self, work: Work, mv: ModelVersion, future: Future, why: str | None = None) -> None:
-        """End ``future`` with the answer ``work`` holds, and publish it as a result."""
+    def answer(
+        self,
+        work: Work,
+        mv: ModelVersion,
+        future: Future,
+        why: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """End ``future`` with the answer ``work`` holds, and publish it as a result (under
+        ``request_id``, the request it stands in for, so a store keeps one row a frame)."""
         answer = work.answer
         assert answer is not None
         t_done = time.time()
@@ -68,7 +79,7 @@ class Local:
         self.stats.count("answered_device")
         latency = (HopLatency("device", self.id, None, None, ms, 0.0, None),)
         result = Result(
-            id=uuid.uuid4().hex,
+            id=request_id or uuid.uuid4().hex,
             device=self.id,
             model=mv.name,
             version=mv.version,
@@ -87,13 +98,15 @@ class Local:
         if sender is not None and not sender.answered(result):
             self.stats.count("results_dropped")
 
-    def run(self, frame: np.ndarray, mv: ModelVersion, why: str) -> Answer:
+    def run(
+        self, frame: np.ndarray, mv: ModelVersion, why: str, request_id: str | None = None
+    ) -> Answer:
         """The whole model on this device, now: ``why`` says what it stands in for."""
         started = time.monotonic()
         work = self.head.run(frame, local_plan(mv), mv)
         self._runs[(mv.name, mv.version)] = time.monotonic() - started
         future: Future[Answer] = Future()
-        self.answer(work, mv, future, why)
+        self.answer(work, mv, future, why, request_id)
         self.stats.count("fallback_local")
         return future.result()
 

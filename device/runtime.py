@@ -252,32 +252,34 @@ class Device:
     # --- inference -------------------------------------------------------------------
 
     def infer(self, frame: np.ndarray, timeout: float | None = None) -> Answer:
-        """Synchronous: the answer for one frame, or InferenceFailed. ``timeout`` (s) is a
-        deadline that holds through outages: a request not answered by then (or failed)
-        is answered by the device itself (``fallback="local"``) or fails as ``deadline``
-        (``fallback="fail"``): see ``device.local``."""
+        """Synchronous: the answer for one frame, or InferenceFailed. ``timeout`` (s): a
+        deadline through outages, past which the device answers itself or the request
+        fails (``fallback``, see ``device.local``)."""
         if timeout is None:
             return self.submit(frame).result(timeout=self.longest_s() + 5)
         plan, mv = self.plans.current()
-        lead = self.local.lead_s(mv) if self.fallback == "local" else 0.0
-        start_by = time.monotonic() + timeout - lead
-        future = self._submit(frame, max(0.0, start_by - time.monotonic()))
-        why = f"no answer from {plan.words} within {timeout:g} s"
+        local = self.fallback == "local"
+        start_by = time.monotonic() + timeout - (self.local.lead_s(mv) if local else 0.0)
+        why, future = f"no answer from {plan.words} within {timeout:g} s", None
+        if start_by > time.monotonic():  # else no time to offload: the device answers now
+            future = self._submit(frame, start_by - time.monotonic())
         try:
             if future is not None:
                 return future.result(timeout=max(0.0, start_by - time.monotonic()))
         except FuturesTimeout:
-            assert future is not None
-            if future.request_id is not None:  # a later answer is counted, not delivered
-                failed = InferenceFailed(future.request_id, "deadline", why)
-                self.replies.finish(future.request_id, error=failed)
+            assert future is not None and future.request_id is not None
+            late = InferenceFailed(future.request_id, "deadline", why)
+            self.replies.finish(future.request_id, error=late)  # a later answer is counted
+            if future.exception() is None:
+                return future.result()  # it came just now
         except InferenceFailed as exc:
-            if self.fallback == "fail":
+            if not local or exc.code == "cancelled" or self._closed:
                 raise
             why = f"{plan.words} failed: {exc}"
-        if self.fallback == "fail":
-            raise InferenceFailed(getattr(future, "request_id", None) or "-", "deadline", why)
-        return self.local.run(frame, mv, why)
+        request_id = getattr(future, "request_id", None)
+        if not local:
+            raise InferenceFailed(request_id or "-", "deadline", why)
+        return self.local.run(frame, mv, why, request_id)
 
     def longest_s(self) -> float:
         """The longest a request can take before it fails: every attempt timing out."""

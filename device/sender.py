@@ -53,6 +53,7 @@ class Sender:
     fail: Callable[[str, InferenceFailed], None]  # end a request visibly
     unreachable: Callable[[str], None]  # a tier has no worker
     sent_bytes: Callable[[int], None]
+    refused_results: int = 0  # its own results the broker's ACL refused
     _waiting: int = 0  # own results not yet acknowledged by the broker
     _acked: threading.Condition = field(default_factory=threading.Condition)
 
@@ -70,6 +71,18 @@ class Sender:
             with self._acked:
                 self._waiting -= 1
                 self._acked.notify_all()
+            if code == NOT_AUTHORIZED:  # a secure setup made before devices published
+                with self._acked:
+                    self.refused_results += 1
+                    first = self.refused_results == 1
+                if first:
+                    log.warning(
+                        "%s: the broker's ACL refuses its own results on %s (%s): run "
+                        "`splitmq secure upgrade` on the secure directory",
+                        self.device_id,
+                        self.topics.result(self.device_id),
+                        why,
+                    )
 
         def send() -> None:
             try:

@@ -14,6 +14,7 @@ import logging
 import statistics
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -172,11 +173,11 @@ def run_demo(
             login = _same(settings)
         # Entered first, closed last: it keeps every tier's answers from result/+ until the
         # devices and workers stop (as the monitor: it only reads).
-        recorder = (
-            stack.enter_context(ResultsListener(login("monitor"), opts.results, "demo-recorder"))
-            if opts.results
-            else None
-        )
+        recorder = None
+        if opts.results:  # this run's own: no session left behind on a shared broker
+            rec_id = f"demo-recorder-{uuid.uuid4().hex[:8]}"
+            rec = ResultsListener(login("monitor"), opts.results, rec_id, durable=False)
+            recorder = stack.enter_context(rec)
         if opts.dashboard is not None:  # before the roles start: the page sees them arrive
             from splitmq.dashboard.server import Dashboard
 

@@ -21,9 +21,10 @@ publish. The planner service calls it on every change.
   in force costs twice the best) waits only ``urgent_dwell_s`` (2 s). A
   plan's age is its own ``ts``, so a restarted planner applies the same rule.
 - **Fail-back.** A device's own fallback (its plan's tier stopped answering)
-  is no choice of the planner's: once it is ``urgent_dwell_s`` old, the
-  planner's best plan replaces it whatever the gain, so a device returns to a
-  tier that came back (or moves to the best plan without it) within seconds.
+  is no choice of the planner's: once it is ``dwell_s`` old, the planner's
+  best plan replaces it whatever the gain, so a device returns to a tier that
+  came back (or moves to the best plan without it) within the dwell, and a
+  tier that keeps failing it costs one try per dwell.
 - **Constraints nobody can meet** (an SLO below any option's latency) still
   give the device a plan: the best within the accuracy floor alone, whose
   reason says which constraint cannot be met.
@@ -131,7 +132,7 @@ def _choose(
     now_score, best = float(found.score[row]), float(found.score[decision.row])
     gain = (now_score - best) / now_score if now_score > 0 else 0.0
     age = now - current.ts
-    if current.fell_back and age >= control.urgent_dwell_s:
+    if current.fell_back and age >= control.dwell_s:
         return decision.plan  # the device's own fallback: back to the planner's choice
     if gain >= control.urgent and age >= control.urgent_dwell_s:
         return decision.plan  # the plan in force costs twice the best now: do not wait

@@ -85,8 +85,8 @@ def test_a_device_back_from_its_own_fallback_follows_the_planner_whatever_the_ga
     options: Options,
 ) -> None:
     """The device fell back to running alone when the edge stopped answering; with the
-    edge back, the planner's choice replaces the fallback once it is 2 s old, though the
-    gain is below the 10% that would move a plan the planner chose."""
+    edge back, the planner's choice replaces the fallback once it is a dwell old, though
+    the gain is below the 10% that would move a plan the planner chose."""
     control = Control(dwell_s=10.0, gain=0.1)
     planned = plan_fleet([target(options, speed=0.5, mbit=40.0)], 100.0, control)["d"]
     assert planned.tiers == ("edge",)
@@ -94,9 +94,9 @@ def test_a_device_back_from_its_own_fallback_follows_the_planner_whatever_the_ga
     fallback = planned.fallback(local, f"{FELL_BACK}no edge worker is subscribed")
     assert fallback.fell_back and fallback.ts > 100.0
     fell_at = fallback.ts
-    young = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 1)
-    assert young == {}  # not within urgent_dwell_s: a tier just back may flap
-    back = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 2.5)
+    young = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 9)
+    assert young == {}  # a tier that keeps failing costs one try per dwell
+    back = plan_fleet([target(options, speed=0.5, mbit=40.0, current=fallback)], fell_at + 10.5)
     assert back["d"].tiers == ("edge",)
     chosen = planned.model_copy(update={"ts": fell_at})  # the planner's own choice
     kept = plan_fleet([target(options, speed=0.5, mbit=30.0, current=chosen)], fell_at + 30)

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from kit import eventually
 
 from splitmq import api
 from splitmq.broker.launcher import Broker
@@ -38,7 +39,7 @@ def test_a_deadline_holds_through_a_broker_outage(real_pool: ModelPool, broker_d
         cfg = broker.settings(pool=real_pool.root)
         plan = make_plan(mv, 4, "raw", "edge")
         with (
-            edge_worker(cfg, "dl-edge"),
+            edge_worker(cfg, "dl-edge") as edge,
             Device(cfg, "dl-dev", plan, timeout_s=3.0) as dev,
             Device(cfg, "dl-strict", plan, timeout_s=3.0, fallback="fail") as strict,
         ):
@@ -60,6 +61,7 @@ def test_a_deadline_holds_through_a_broker_outage(real_pool: ModelPool, broker_d
             assert dev.stats.counts["fallback_local"] == 1
             assert strict.stats.counts["fallback_local"] == 0
             broker.restart()
+            eventually(lambda: edge.client.connected and dev.client.connected, "both back", 30)
             back = dev.infer(digits[2], timeout=30)
             assert back.tier == "edge" and back.fallback is None
 

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from splitmq.edge.worker import edge_worker
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.offline.datasets import mnist_digits
-from splitmq.shared.protocol.results import unpack_result
+from splitmq.shared.protocol.results import HopLatency, Result, TopK, pack_result, unpack_result
 from splitmq.shared.protocol.wire import Hop
 from splitmq.shared.runtime.worker import Worker
 
@@ -147,3 +148,29 @@ def test_splitmq_recorder_records_until_sigterm(
     shown = run_cli("results", "--json", "--tier", "device", env=env)
     assert shown.returncode == 0, shown.stderr
     assert {r["request_id"] for r in json.loads(shown.stdout)["results"]} == ids
+
+
+def test_the_recorder_refuses_a_result_for_another_device_or_from_the_future(
+    settings, make_client, tmp_path
+) -> None:
+    """Retention reads a result's answered time, so one stamped far ahead would never be
+    deleted; a document naming another device than its topic is a forgery. Neither is
+    stored; a good one after them is."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    now = time.time()
+
+    def result(device: str, t_sent: float) -> bytes:
+        hop = HopLatency("device", device, None, None, 1.0, 0.0, None)
+        top = (TopK(3, "3", 0.9),)
+        return pack_result(
+            Result("a1b2", device, MODEL, 1, top, "device", "out", (hop,), 0, t_sent)
+        )
+
+    writer = make_client("forger")
+    with ResultsListener(settings, url, "guard") as listener:
+        topic = settings.topics.result
+        writer.publish(topic("cam-x"), result("cam-y", now), qos=1, wait=5)
+        writer.publish(topic("cam-x"), result("cam-x", now + 86_400), qos=1, wait=5)
+        writer.publish(topic("cam-x"), result("cam-x", now), qos=1, wait=5)
+        eventually(lambda: listener.counts()["recorded"] == 1, "the good result recorded")
+    assert listener.counts() == {"recorded": 1, "failed": 0, "dropped": 0, "rejected": 2}

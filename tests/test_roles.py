@@ -256,7 +256,7 @@ def test_demo_from_the_readme(real_pool):
     # a slow device on a fast link splits on any host: answers come from two tiers or more
     assert any(words != "device-only" for words in s["plans"].values())
     assert len(s["by_tier"]) >= 2, s["by_tier"]
-    assert s["switches"] and all(sw["reason"].startswith("planner: ") for sw in s["switches"])
+    assert any(sw["reason"].startswith("planner: ") for sw in s["switches"])
     assert all(set(sw) == {"t_s", "device", "from", "to", "reason"} for sw in s["switches"])
     assert all(sw["from"] != sw["to"] and sw["t_s"] >= 0 for sw in s["switches"])
 

@@ -144,8 +144,28 @@ def test_an_older_secure_dir_upgrades_and_keeps_its_passwords(tmp_path: Path) ->
     with Broker(secure=sd.root) as broker:
         MqttClient(broker.user_settings("cam1").connection("cam1")).connect(timeout=5).close()
         MqttClient(broker.user_settings("admin").connection("adm")).connect(timeout=5).close()
+    # A release adds a grant (a device writing its own results): upgrade writes the ACLs
+    # again from the contract, passwords kept.
+    plugin = json.loads((sd.root / "dynamic-security.json").read_text())
+    own = Topics(sd.prefix).result("cam1")
+
+    def grants_own_results(doc: dict) -> bool:
+        return any(
+            acl["topic"] == own and acl["acltype"] == "publishClientSend"
+            for role in doc["roles"]
+            for acl in role["acls"]
+        )
+
+    assert grants_own_results(plugin)
+    for role in plugin["roles"]:
+        role["acls"] = [a for a in role["acls"] if a["topic"] != own or "Send" not in a["acltype"]]
+    (sd.root / "dynamic-security.json").write_text(json.dumps(plugin))
     again = run_cli("secure", "upgrade", "--dir", str(sd.root), env=env)
-    assert again.returncode == 2 and "needs no upgrade" in again.stderr
+    assert again.returncode == 0, again.stderr
+    upgraded = json.loads((sd.root / "dynamic-security.json").read_text())
+    assert grants_own_results(upgraded) and upgraded["clients"] == plugin["clients"]
+    gone = run_cli("secure", "upgrade", "--dir", str(tmp_path / "nothing"), env=env)
+    assert gone.returncode == 2 and "no secure directory" in gone.stderr
 
 
 def test_add_device_with_a_bad_broker_url_adds_nothing(tmp_path: Path) -> None:

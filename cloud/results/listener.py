@@ -4,7 +4,10 @@ Whichever tier answered (the device itself, the edge, the cloud), the result is 
 ``result/<device>``, so the store records what MQTT subscribers saw, from one
 process. It subscribes as a reader (the ``monitor`` user on a secure broker), checks
 each document against its topic, and queues it for the store (``Recorder``: never
-blocking paho's thread). A bad document is logged and counted, never recorded.
+blocking paho's thread). A bad document is logged and counted, never recorded; so is
+one answered more than ``MAX_AHEAD_S`` in the future, which retention would never
+delete. A device may publish results for itself only, but what it says of them (its
+tier, its worker, its times) is its own word.
 Its session is durable (``SESSION_EXPIRY_S``, a fixed client id), so the broker
 keeps the results published while the recorder restarts, up to its queue limits.
 ``keep_s`` is the store's retention, which the recorder enforces.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -31,6 +35,7 @@ from splitmq.shared.transport.mqtt import Message, MqttClient
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 3600  # results wait this long in the broker for a recorder away
+MAX_AHEAD_S = 300.0  # a result answered further in the future is refused (clock skew)
 DEFAULT_ID = "recorder"
 
 
@@ -44,12 +49,14 @@ class ResultsListener:
         client_id: str = DEFAULT_ID,
         keep_s: float | None = None,
         connect_patience_s: float | None = 0.0,
+        durable: bool = True,
     ) -> None:
         self.settings, self.id = settings, client_id
         self.patience_s = connect_patience_s  # for a broker not up yet (None: forever)
         self.topics = settings.topics
         self.recorder = Recorder(store, keep_s=keep_s)
-        self.client = MqttClient(settings.connection(client_id), session_expiry_s=SESSION_EXPIRY_S)
+        expiry = SESSION_EXPIRY_S if durable else None  # durable: the broker keeps its misses
+        self.client = MqttClient(settings.connection(client_id), session_expiry_s=expiry)
         self._rejected: Counter[str] = Counter()
         self._heard = 0  # results taken (queued for the store)
         self._lock = threading.Condition()
@@ -98,6 +105,9 @@ class ResultsListener:
             result = unpack_result(msg.payload, self.settings.max_payload_bytes)
             if msg.topic != self.topics.result(result.device):
                 raise WireError(f"the result is for device {result.device!r}")
+            ahead = result.t_sent - time.time()
+            if ahead > MAX_AHEAD_S:  # it would outlive the retention, which reads t_sent
+                raise WireError(f"t_sent: {ahead:.0f} s ahead of this host's clock")
         except WireError as exc:
             with self._lock:
                 self._rejected[msg.topic] += 1

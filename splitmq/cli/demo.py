@@ -148,8 +148,8 @@ def stopping(stop: Stop) -> Iterator[None]:
     stream they interrupt it as usual (nothing was sent yet)."""
 
     def handle(signum: int, frame: object) -> None:
-        if not stop.streaming.is_set():
-            raise KeyboardInterrupt
+        if not stop.streaming.is_set() or stop.requested.is_set():
+            raise KeyboardInterrupt  # before the stream, or asked twice: stop at once
         stop.requested.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}

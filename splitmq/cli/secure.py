@@ -132,8 +132,9 @@ def _live_line(live: dict, who: str) -> str:
 
 @secure_app.command("upgrade")
 def upgrade(directory: DirOption = Path("secure")) -> None:
-    """Bring a directory an older splitmq made (passwd, acl) up to this one: the same
-    users and passwords, for mosquitto's dynamic security plugin, and any new role's user."""
+    """Bring a directory an older splitmq made up to this one: the same users and
+    passwords (from passwd, acl: for mosquitto's dynamic security plugin), any new role's
+    user, and every role's ACL as this release's topic contract grants it."""
     from splitmq.broker.secure import SecureDir
 
     added = SecureDir(directory).upgrade()
