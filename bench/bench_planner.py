@@ -21,35 +21,37 @@ not measured: its ratio is reported as at least that bound.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
 import time
-import uuid
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from harness import bench_settings, start_worker
-from rich.console import Console
-from rich.table import Table
+from oracle import (
+    accuracy_of,
+    as_plan,
+    candidate,
+    fixed_ratio,
+    fixed_ratios,
+    grid,
+    measure,
+    oracle_of,
+    parser,
+    point_cells,
+    points_of,
+    preprocess_ms,
+    print_table,
+    sweep,
+    worst_by_fixed,
+)
 
-from splitmq.broker.launcher import Broker
-from splitmq.device.runtime import Device
-from splitmq.lab.emulation import Emulated
 from splitmq.planner import DeviceState, Link, Options, TierState, decide, evaluate
 from splitmq.planner.options import EDGE
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
-from splitmq.shared.model.preprocess import normalize, to_pixels
 from splitmq.shared.offline.datasets import photos
-from splitmq.shared.protocol.plan import Option, Plan
 from splitmq.shared.protocol.telemetry import Wants
 from splitmq.shared.settings import Settings
-from splitmq.shared.units import format_rate
 
 MODEL = "efficientnet-lite0"
 UPLINKS = (0.5e6, 2e6, 10e6, 50e6, 200e6)
@@ -58,24 +60,7 @@ SPEEDS = (0.1, 0.25, 1.0)
 QUICK = [(2e6, 40.0, 0.25), (50e6, 5.0, 0.1), (0.5e6, 5.0, 1.0)]
 CUT_CODECS = ("int8+zstd", "q4+zstd")
 INPUTS = ("u8", "u8+zstd", "jpeg:50", "jpeg:75", "jpeg:85", "jpeg:95")
-SKIP = 10.0
 PLOT = Path(__file__).parent.parent / "docs" / "planner-sweep.png"
-
-
-@dataclass
-class Candidate:
-    name: str
-    plan: Plan
-    predicted_ms: float
-    transfer_ms: float  # lower bound: bytes at the link rate plus the RTT
-    fixed: bool  # a fixed strategy (the same at every point), not one of the planner's
-    measured_ms: float | None = None
-    skipped: bool = False
-
-
-def as_plan(mv: ModelVersion, option: Option) -> Plan:
-    fields = {name: getattr(option, name) for name in Option.model_fields}
-    return Plan(model=mv.name, version=mv.version, reason="bench", **fields)
 
 
 def fixed_candidates(mv: ModelVersion, floor: float) -> list[tuple[str, int, str]]:
@@ -92,88 +77,21 @@ def fixed_candidates(mv: ModelVersion, floor: float) -> list[tuple[str, int, str
     return out
 
 
-def candidates(mv, options, costs, decision, device, floor) -> list[Candidate]:
-    up = device.link
+def candidates(mv, options, costs, decision, link: Link, floor):
     result = []
-
-    def add(name: str, plan: Plan, row: int | None, fixed: bool) -> None:
-        predicted = float(costs.latency_ms[row]) if row is not None else float("nan")
-        nbytes = float(costs.bytes[row]) if row is not None else 0.0
-        transfer = 0.0 if plan.device_only else nbytes * 8000 / up.bps + up.rtt_ms
-        result.append(Candidate(name, plan, predicted, transfer, fixed))
-
     for name, cut, codec in fixed_candidates(mv, floor):
         if cut < 0:
-            add(name, make_plan(mv, mv.last_cut, "raw"), options.DEVICE_ONLY, True)
+            plan, row = make_plan(mv, mv.last_cut, "raw"), options.DEVICE_ONLY
         else:
-            add(name, make_plan(mv, cut, codec, "edge"), options.find(EDGE, cut, codec), True)
+            plan, row = make_plan(mv, cut, codec, "edge"), options.find(EDGE, cut, codec)
+        result.append(candidate(name, plan, costs, row, link, True))
     chosen = [("plan", decision.plan)] + [
         (f"alt {i}", alt) for i, alt in enumerate(decision.plan.alternatives[:3], 1)
     ]
     for name, option in chosen:
-        plan = as_plan(mv, option)
-        row = _row(options, costs, option)
-        add(name, plan, row, False)
+        row = options.locate(option)
+        result.append(candidate(name, as_plan(mv, option), costs, row, link, False))
     return result
-
-
-def _row(options: Options, costs, option: Option) -> int | None:
-    if option.device_only:
-        return options.DEVICE_ONLY
-    if len(option.route) == 1 and option.route[0].tier == "edge":
-        return options.find(EDGE, option.cut, option.codec)
-    return None
-
-
-def measure(cands: list[Candidate], cfg: Settings, link: Link, speed: float, frames, rounds: int):
-    """The p50 latency of every candidate, in round-robin turns of one frame each.
-
-    Turns spread a burst of load from a noisy neighbour over all candidates
-    instead of one; the same plan under two names is measured once. The
-    first turn (after a warm-up frame: sessions load lazily on the worker)
-    goes in order of prediction, so the best is known early and a fixed
-    candidate that cannot be the oracle is skipped. Candidates predicted
-    over 300 ms get 3 turns.
-    """
-    groups: dict[str, list[Candidate]] = {}
-    for c in cands:
-        groups.setdefault(c.plan.model_dump_json(include={"cut", "codec", "route"}), []).append(c)
-    order = sorted(groups.values(), key=lambda g: min(c.predicted_ms for c in g))
-    times: dict[int, list[float]] = {}
-    with ExitStack() as stack:
-        devices: dict[int, Device] = {}
-        best = float("inf")
-        for k, group in enumerate(order):
-            if all(c.fixed for c in group) and group[0].transfer_ms > SKIP * best:
-                for c in group:
-                    c.skipped = True
-                continue
-            name = f"bench-{uuid.uuid4().hex[:6]}"
-            conditions = Emulated(link, speed)
-            dev = Device(cfg, name, group[0].plan, conditions=conditions, window=1, timeout_s=120)
-            devices[k] = stack.enter_context(dev)
-            devices[k].infer(frames[0])
-            times[k] = [devices[k].infer(frames[1]).e2e_ms]
-            best = min(best, times[k][0])
-        for turn in range(1, rounds):
-            for k, dev in devices.items():
-                if turn < 3 or order[k][0].predicted_ms <= 300:
-                    times[k].append(dev.infer(frames[(turn + 1) % len(frames)]).e2e_ms)
-    for k, group in enumerate(order):
-        for c in group:
-            c.measured_ms = statistics.median(times[k]) if k in times else None
-
-
-def preprocess_ms(mv: ModelVersion, frames) -> float:
-    """What the device's preprocessing of these frames costs on this host (median ms)."""
-    pre = mv.manifest.preprocess
-    assert pre is not None
-    times = []
-    for frame in frames * 3:
-        start = time.perf_counter()
-        normalize(to_pixels(frame, pre), pre)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def run_point(cfg, mv, options, frames, up_bps, rtt, speed, args) -> dict:
@@ -184,18 +102,10 @@ def run_point(cfg, mv, options, frames, up_bps, rtt, speed, args) -> dict:
     decision = decide(options, device, tiers, wants)
     decide_ms = (time.perf_counter() - started) * 1000
     costs = evaluate(options, device, tiers, wants.accuracy)
-    cands = candidates(mv, options, costs, decision, device, wants.accuracy)
+    cands = candidates(mv, options, costs, decision, device.link, wants.accuracy)
     measure(cands, cfg, Link(up_bps, rtt), speed, frames, args.frames)
-    oracle = min(cands, key=lambda c: c.measured_ms if c.measured_ms is not None else float("inf"))
+    oracle = oracle_of(cands)
     plan = next(c for c in cands if c.name == "plan")
-    ratios = {}
-    for c in cands:
-        if c.fixed:
-            ratios[c.name] = (
-                {"ratio": c.measured_ms / oracle.measured_ms}
-                if c.measured_ms is not None
-                else {"at_least": c.transfer_ms / oracle.measured_ms}
-            )
     return {
         "uplink_bps": up_bps,
         "rtt_ms": rtt,
@@ -216,45 +126,20 @@ def run_point(cfg, mv, options, frames, up_bps, rtt, speed, args) -> dict:
         },
         "ratio": round(plan.measured_ms / oracle.measured_ms, 3),
         "error": round(abs(plan.predicted_ms - plan.measured_ms) / plan.measured_ms, 3),
-        "fixed": {k: {m: round(v, 3) for m, v in r.items()} for k, r in ratios.items()},
-        "candidates": [
-            {
-                "name": c.name,
-                "cut": c.plan.cut,
-                "codec": c.plan.codec,
-                "predicted_ms": None if np.isnan(c.predicted_ms) else round(c.predicted_ms, 2),
-                "measured_ms": None if c.measured_ms is None else round(c.measured_ms, 2),
-            }
-            for c in cands
-        ],
+        "fixed": fixed_ratios(cands, oracle),
+        "candidates": [c.to_json() for c in cands],
     }
 
 
 def summarise(points: list[dict]) -> dict:
-    ratios = [p["ratio"] for p in points]
-    worst_fixed = {}
-    for p in points:
-        for name, r in p["fixed"].items():
-            value = r.get("ratio", r.get("at_least"))
-            worst_fixed[name] = max(worst_fixed.get(name, 0.0), value)
-    best_name = min(worst_fixed, key=worst_fixed.get)
+    worst_fixed = worst_by_fixed(points)
+    best_name = next(iter(worst_fixed))
     return {
-        "points": len(points),
-        "within_1.10": round(sum(r <= 1.10 for r in ratios) / len(ratios), 3),
-        "worst_ratio": max(ratios),
-        "median_error": round(statistics.median(p["error"] for p in points), 3),
-        "median_decide_ms": round(statistics.median(p["decide_ms"] for p in points), 2),
+        **accuracy_of(points),
         "best_fixed": best_name,
-        "best_fixed_worst_ratio": round(worst_fixed[best_name], 3),
-        "worst_ratio_by_fixed": {
-            k: round(v, 3) for k, v in sorted(worst_fixed.items(), key=lambda kv: kv[1])
-        },
+        "best_fixed_worst_ratio": worst_fixed[best_name],
+        "worst_ratio_by_fixed": worst_fixed,
     }
-
-
-def _fixed_ratio(point: dict, name: str) -> float | None:
-    r = point["fixed"].get(name)
-    return None if r is None else r.get("ratio", r.get("at_least"))
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -288,7 +173,7 @@ def plot(points: list[dict], path: Path) -> None:
             for name, color in shown.items():
                 top.plot(
                     x,
-                    [_fixed_ratio(p, name) for p in mine],
+                    [fixed_ratio(p, name) for p in mine],
                     style,
                     color=color,
                     marker=".",
@@ -329,25 +214,10 @@ def plot(points: list[dict], path: Path) -> None:
 
 
 def report(points: list[dict]) -> None:
-    table = Table(title=f"{MODEL}: planner vs measured oracle")
-    for col in (
-        "uplink",
-        "RTT",
-        "speed",
-        "plan",
-        "pred ms",
-        "meas ms",
-        "oracle",
-        "oracle ms",
-        "ratio",
-        "error",
-    ):
-        table.add_column(col)
-    for p in points:
-        table.add_row(
-            format_rate(p["uplink_bps"]),
-            f"{p['rtt_ms']:g}",
-            f"{p['speed']:g}",
+    columns = ("uplink", "RTT", "speed", "plan", "pred ms", "meas ms", "oracle", "oracle ms")
+    rows = [
+        [
+            *point_cells(p),
             f"{p['plan']['cut']} {p['plan']['codec']}",
             f"{p['plan']['predicted_ms']:.1f}",
             f"{p['plan']['measured_ms']:.1f}",
@@ -355,51 +225,32 @@ def report(points: list[dict]) -> None:
             f"{p['oracle']['measured_ms']:.1f}",
             f"{p['ratio']:.3f}",
             f"{p['error']:.1%}",
-        )
-    Console(width=160).print(table)
+        ]
+        for p in points
+    ]
+    print_table(f"{MODEL}: planner vs measured oracle", (*columns, "ratio", "error"), rows)
     print(json.dumps(summarise(points), indent=1))
 
 
-def sweep(args: argparse.Namespace) -> list[dict]:
+def run(args) -> list[dict]:
     pool_dir = Path(os.environ.get("SPLITMQ_POOL") or Settings().pool)
     mv = ModelPool(pool_dir).get(MODEL)
     options = Options.of(mv, prune=False)
     frames = photos(12, seed=7)
     args.preprocess_ms = preprocess_ms(mv, frames)
-    grid = QUICK if args.quick else [(u, r, s) for s in SPEEDS for r in RTTS for u in UPLINKS]
-    console = Console(stderr=True)
-    points = []
-    with Broker() as broker:
-        cfg = bench_settings(broker, pool_dir)
-        worker = start_worker(cfg, 1)
-        try:
-            for k, (up, rtt, speed) in enumerate(grid, 1):
-                point = run_point(cfg, mv, options, frames, up, rtt, speed, args)
-                points.append(point)
-                console.print(
-                    f"[{k}/{len(grid)}] {format_rate(up)}/{rtt:g}ms speed {speed:g}: "
-                    f"ratio {point['ratio']:.3f}, error {point['error']:.1%}"
-                )
-        finally:
-            worker.terminate()
-            worker.wait(30)
-    return points
+
+    def point(cfg, up, rtt, speed):
+        return run_point(cfg, mv, options, frames, up, rtt, speed, args)
+
+    def line(p):
+        return f"ratio {p['ratio']:.3f}, error {p['error']:.1%}"
+
+    return sweep(pool_dir, grid(args, QUICK, UPLINKS, RTTS, SPEEDS), point, line)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="three points only")
-    ap.add_argument("--frames", type=int, default=9, help="turns (frames) per candidate")
-    ap.add_argument("--json", type=Path, help="write every point here")
-    ap.add_argument("--plot", type=Path, default=PLOT)
-    ap.add_argument("--from", dest="source", type=Path, help="report and plot a saved --json")
-    args = ap.parse_args()
-    if args.source:
-        points = json.loads(args.source.read_text())["points"]
-    else:
-        points = sweep(args)
-        if args.json:
-            args.json.write_text(json.dumps({"summary": summarise(points), "points": points}))
+    args = parser(__doc__, PLOT).parse_args()
+    points = points_of(args, lambda: run(args), summarise)
     if not args.quick:
         plot(points, args.plot)
     report(points)

@@ -3,7 +3,8 @@
 For an option sending ``n`` bytes of cut a to a tier that runs a -> b
 (docs/planner.md has the full model and its measured error)::
 
-    latency = (preprocess + T_dev(0->a) + encode) / speed_dev     device compute
+    latency = (preprocess + T_dev(0->a) + encode + device cpu) / speed_dev
+                                                                  device compute
             + device overhead + n / B_up + RTT/2 + broker   uplink
             + tier link(n) + wait + (decode + T(a->b)) / speed_tier
             + P_exit * return(edge)
@@ -13,7 +14,10 @@ For an option sending ``n`` bytes of cut a to a tier that runs a -> b
     energy  = P_compute * device compute + P_radio * n / B_up + P_idle * the rest
     bytes   = n (what the device sends)
 
-``T`` comes from the profile (or the tier's measured service times, which
+``T_dev`` is the profile's cold head (a device sends one frame at a time, so
+it runs after an idle gap; the warm head where the profile has none), ``device
+cpu`` the device's per-request work outside the model (every plan, device-only
+included); ``T`` comes from the profile (or the tier's measured service times, which
 already include decoding), ``wait`` from the M/M/c queue of the tier under
 the load of all devices (``queueing``), ``P_exit`` and the agreement from the
 calibration table. Options through a tier that is absent or saturated cost
@@ -117,7 +121,8 @@ def evaluate(
     s = np.where(o.send >= 0, o.send, 0)  # device-only reads send 0, then is masked
     dev_only = o.kind == DEVICE
     a = np.where(dev_only, o.last, sends.cut[s])
-    work = device.preprocess_ms + o.head_ms[a] + np.where(dev_only, 0.0, sends.encode_ms[s])
+    encode = np.where(dev_only, 0.0, sends.encode_ms[s])
+    work = device.preprocess_ms + o.head_ms[a] + encode + over.device_cpu_ms
     compute = work / device.speed
     sent = np.where(dev_only, 0.0, sends.bytes[s])
     disagree = np.where(dev_only, 0.0, sends.disagree[s])

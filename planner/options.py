@@ -134,7 +134,7 @@ class Options:
         keep = frozenset((0, codec) for codec in FIXED_INPUTS)
         rows = list(table.fidelity)
         self.sends = Sends.from_rows(pareto_rows(rows, keep) if prune else rows)
-        self.head_ms = np.asarray(profile.heads_ms)
+        self.head_ms = np.asarray(profile.device_heads_ms)  # cold: a device runs after a gap
         self.segment_ms = _segment_matrix(profile)
         self.result_bytes = result_bytes(mv.name, mv.version, mv.labels, 1)
         self.result_bytes_split = result_bytes(mv.name, mv.version, mv.labels, 2)

@@ -81,10 +81,15 @@ class Overheads:
 
     A pass through the broker costs ``broker_ms`` plus ``broker_ms_per_mb``
     per megabyte of payload (publishing, mosquitto, the receiver's network
-    thread); the device's own handling of a request (packing it, the
-    emulated link's thread, reading the answer) costs ``device_ms``.
+    thread); the device's own handling of an offloaded request (the emulated
+    link's thread, reading the answer) costs ``device_ms`` of wall time.
+    ``device_cpu_ms`` is the device's per-request work outside the model
+    (building the job, reading the outputs, packing the request or the
+    result), CPU time at the profile's host speed: every plan pays it, device
+    only included, divided by the device's speed like the head.
     """
 
     broker_ms: float = 1.0
     broker_ms_per_mb: float = 6.0
     device_ms: float = 1.5
+    device_cpu_ms: float = 0.15

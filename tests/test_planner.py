@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from clitools import cli_env, run_cli
 from graphs import chain, early_exit
 from hypothesis import given
 from hypothesis import strategies as st
-from planning import NO_OVERHEAD, add, profile_of, row, table
+from planning import NO_OVERHEAD as NO_BROKER_OR_LINK
+from planning import add, profile_of, row, table
 
 from splitmq.edge.worker import edge_worker
 from splitmq.planner import (
@@ -33,6 +35,10 @@ from splitmq.shared.model.calibration import (
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.plan import load_plan_file
 from splitmq.shared.protocol.telemetry import Power, Wants
+
+#: No overhead at all, the device's per-request CPU included (tests/test_device_cost.py
+#: checks that term), so the terms below add up exactly.
+NO_OVERHEAD = replace(NO_BROKER_OR_LINK, device_cpu_ms=0.0)
 
 
 @pytest.fixture

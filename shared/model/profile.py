@@ -6,6 +6,8 @@ and ``splitmq models build`` through ``ModelVersion.save_profile``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from splitmq.shared.protocol.document import Document, Frozen
 
 
@@ -43,7 +45,15 @@ class Profile(Document):
     bytes: what a split adds), plus one run overhead. Summing raw segment
     times instead would count a boundary at every cut in between and miss the
     fusions across them (see ``bench/bench_profile_accuracy.py``).
+
+    All of those are warm (back-to-back runs), as a tier serving many requests
+    runs. A device sends one frame at a time and runs its head after an idle
+    gap, with cold caches: ``cold_heads_ms`` times the heads that way (a tiny
+    model can take 3x its warm time). Profiles from before it have none; the
+    device then reads the warm heads (``device_heads_ms``).
     """
+
+    LATER: ClassVar[frozenset[str]] = frozenset({"cold_heads_ms"})
 
     host: HostInfo
     heads_ms: list[float]  # heads_ms[b]: cut 0 -> cut b (heads_ms[0] = 0)
@@ -53,6 +63,13 @@ class Profile(Document):
     work_ms: list[float]  # fitted: work of segment a -> a + 1 inside a longer run
     boundary: Boundary  # fitted: cost of a partition's input and output
     measured_at: float
+    cold_heads_ms: list[float] | None = None  # heads after an idle gap (profiling.COLD_GAP_S)
+
+    @property
+    def device_heads_ms(self) -> list[float]:
+        """The heads as a device runs them: cold where measured, else warm."""
+        cold = self.cold_heads_ms
+        return cold if cold is not None and len(cold) == len(self.heads_ms) else self.heads_ms
 
     def predict_ms(self, a: int, b: int, speed: float = 1.0) -> float:
         """Latency of partition a -> b; ``speed`` < 1 emulates a slower device."""

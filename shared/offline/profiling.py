@@ -4,6 +4,8 @@ Every head (input -> cut) and tail (cut -> outputs) runs as its own ONNX
 Runtime session (warm-up, repeats, median): measuring them whole keeps the
 operator fusions and cache effects that summing tiny segments would miss.
 Any other partition is predicted from them (``Profile.predict_ms``).
+Heads are also timed cold, each run after an idle gap, as a device sending
+one frame at a time runs them (``cold_heads_ms``).
 ``bench/bench_profile_accuracy.py`` checks the prediction against measured
 partitions.
 """
@@ -26,6 +28,12 @@ from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.partition import DTYPE_TO_ONNX, extract_segment
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.profile import Boundary, HostInfo, Profile
+
+#: Idle time before each cold run: past ~50 ms a head's time stops growing
+#: (docs/planner.md), and a device sending one frame at a time idles longer.
+COLD_GAP_S = 0.05
+#: Cold runs per head: members of a family can differ by a few percent cold.
+COLD_REPEATS = 12
 
 
 @cache
@@ -100,6 +108,7 @@ def profile(
         if progress:
             progress(cuts[-1], last)
     heads, tails = _monotonic(heads), _monotonic(tails[::-1])[::-1]
+    cold = cold_heads_ms(mv, values[0], threads, COLD_REPEATS)
     overhead = run_overhead_ms(values[0], threads)
     work, boundary = fit_additive(
         heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts], overhead
@@ -113,7 +122,35 @@ def profile(
         work_ms=work,
         boundary=boundary,
         measured_at=time.time(),
+        cold_heads_ms=cold,
     )
+
+
+def cold_heads_ms(
+    mv: ModelVersion, x: np.ndarray, threads: int, repeats: int, gap_s: float = COLD_GAP_S
+) -> list[float]:
+    """Median thread CPU ms of every head run after ``gap_s`` idle, in turns over the heads.
+
+    A device answering one frame at a time runs its head cold: caches and
+    branch predictors lost to whatever ran meanwhile, the core maybe asleep.
+    Each turn runs every head once (its own session, warmed up first), each
+    after an idle gap; kept monotonic in the cut like the warm heads. Thread
+    CPU time (ONNX Runtime with one thread runs in the caller's), not wall
+    time: what a neighbour preempts is not the head's, and the emulated
+    device (``lab.speed.emulate``) stretches the same clock.
+    """
+    last = mv.last_cut
+    runs = [partition_runner(mv, 0, b, x, threads) for b in range(1, last + 1)]
+    for run in runs:
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, ts in zip(runs, times):
+            time.sleep(gap_s)
+            start = time.thread_time()
+            run()
+            ts.append((time.thread_time() - start) * 1000)
+    return _monotonic([0.0, *(statistics.median(ts) for ts in times)])
 
 
 def fit_additive(
