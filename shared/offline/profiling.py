@@ -32,7 +32,8 @@ from splitmq.shared.model.profile import Boundary, HostInfo, Profile
 #: Idle time before each cold run: past ~50 ms a head's time stops growing
 #: (docs/planner.md), and a device sending one frame at a time idles longer.
 COLD_GAP_S = 0.05
-#: Cold runs per head: members of a family can differ by a few percent cold.
+#: Cold runs per head at the default 8 turns of warm runs (scaled with them: a quick
+#: ``--repeats 3`` profile times 4): members of a family can differ by a few percent cold.
 COLD_REPEATS = 12
 
 
@@ -108,7 +109,7 @@ def profile(
         if progress:
             progress(cuts[-1], last)
     heads, tails = _monotonic(heads), _monotonic(tails[::-1])[::-1]
-    cold = cold_heads_ms(mv, values[0], threads, COLD_REPEATS)
+    cold = cold_heads_ms(mv, values[0], threads, max(3, COLD_REPEATS * repeats // 8))
     overhead = run_overhead_ms(values[0], threads)
     work, boundary = fit_additive(
         heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts], overhead
