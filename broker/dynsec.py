@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from splitmq.shared.errors import BrokerError
-from splitmq.shared.protocol.access import Grant, Role, grants
+from splitmq.shared.protocol.access import NAMED_ROLES, Grant, Role, grants
 from splitmq.shared.protocol.topics import Topics
 
 ITERATIONS = 101
@@ -80,13 +80,14 @@ def _acl(kind: str, topic: str) -> Doc:
 
 
 def role_name(user: str, role: Role) -> str:
-    """A device's ACL names its id, so each device has its own plugin role."""
-    return f"device-{user}" if role == "device" else role
+    """A device's (or site's) ACL names its id, so each has its own plugin role."""
+    return f"{role}-{user}" if role in NAMED_ROLES else role
 
 
 def client(user: str, role: Role, password: Doc) -> Doc:
-    """The plugin's record of ``user``: a device may only connect as its id."""
-    bound = {"clientid": user} if role == "device" else {}
+    """The plugin's record of ``user``: a device (or a site's bridge) may only connect
+    as its id."""
+    bound = {"clientid": user} if role in NAMED_ROLES else {}
     return {"username": user, **bound, **password, "roles": [{"rolename": role_name(user, role)}]}
 
 
@@ -110,9 +111,10 @@ def config(topics: Topics, users: dict[str, Role], passwords: dict[str, Doc]) ->
     }
 
 
-def add_device_commands(topics: Topics, device: str, password: str) -> list[Doc]:
-    """The control commands that add a device to a running broker (the plugin hashes)."""
+def add_user_commands(topics: Topics, user: str, kind: Role, password: str) -> list[Doc]:
+    """The control commands that add a device or site to a running broker (the plugin
+    hashes)."""
     return [
-        {"command": "createRole", **role(topics, device, "device")},
-        {"command": "createClient", **client(device, "device", {"password": password})},
+        {"command": "createRole", **role(topics, user, kind)},
+        {"command": "createClient", **client(user, kind, {"password": password})},
     ]

@@ -25,10 +25,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from splitmq.broker.bridge import Bridge
 from splitmq.broker.ownership import (
+    BRIDGE_CA,
     append_log,
     broker_user,
     check_data_dir,
+    copy_for,
     drops_root,
     fresh_dir,
     give,
@@ -131,13 +134,13 @@ class Broker:
         secure: Path | None = None,
         tls_port: int | None = None,
         tls_host: str | None = "127.0.0.1",
+        bridge: Bridge | None = None,
     ) -> None:
         self.host = host
-        # secure: a `splitmq secure init` directory; adds auth, the ACL and a TLS listener
-        # on tls_port (a free one when None) at tls_host (None: every interface)
+        # secure: a `splitmq secure init` directory: auth, ACLs, TLS on tls_port (None: a
+        # free one) at tls_host (None: every interface); bridge: a site's, to the cloud
         self.secure = SecureDir(secure) if secure else None
-        self._tls_port = tls_port
-        self.tls_host = tls_host
+        self._tls_port, self.tls_host, self.bridge = tls_port, tls_host, bridge
         self._requested_port = port
         self._port: int | None = port
         self._config: Path | Traversable = Path(config) if config else DEFAULT_CONFIG
@@ -315,6 +318,9 @@ class Broker:
             text = _ANONYMOUS.sub("", text) + self.secure.mosquitto_lines(
                 staged, self._tls_port, self.tls_host
             )
+        if self.bridge is not None:
+            ca = copy_for(owner, self.bridge.ca_file, self.data_dir / BRIDGE_CA)
+            text += self.bridge.mosquitto_lines(ca)
         write_new(conf, text.encode())  # read before mosquitto drops root
         output: IO[bytes] | None = None
         if not self._echo:
@@ -335,14 +341,11 @@ class Broker:
         in a directory made afresh at each start."""
         staged = fresh_dir(self.data_dir / "secure")
         for name in BROKER_FILES:
-            try:
-                data = (secure.root / name).read_bytes()
-            except FileNotFoundError:
-                raise BrokerError(secure.missing(name)) from None
-            write_new(staged / name, data)
+            if not (secure.root / name).exists():
+                raise BrokerError(secure.missing(name))
+            copy_for(owner, secure.root / name, staged / name)
         if drops_root(owner):
-            for item in (staged, *(staged / name for name in BROKER_FILES)):
-                give(item, owner)
+            give(staged, owner)
         return staged
 
     def _check_port_free(self) -> None:

@@ -24,7 +24,16 @@ log = logging.getLogger(__name__)
 
 #: What may be in a data directory: the broker's own names. A directory holding
 #: anything else is someone else's, and is not handed to mosquitto.
-OWN_NAMES = ("mosquitto.conf", "mosquitto.log", "mosquitto.db", "mosquitto.db.new", "secure")
+#: A site broker's copy of the cloud's CA, for its bridge (``broker.bridge``).
+BRIDGE_CA = "bridge-ca.crt"
+OWN_NAMES = (
+    "mosquitto.conf",
+    "mosquitto.log",
+    "mosquitto.db",
+    "mosquitto.db.new",
+    "secure",
+    BRIDGE_CA,
+)
 _NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -118,6 +127,18 @@ def write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def copy_for(owner: pwd.struct_passwd, source: Path, target: Path) -> Path:
+    """A new copy of ``source`` at ``target`` that ``owner`` (the broker's user) can read."""
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise BrokerError(f"cannot read {source}: {exc.strerror or exc}") from None
+    write_new(target, data)
+    if drops_root(owner):
+        give(target, owner)
+    return target
 
 
 def append_log(path: Path) -> int:

@@ -120,11 +120,20 @@ class SecureDir:
     def add_device(self, device: str) -> str:
         """A user for ``device`` (its id), allowed only the device's own topics; returns
         its password, for :meth:`tell_broker`."""
-        if not is_id(device):
-            raise UserError(f"invalid device id {device!r}: use {ID_RULE}")
-        if device in SERVICE_ROLES:
-            raise UserError(f"{device!r} is a service role's user; name the device otherwise")
-        return self._add(device, "device")
+        return self._add(self._named(device, "device"), "device")
+
+    def add_site(self, site: str) -> str:
+        """A user for the bridge of ``site`` (its name): on this, the cloud broker, it may
+        only carry what crosses to and from the site's own tree
+        (``shared.protocol.sites``); returns its password, for :meth:`tell_broker`."""
+        return self._add(self._named(site, "site"), "site")
+
+    def _named(self, name: str, role: Role) -> str:
+        if not is_id(name):
+            raise UserError(f"invalid {role} id {name!r}: use {ID_RULE}")
+        if name in SERVICE_ROLES:
+            raise UserError(f"{name!r} is a service role's user; name the {role} otherwise")
+        return name
 
     def _add(self, user: str, role: Role) -> str:
         registry = self._registry()
@@ -191,12 +200,13 @@ class SecureDir:
         (self.root / "acl").unlink(missing_ok=True)
         return added
 
-    def tell_broker(self, device: str, password: str, broker: str | None = None) -> None:
-        """Add ``device`` to the broker running at ``broker`` (default: the URL in the
-        clients' files) now, through the plugin's control topic as ``admin``.
+    def tell_broker(self, user: str, password: str, broker: str | None = None) -> None:
+        """Add ``user`` (a device or a site) to the broker running at ``broker`` (default:
+        the URL in the clients' files) now, through the plugin's control topic as ``admin``.
 
         BrokerError when the broker cannot be reached or the plugin refuses."""
-        commands = dynsec.add_device_commands(Topics(self.prefix), device, password)
+        kind = self.users[user]
+        commands = dynsec.add_user_commands(Topics(self.prefix), user, kind, password)
         answered: queue.Queue[Message] = queue.Queue()
         login = self.settings("admin", broker or self.broker)
         client = MqttClient(login.connection(f"admin-{uuid.uuid4().hex[:8]}"))

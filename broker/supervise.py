@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from splitmq.broker.bridge import Bridge
 from splitmq.broker.launcher import Broker
 from splitmq.broker.secure import TLS_PORT
 from splitmq.shared.errors import BrokerError, UserError
@@ -45,6 +46,7 @@ def run_foreground(
     secure: Path | None = None,
     tls_port: int = TLS_PORT,
     insecure: bool = False,
+    bridge: Bridge | None = None,
 ) -> int:
     """Run mosquitto until Ctrl-C (``splitmq broker``), restarting it when it dies.
 
@@ -89,10 +91,13 @@ def run_foreground(
         secure=secure,
         tls_port=tls_port,
         tls_host=host,
+        bridge=bridge,
     )
     quick = 0
     with broker:
         tls = f" and TLS on {broker.tls_host}:{broker.tls_port}" if secure else ""
+        if bridge is not None:
+            tls += f", site {bridge.site} bridged to {bridge.url.host}:{bridge.url.port}"
         log.info(
             "MQTT broker on %s%s (data in %s); Ctrl-C stops it",
             broker.address,

@@ -44,6 +44,7 @@ class Flight:
     attempts: int = 1
     deadline: float = 0.0  # monotonic
     sizes: list[int] = field(default_factory=list)  # payload bytes of each attempt
+    delivered: bool = False  # the broker acknowledged an attempt: its uplink is done
 
 
 class Timeouts:
@@ -160,9 +161,11 @@ class Flights:
             return flight is not None and flight.attempts <= self.retries
 
     def oldest(self) -> Flight | None:
-        """The flight out longest on its first attempt (what says most about the link)."""
+        """The flight out longest on its first attempt and not yet acknowledged by the
+        broker (what says most about the link: once acknowledged, its bytes crossed the
+        uplink, and a late answer is a tier's or a WAN's, not the link's)."""
         with self._cond:
-            first = [f for f in self._flights.values() if f.attempts == 1]
+            first = [f for f in self._flights.values() if f.attempts == 1 and not f.delivered]
         return min(first, key=lambda f: f.request.timing.device.t_sent, default=None)
 
     def __len__(self) -> int:

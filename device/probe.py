@@ -14,8 +14,9 @@ subscribes there: the PUBACK is the answer. The probe rate stays at most
 large probe would otherwise use more. Over an emulated link
 the probes pass the same delay lines as requests and results (``Conditions``).
 
-While the plan sends requests, every ``TICK_S`` the oldest unanswered one
-tells the estimator how long it has been out (``LinkEstimator.overdue``).
+While the plan sends requests, every ``TICK_S`` the oldest one the broker has not
+acknowledged tells the estimator how long it has been out (``LinkEstimator.overdue``);
+one acknowledged crossed the link, whatever keeps its answer (a tier, a WAN).
 """
 
 from __future__ import annotations
@@ -26,32 +27,20 @@ import time
 from collections.abc import Callable
 
 from splitmq.device.conditions import Conditions
-from splitmq.device.estimates import LinkEstimator
 from splitmq.shared.errors import SplitMQError
+from splitmq.shared.transport.estimates import (
+    FIRST,
+    SMALL,
+    LinkEstimator,
+    probe_period_s,
+    record_probe,
+)
 from splitmq.shared.transport.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 
 PERIOD_S = 2.0
 TICK_S = 0.2
-MAX_SHARE = 0.01
-SMALL = 64
-LARGE_S = 0.02  # how long the large probe should occupy the link
-LARGE_MIN, LARGE_MAX = 1024, 65536
-FIRST = 16384  # bytes of the first large probe
-MEASURABLE_S = 0.002
-DEFAULT_BPS = 1e6  # before any estimate
-
-
-def probe_size(bps: float | None) -> int:
-    """Bytes of the large probe: about 20 ms of the link, 1 kB to 64 kB."""
-    return int(min(LARGE_MAX, max(LARGE_MIN, (bps or DEFAULT_BPS) * LARGE_S / 8)))
-
-
-def probe_period_s(bps: float | None) -> float:
-    """Seconds between probe pairs so they use at most 1% of the link."""
-    size = probe_size(bps) + SMALL
-    return max(PERIOD_S, size * 8 / (MAX_SHARE * (bps or DEFAULT_BPS)))
 
 
 class Prober:
@@ -93,19 +82,14 @@ class Prober:
                 continue
             if time.monotonic() < next_probe:
                 continue
-            next_probe = time.monotonic() + probe_period_s(self.estimates.uplink_bps())
+            bps = self.estimates.uplink_bps()
+            next_probe = time.monotonic() + probe_period_s(bps, PERIOD_S)
             try:
                 small_s, large_s = self._time(SMALL), self._time(size)
             except SplitMQError as exc:
                 log.debug("probe failed: %s", exc)
                 continue
-            if large_s - small_s < MEASURABLE_S:
-                size = min(LARGE_MAX, size * 4)  # too small to time: larger next time
-                self.estimates.probe(small_s, small_s, 0)  # the RTT still counts
-                self.on_sample()
-                continue
-            self.estimates.probe(small_s, large_s, size - SMALL)
-            size = probe_size(self.estimates.uplink_bps())
+            size = record_probe(self.estimates, small_s, large_s, size)
             self.on_sample()
 
     def _time(self, nbytes: int) -> float:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from splitmq.device.answers import Answer, InferenceFailed
 from splitmq.device.conditions import Conditions
-from splitmq.device.estimates import LinkEstimator
 from splitmq.device.flights import Flight, Flights, Timeouts
 from splitmq.device.follow import Plans
 from splitmq.shared.errors import WireError
 from splitmq.shared.protocol.results import Result, unpack_error, unpack_result
 from splitmq.shared.protocol.telemetry import Power
 from splitmq.shared.runtime.stats import Stats
+from splitmq.shared.transport.estimates import LinkEstimator
 from splitmq.shared.transport.mqtt import Message
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ import numpy as np
 
 from splitmq.device.answers import Answer, InferenceFailed
 from splitmq.device.conditions import Conditions, Direct
-from splitmq.device.estimates import LinkEstimator
 from splitmq.device.flights import JITTER, Flight, Flights, Timeouts, Window
 from splitmq.device.follow import Plans, Switch
 from splitmq.device.head import Head
@@ -58,6 +57,7 @@ from splitmq.shared.runtime.executor import HopExecutor
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats
 from splitmq.shared.settings import Settings
+from splitmq.shared.transport.estimates import LinkEstimator
 from splitmq.shared.transport.mqtt import MqttClient
 from splitmq.shared.transport.telemetry import TelemetryPublisher
 

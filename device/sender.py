@@ -119,6 +119,7 @@ class Sender:
         client = self.client
 
         def acked(code: int, why: str) -> None:  # PUBACK, on the network thread
+            flight.delivered = code < 0x80  # reason 16 too: the broker has the bytes
             if code == NO_SUBSCRIBERS and client.reconnected_within(RESUBSCRIBE_GRACE_S):
                 log.info("no %s worker subscribed yet after a reconnect; will resend", hop.tier)
             elif code == NO_SUBSCRIBERS:

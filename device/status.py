@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from splitmq.device.estimates import LinkEstimator
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
@@ -26,6 +25,7 @@ from splitmq.shared.protocol.telemetry import (
     Power,
     Wants,
 )
+from splitmq.shared.transport.estimates import LinkEstimator
 
 #: A relative change of the uplink or RTT estimate worth telling the planner at once.
 LINK_MOVE = 0.25

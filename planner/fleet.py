@@ -28,7 +28,13 @@ from dataclasses import replace
 from splitmq.planner.options import Options
 from splitmq.planner.state import DeviceState, TierState
 from splitmq.shared.protocol.ids import TIERS, Tier
-from splitmq.shared.protocol.telemetry import DeviceTelemetry, WorkerTelemetry
+from splitmq.shared.protocol.plan import Plan
+from splitmq.shared.protocol.telemetry import (
+    DeviceTelemetry,
+    Offline,
+    TelemetryDoc,
+    WorkerTelemetry,
+)
 from splitmq.shared.units import Link
 
 #: A link estimate older than this is treated as unknown (seconds).
@@ -118,3 +124,31 @@ def _tier(
 def with_load(states: dict[str, TierState], busy: dict[str, float]) -> dict[str, TierState]:
     """The tiers with ``busy`` Erlangs of load from other devices on each."""
     return {name: replace(state, busy=busy.get(name, 0.0)) for name, state in states.items()}
+
+
+#: A device's uplink estimate moving this many times (up or down) is planned for at once.
+LINK_JUMP = 2.0
+
+
+def telemetry_news(before: TelemetryDoc | None, now: TelemetryDoc | None) -> bool:
+    """Whether a telemetry change should be planned for now rather than in the next slot."""
+    if before is None or now is None or isinstance(now, Offline) != isinstance(before, Offline):
+        return True
+    if isinstance(now, DeviceTelemetry) and isinstance(before, DeviceTelemetry):
+        old, new = before.link.uplink_bps, now.link.uplink_bps
+        if (old is None) != (new is None):
+            return True
+        if old and new and max(old, new) / min(old, new) >= LINK_JUMP:
+            return True
+    return False
+
+
+def in_force(doc: DeviceTelemetry, retained: Plan | None) -> Plan | None:
+    """The plan the device runs: the planner's, unless the device moved on since (its own
+    fallback, newer than the retained plan); None when the planner never planned for it."""
+    if retained is None:
+        return None
+    running = doc.plan
+    if running.ts > retained.ts and not running.same_option(retained):
+        return running.for_device(doc.id)
+    return retained

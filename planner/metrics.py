@@ -64,3 +64,9 @@ def _planner(doc: PlannerTelemetry) -> Iterator[Metric]:
             "Messages the broker dropped since it started (full client queues), from $SYS",
             {(): doc.broker_dropped},
         )
+    if doc.wan_up is not None:
+        yield gauge_family(
+            "splitmq_planner_wan_up",
+            "Whether the site's bridge to the cloud broker is connected (1) or not (0)",
+            {(): int(doc.wan_up)},
+        )

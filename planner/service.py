@@ -34,20 +34,21 @@ from collections import Counter
 
 from splitmq.planner.control import Control, Target, plan_fleet
 from splitmq.planner.decide import Decision, decide
-from splitmq.planner.fleet import device_state, tier_states
+from splitmq.planner.fleet import device_state, in_force, telemetry_news, tier_states
 from splitmq.planner.members import Member, best_plans, choose
 from splitmq.planner.metrics import PlannerMetrics
 from splitmq.planner.options import NotReady, Options
-from splitmq.planner.state import DeviceState
+from splitmq.planner.state import DeviceState, TierState
+from splitmq.planner.wan import Wan
 from splitmq.shared.errors import SplitMQError
 from splitmq.shared.model.plans import make_plan
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.plan import Plan
 from splitmq.shared.protocol.reading import Heard, Rejected, read_plan, read_telemetry
+from splitmq.shared.protocol.sites import bridge_state
 from splitmq.shared.protocol.telemetry import (
     DeviceTelemetry,
-    Offline,
     PlannerTelemetry,
     TelemetryDoc,
     Wants,
@@ -83,6 +84,7 @@ class PlannerService:
         self.id = planner_id or f"planner-{uuid.uuid4().hex[:8]}"
         self.control = control or Control()
         self.links, self.speeds = links or {}, speeds or {}
+        self.wan = Wan(settings.site)
         self.period_s, self.min_gap_s, self.settle_s = period_s, min_gap_s, settle_s
         self.pool = ModelPool(settings.pool)
         self.client = MqttClient(
@@ -116,6 +118,8 @@ class PlannerService:
         self.client.subscribe(self.topics.telemetry_filter(), self._on_telemetry, qos=1)
         self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
         self.client.subscribe(BROKER_DROPPED, self._on_dropped, qos=0)
+        if self.wan.site is not None:
+            self.client.subscribe(bridge_state(self.wan.site), self._on_bridge, qos=0)
         self.telemetry.start()
         self._thread.start()
         log.info("%s planning from %s", self.id, self.topics.telemetry_filter())
@@ -154,6 +158,11 @@ class PlannerService:
                 count,
             )
 
+    def _on_bridge(self, msg: Message) -> None:
+        if self.wan.heard(msg.payload):
+            self._urgent.set()  # plan the site's devices off (or back onto) the cloud now
+            self._wake.set()
+
     def _on_telemetry(self, msg: Message) -> None:
         heard = read_telemetry(self.topics, msg.topic, msg.payload)
         if isinstance(heard, Rejected):
@@ -168,7 +177,7 @@ class PlannerService:
                 self._docs.pop(heard.key, None)
             else:
                 self._docs[heard.key] = heard.doc
-        if _news(before, heard.doc):
+        if telemetry_news(before, heard.doc):
             self._urgent.set()  # a role came or went, or a link changed a lot: plan now
         self._wake.set()
 
@@ -238,7 +247,7 @@ class PlannerService:
             # A version not ready is read again: profiled and calibrated since, it is planned
             # for without a restart or an announcement.
             self._options = {k: v for k, v in self._options.items() if isinstance(v, Options)}
-        workers = [d for d in docs.values() if isinstance(d, WorkerTelemetry)]
+        workers = self.wan.reachable(d for d in docs.values() if isinstance(d, WorkerTelemetry))
         devices = sorted(
             (d for d in docs.values() if isinstance(d, DeviceTelemetry)), key=lambda d: d.id
         )
@@ -268,8 +277,8 @@ class PlannerService:
                     state=state,
                     wants=wants,
                     options=options,
-                    tiers=tier_states(workers, options, self.links, self.speeds),
-                    current=_in_force(doc, retained),
+                    tiers=self._tiers(workers, options),
+                    current=in_force(doc, retained),
                 )
             )
         planned = plan_fleet(targets, time.time(), self.control)
@@ -327,7 +336,7 @@ class PlannerService:
         state = device_state(doc, running if isinstance(running, Options) else first)
 
         def decide_for(options: Options, wants: Wants) -> Decision:
-            tiers = tier_states(workers, options, self.links, self.speeds)
+            tiers = self._tiers(workers, options)
             return decide(options, state, tiers, wants, device_id=doc.id)
 
         choices = best_plans(ready, doc.wants, decide_for)
@@ -335,6 +344,9 @@ class PlannerService:
             return NotReady(f"no member of family {doc.family} meets the device's wants")
         name = choose(choices, retained.model if retained else None, self.control.gain)
         return choices[name].options, choices[name].wants, state
+
+    def _tiers(self, workers: list[WorkerTelemetry], options: Options) -> dict[str, TierState]:
+        return tier_states(workers, options, self.wan.links(workers, self.links), self.speeds)
 
     def _refusal(self, device: str, model: str, version: int, why: NotReady) -> Plan | None:
         """The device-only plan that tells a device why it is not planned for (None: the
@@ -366,32 +378,5 @@ class PlannerService:
             devices=devices,
             plans=self.published,
             broker_dropped=self.broker_dropped,
+            wan_up=self.wan.up,
         )
-
-
-#: A device's uplink estimate moving this many times (up or down) is planned for at once.
-LINK_JUMP = 2.0
-
-
-def _news(before: TelemetryDoc | None, now: TelemetryDoc | None) -> bool:
-    """Whether a telemetry change should be planned for now rather than in the next slot."""
-    if before is None or now is None or isinstance(now, Offline) != isinstance(before, Offline):
-        return True
-    if isinstance(now, DeviceTelemetry) and isinstance(before, DeviceTelemetry):
-        old, new = before.link.uplink_bps, now.link.uplink_bps
-        if (old is None) != (new is None):
-            return True
-        if old and new and max(old, new) / min(old, new) >= LINK_JUMP:
-            return True
-    return False
-
-
-def _in_force(doc: DeviceTelemetry, retained: Plan | None) -> Plan | None:
-    """The plan the device runs: the planner's, unless the device moved on since (its own
-    fallback, newer than the retained plan); None when the planner never planned for it."""
-    if retained is None:
-        return None
-    running = doc.plan
-    if running.ts > retained.ts and not running.same_option(retained):
-        return running.for_device(doc.id)
-    return retained

@@ -85,6 +85,21 @@ class Settings(BaseSettings):
         "(unset: forever, retrying with backoff)",
     )
 
+    site: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the site a process runs at (docs/operations.md, sites): `splitmq broker` "
+        "bridges it to the cloud broker, an edge probes its WAN, the planner watches the bridge",
+    )
+    bridge: str | None = Field(
+        None, description="the cloud broker a site bridges to: mqtts://host:8883"
+    )
+    bridge_login: Path | None = Field(
+        None,
+        description="the site's login on the cloud broker: the clients/<site>.env that "
+        "`splitmq secure add-site` wrote",
+    )
+
     @field_validator("connect_timeout")
     @classmethod
     def _check_connect_timeout(cls, value: str | None) -> str | None:

@@ -16,12 +16,17 @@ from splitmq.shared.protocol.topics import Topics
 #: its id).
 ME, OTHER, CAM, RUNNER = "dev-a", "dev-b", "cam-c", "dev-run"
 DEVICES = (ME, OTHER, CAM, RUNNER)
+#: A site whose bridge logs in to this broker as the cloud's (docs/operations.md, sites).
+SITE, OTHER_SITE = "north", "south"
 T = Topics()
 
 
 @pytest.fixture(scope="module")
 def secure_dir(tmp_path_factory: pytest.TempPathFactory) -> SecureDir:
-    return SecureDir.init(tmp_path_factory.mktemp("secure"), devices=list(DEVICES))
+    made = SecureDir.init(tmp_path_factory.mktemp("secure"), devices=list(DEVICES))
+    made.add_site(SITE)
+    made.add_site(OTHER_SITE)
+    return made
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ docker-compose) run for real, no engine needed (`make compose` installs it).
 Start-up must not race: every service restarts by policy and has a healthcheck
 that runs a command the image has, and every role waits for what it needs to be
 healthy. Metrics stay on the container's loopback unless compose publishes them.
+The opt-in profile `site` adds a site's broker bridged to the cloud broker; it is
+checked with everything else, with the profile on.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +27,10 @@ ROOT = Path(__file__).parent.parent
 RAW = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 #: What the Dockerfile's apt-get installs each non-splitmq healthcheck command with.
 PACKAGE_OF = {"mosquitto_sub": "mosquitto-clients", "mosquitto_pub": "mosquitto-clients"}
+#: The brokers: they need nobody, and publish their TLS port (the site's beside the cloud's).
+BROKERS = {"broker": "8883", "site-broker": "8884"}
+#: What a site host sets for the site's broker (docs/operations.md, sites).
+SITE_ENV = {"SPLITMQ_SITE": "north", "SPLITMQ_BRIDGE": "mqtts://cloud.example.org:8883"}
 
 
 def compose_cli() -> list[str]:
@@ -38,8 +45,9 @@ def compose_cli() -> list[str]:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Every service as `config` resolves it (anchors merged, defaults filled in), run
-    where the file lives beside the env files `splitmq secure init` writes (empty here)."""
+    """Every service as `config` resolves it (anchors merged, defaults filled in, the
+    `site` profile on, a site host's settings given), run where the file lives beside
+    the env files `splitmq secure init` writes (empty here)."""
     root = tmp_path_factory.mktemp("compose")
     shutil.copy(ROOT / "docker-compose.yml", root)
     for service in RAW["services"].values():
@@ -48,14 +56,19 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
             env.parent.mkdir(parents=True, exist_ok=True)
             env.touch()
     done = subprocess.run(
-        [*compose_cli(), "config"], cwd=root, capture_output=True, text=True, timeout=120
+        [*compose_cli(), "--profile", "site", "config"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **SITE_ENV},
     )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)["services"]
 
 
 def test_every_service_restarts_and_has_a_healthcheck(services: dict[str, dict]) -> None:
-    assert {"broker", "edge", "cloud", "planner", "recorder", "dashboard"} <= set(services)
+    assert {"edge", "cloud", "planner", "recorder", "dashboard", *BROKERS} <= set(services)
     for name, service in services.items():
         assert service.get("restart") in ("unless-stopped", "on-failure", "always"), name
         check = service.get("healthcheck") or {}
@@ -64,8 +77,8 @@ def test_every_service_restarts_and_has_a_healthcheck(services: dict[str, dict])
 
 def test_roles_start_once_what_they_need_is_healthy(services: dict[str, dict]) -> None:
     for name, service in services.items():
-        if name == "broker":
-            assert "depends_on" not in service
+        if name in BROKERS:
+            assert "depends_on" not in service, name
             continue
         needs = service["depends_on"]
         assert "broker" in needs, name
@@ -111,7 +124,7 @@ def test_each_healthcheck_asks_what_its_service_serves(services: dict[str, dict]
         url = urlsplit(service["healthcheck"]["test"][-1])
         command = service["command"]
         assert url.hostname == "127.0.0.1", name
-        if name == "broker":
+        if name in BROKERS:
             assert url.scheme == "mqtt" and url.port == int(_flag(command, "--port") or 1883)
             continue
         assert url.scheme == "http" and str(url.port) == _flag(command, "--metrics-port"), name
@@ -126,16 +139,17 @@ def test_published_ports_are_the_hosts_loopback_but_the_brokers_tls(
     port would reach nothing."""
     for name, service in services.items():
         for port in service.get("ports", []):
-            if name == "broker":
-                assert port == {"published": 8883, "target": 8883} or str(port).startswith(
-                    "8883:8883"
-                )
+            if name in BROKERS:
+                mapped = f"{BROKERS[name]}:{_flag(service['command'], '--tls-port')}"
+                if isinstance(port, dict):  # docker compose v2 writes it out
+                    port = f"{port['published']}:{port['target']}"
+                assert str(port).startswith(mapped), (name, port)
                 continue
             host, _, target = str(port).removesuffix("/tcp").split(":")
             assert host == "127.0.0.1", (name, port)
             if target == _flag(service["command"], "--metrics-port"):
                 assert service["environment"]["SPLITMQ_METRICS_HOST"] == "0.0.0.0", name
-        if name not in ("broker", "dashboard") and not service.get("ports"):
+        if name not in (*BROKERS, "dashboard") and not service.get("ports"):
             assert "SPLITMQ_METRICS_HOST" not in service.get("environment", {}), name
 
 
@@ -145,3 +159,45 @@ def test_one_recorder_keeps_every_tiers_answers(services: dict[str, dict]) -> No
     assert recording == {"recorder"}
     command = services["recorder"]["command"]
     assert command[0] == "recorder" and _flag(command, "--keep")
+
+
+def test_the_site_broker_is_opt_in_and_bridged_from_the_settings(
+    services: dict[str, dict],
+) -> None:
+    """Only the site's broker has a profile, so `docker compose up` runs as before. It is
+    the broker's command plus the bridge: the site and the cloud's URL from the host's
+    settings, the login `splitmq secure add-site` wrote, read-only; a data volume of
+    its own (its queue for the WAN). The real CLI parses the command."""
+    profiled = {n: s["profiles"] for n, s in RAW["services"].items() if "profiles" in s}
+    assert profiled == {"site-broker": ["site"]}
+    site, cloud = services["site-broker"], services["broker"]
+    command = site["command"]
+    assert command[: len(cloud["command"])] == cloud["command"]
+    assert _flag(command, "--site") == SITE_ENV["SPLITMQ_SITE"]
+    assert _flag(command, "--bridge") == SITE_ENV["SPLITMQ_BRIDGE"]
+    login = _flag(command, "--bridge-login")
+    assert login == f"/bridge/{SITE_ENV['SPLITMQ_SITE']}.env"
+    mounts = {_target(v): v for v in site["volumes"]}
+    assert _read_only(mounts["/bridge"]) and _read_only(mounts["/secure"])
+    assert _source(mounts["/data"]) != _source({_target(v): v for v in cloud["volumes"]}["/data"])
+    app = typer.main.get_command(build())
+    with app.context_class(app) as ctx:
+        broker = app.get_command(ctx, command[0])
+        assert broker is not None
+        parsed = broker.make_context(command[0], command[1:], parent=ctx)
+    assert parsed.params["site"] == SITE_ENV["SPLITMQ_SITE"]
+    assert str(parsed.params["bridge_login"]) == login
+
+
+def _target(volume: str | dict) -> str:
+    return volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+
+
+def _source(volume: str | dict) -> str:
+    return volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+
+
+def _read_only(volume: str | dict) -> bool:
+    if isinstance(volume, dict):
+        return bool(volume.get("read_only"))
+    return volume.split(":")[2:] == ["ro"]

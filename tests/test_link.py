@@ -6,12 +6,18 @@ import time
 
 import pytest
 
-from splitmq.device.estimates import LinkEstimator
 from splitmq.device.follow import Fallback
-from splitmq.device.probe import MAX_SHARE, PERIOD_S, SMALL, probe_period_s, probe_size
+from splitmq.device.probe import PERIOD_S
 from splitmq.lab.link import DelayLine, LinkSchedule
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.plan import Option, Plan
+from splitmq.shared.transport.estimates import (
+    MAX_SHARE,
+    SMALL,
+    LinkEstimator,
+    probe_period_s,
+    probe_size,
+)
 from splitmq.shared.units import Link
 
 
@@ -62,7 +68,7 @@ def test_probes_and_overdue_requests_give_samples() -> None:
 
 def test_probes_stay_under_one_percent_of_the_link() -> None:
     for bps in (1e5, 1e6, 5e7, 1e9, None):
-        size, period = probe_size(bps), probe_period_s(bps)
+        size, period = probe_size(bps), probe_period_s(bps, PERIOD_S)
         assert 1024 <= size <= 65536 and period >= PERIOD_S
         assert (size + SMALL) * 8 / period <= MAX_SHARE * (bps or 1e6) * 1.0001
 

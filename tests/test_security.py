@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from kit import Inbox, eventually
-from secured import DEVICES, ME, OTHER, RUNNER, T
+from secured import DEVICES, ME, OTHER, OTHER_SITE, RUNNER, SITE, T
 
 from splitmq.broker.dynsec import hash_password
 from splitmq.broker.launcher import Broker
@@ -31,6 +31,7 @@ from splitmq.shared.runtime.worker import Worker
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
 
+SITE_TREE, OTHER_TREE = T.at_site(SITE), T.at_site(OTHER_SITE)
 #: kind -> topic; "own"/"other's" is from the point of view of device ME.
 KINDS = {
     "edge request, own": T.request("edge", "m", 1, ME),
@@ -53,18 +54,33 @@ KINDS = {
     "frame, own": T.frame("m", ME),
     "frame, other's": T.frame("m", OTHER),
     "model": T.model("m"),
+    "ping": T.ping("e1"),
+    "pong": T.pong("e1"),
+    # a site's tree, as its bridge carries it to this (the cloud) broker
+    "site cloud request": SITE_TREE.request("cloud", "m", 1, ME),
+    "site result": SITE_TREE.result(ME),
+    "site ping": SITE_TREE.ping("e1"),
+    "site pong": SITE_TREE.pong("e1"),
+    "site telemetry": SITE_TREE.telemetry("device", ME),
+    "site error": SITE_TREE.error(ME),
+    # another site's tree: nothing of it is the first site's to read or write
+    "other site's cloud request": OTHER_TREE.request("cloud", "m", 1, ME),
+    "other site's result": OTHER_TREE.result(ME),
+    "other site's pong": OTHER_TREE.pong("e1"),
 }
 ALL = set(KINDS)
 REQUESTS = {k for k in KINDS if "request" in k}
-TELEMETRY = {k for k in KINDS if "telemetry" in k}
+TELEMETRY = {k for k in KINDS if "telemetry" in k and not k.startswith("site")}
 #: role -> the kinds it may publish to / subscribe to: the contract, by hand.
 WRITE = {
     "device": {"edge request, own", "cloud request, own", "probe, own", "device telemetry, own"}
     | {"frame, own", "result, own"},
+    "site": {"site cloud request", "site ping", "site telemetry"},
     "edge": {"cloud request, own", "cloud request, other's", "edge telemetry"}
-    | {"result, own", "result, other's", "error, own", "error, other's"},
+    | {"result, own", "result, other's", "error, own", "error, other's", "ping"},
     "cloud": {"result, own", "result, other's", "error, own", "error, other's"}
-    | {"cloud telemetry"},
+    | {"cloud telemetry", "pong", "site result", "site pong", "site error"}
+    | {"other site's result", "other site's pong"},
     "planner": {"plan, own", "plan, other's", "planner telemetry"},
     "monitor": set(),
     "operator": {"model"},
@@ -72,9 +88,11 @@ WRITE = {
 }
 READ = {
     "device": {"result, own", "error, own", "plan, own"},
+    "site": {"site result", "site error", "site pong", "model", "cloud telemetry"},
     "edge": {"edge request, own", "edge request, other's", "frame, own", "frame, other's"}
-    | {"model"},
-    "cloud": {"cloud request, own", "cloud request, other's", "model"},
+    | {"model", "pong"},
+    "cloud": {"cloud request, own", "cloud request, other's", "model", "ping"}
+    | {"site cloud request", "site ping", "other site's cloud request"},
     "planner": TELEMETRY | {"plan, own", "plan, other's", "model"},
     "monitor": ALL,
     "operator": {"model"},
@@ -82,7 +100,10 @@ READ = {
 }
 #: How each role subscribes to a kind: a worker reads its tier's requests (and the edge
 #: camera frames) only as one of its group; every other filter is plain.
-GROUP = {"edge": {"edge request", "frame"}, "cloud": {"cloud request"}}
+GROUP = {
+    "edge": {"edge request", "frame"},
+    "cloud": {"cloud request", "ping", "site cloud request", "site ping", "other site's cloud"},
+}
 #: Who publishes each kind when a reader is checked (each one allowed by WRITE).
 WRITER = {
     "edge request, own": ME,
@@ -105,10 +126,22 @@ WRITER = {
     "frame, own": ME,
     "frame, other's": OTHER,
     "model": "operator",
+    "ping": "edge",
+    "pong": "cloud",
+    "site cloud request": SITE,
+    "site result": "cloud",
+    "site ping": SITE,
+    "site pong": "cloud",
+    "site telemetry": SITE,
+    "site error": "cloud",
+    "other site's cloud request": OTHER_SITE,
+    "other site's result": "cloud",
+    "other site's pong": "cloud",
 }
 DIGITS = mnist_digits()[0]
 USER = {
     "device": ME,
+    "site": SITE,
     "edge": "edge",
     "cloud": "cloud",
     "planner": "planner",
@@ -120,7 +153,7 @@ USER = {
 
 def client_id(user: str) -> str:
     """A device may connect only as its own id; a service user as any."""
-    return user if user in DEVICES else f"{user}-{uuid.uuid4().hex[:6]}"
+    return user if user in (*DEVICES, SITE, OTHER_SITE) else f"{user}-{uuid.uuid4().hex[:6]}"
 
 
 def filter_for(role: str, kind: str, topic: str) -> str:
@@ -132,7 +165,7 @@ def filter_for(role: str, kind: str, topic: str) -> str:
 def clients(secure_broker: Broker) -> Iterator[dict[str, MqttClient]]:
     made = {
         user: MqttClient(secure_broker.user_settings(user).connection(client_id(user)))
-        for user in (*USER.values(), OTHER)
+        for user in (*USER.values(), OTHER, OTHER_SITE)
     }
     for client in made.values():
         client.connect(timeout=5)

@@ -14,23 +14,27 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple, get_args
 
-from splitmq.shared.protocol.ids import TIERS
+from splitmq.shared.protocol.ids import TIERS, Tier
+from splitmq.shared.protocol.sites import BRIDGE_STATES, crossings
 from splitmq.shared.protocol.topics import ANY, BROKER_DROPPED, Topics
 
-Role = Literal["device", "edge", "cloud", "planner", "monitor", "operator", "admin"]
+Role = Literal["device", "site", "edge", "cloud", "planner", "monitor", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: What each role is for, for ``splitmq secure`` tables and docs/security.md.
 PURPOSE: dict[Role, str] = {
     "device": "runs heads, asks for answers; one user per device, named by its id",
+    "site": "a site broker's bridge: its own tree, what crosses (shared.protocol.sites)",
     "edge": "edge workers: serve edge requests, answer, forward to the cloud",
     "cloud": "cloud workers: serve cloud requests and answer",
-    "planner": "reads all telemetry and the broker's drop count, writes every plan",
+    "planner": "reads all telemetry, the broker's drop count and bridge state, writes plans",
     "monitor": "reads everything, writes nothing (dashboards, results stores, mosquitto_sub)",
     "operator": "announces new model versions (`splitmq pool add`, `models build`)",
-    "admin": "adds users to a running broker (`splitmq secure add-device`); nothing else",
+    "admin": "adds users to a running broker (`secure add-device`, `add-site`); nothing else",
 }
+#: The roles with a user per device or site, named by its id.
+NAMED_ROLES: tuple[Role, ...] = ("device", "site")
 #: The roles with one user each, named as the role: no device may be called so.
-SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "device")
+SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r not in NAMED_ROLES)
 
 Access = Literal["read", "write"]
 
@@ -64,22 +68,28 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
             Grant("read", t.error(user)),
             Grant("read", t.plan(user, ANY)),
         ]
-    if role in TIERS:
-        edge_only = (
-            [
-                Grant("write", t.request("cloud", ANY, ANY, ANY)),
-                Grant("read", t.frame(ANY, ANY), group="edge"),
-            ]
-            if role == "edge"
-            else []
-        )
+    if role == "site":  # on the cloud broker: only its tree, only what crosses
         return [
-            Grant("read", t.request(role, ANY, ANY, ANY), group=role),
+            Grant("write" if c.direction == "out" else "read", c.remote)
+            for c in crossings(topics, user)
+        ]
+    if role == "edge":
+        return [
+            *_tier(t, "edge"),
             Grant("read", t.model(ANY)),
-            *edge_only,
-            Grant("write", t.result(ANY)),
-            Grant("write", t.error(ANY)),
-            Grant("write", t.telemetry(role, ANY)),
+            Grant("write", t.telemetry("edge", ANY)),
+            Grant("write", t.request("cloud", ANY, ANY, ANY)),
+            Grant("read", t.frame(ANY, ANY), group="edge"),
+            Grant("write", t.ping(ANY)),
+            Grant("read", t.pong(ANY)),
+        ]
+    if role == "cloud":  # serves its own tree and every site's
+        sites = t.at_site(ANY)
+        return [
+            *(g for tree in (t, sites) for g in _tier(tree, "cloud")),
+            *(g for tree in (t, sites) for g in _pings(tree)),
+            Grant("read", t.model(ANY)),
+            Grant("write", t.telemetry("cloud", ANY)),
         ]
     if role == "planner":
         return [
@@ -89,6 +99,7 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
             Grant("write", t.telemetry("planner", ANY)),
             Grant("read", t.model(ANY)),
             Grant("read", BROKER_DROPPED),  # surfaced in its telemetry
+            Grant("read", BRIDGE_STATES),  # a site's WAN: cloud plans only while it is up
         ]
     if role == "operator":
         return [Grant("write", t.model(ANY)), Grant("read", t.model(ANY))]
@@ -97,3 +108,17 @@ def grants(topics: Topics, role: Role, user: str) -> list[Grant]:
     if role == "admin":
         return [Grant("write", CONTROL), Grant("read", f"{CONTROL}/response")]
     raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+
+
+def _tier(t: Topics, tier: Tier) -> list[Grant]:
+    """A tier's requests (through its group only), and its answers to any device."""
+    return [
+        Grant("read", t.request(tier, ANY, ANY, ANY), group=tier),
+        Grant("write", t.result(ANY)),
+        Grant("write", t.error(ANY)),
+    ]
+
+
+def _pings(t: Topics) -> list[Grant]:
+    """The cloud's side of the edges' WAN probes."""
+    return [Grant("read", t.ping(ANY), group="cloud"), Grant("write", t.pong(ANY))]

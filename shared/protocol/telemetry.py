@@ -130,6 +130,9 @@ class WorkerTelemetry(Telemetry):
     duplicates: Count
     answered: Count
     forwarded: dict[Tier, Count]  # escalated, by the tier forwarded to
+    # an edge at a site: its WAN to the cloud tier, measured by probes (shared.runtime.wan)
+    wan: LinkEstimate | None = None
+    LATER: ClassVar[frozenset[str]] = frozenset({"wan"})
 
 
 class PlannerTelemetry(Telemetry):
@@ -138,6 +141,9 @@ class PlannerTelemetry(Telemetry):
     plans: Count  # plans published since it started
     # messages the broker dropped since it started ($SYS); None until the broker said
     broker_dropped: Count | None = None
+    # at a site: whether its bridge to the cloud is up (None: not at a site, or not heard)
+    wan_up: bool | None = None
+    LATER: ClassVar[frozenset[str]] = frozenset({"wan_up"})
 
 
 class Offline(Frozen):

@@ -33,6 +33,8 @@ DEFAULT_PREFIX = "splitmq/v1"
 BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 #: One topic level matching any id, model or cut, in ``Topics.filters()``.
 ANY = "+"
+#: The level under the prefix where sites' trees start on the cloud broker.
+SITE = "site"
 _PREFIX_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -80,14 +82,38 @@ class Topics:
 
     prefix: str = DEFAULT_PREFIX
     wildcards: bool = False
+    #: A site's tree on the cloud broker, ``<prefix>/site/<site>`` (docs/operations.md):
+    #: its bridge maps the site broker's ``<prefix>`` there, so ids stay the site's own.
+    site: str | None = None
 
     def __post_init__(self) -> None:
         levels = self.prefix.split("/") if isinstance(self.prefix, str) else [None]
+        if self.site is not None and not (self._any(self.site) or is_id(self.site)):
+            raise UserError(f"invalid site {self.site!r}: use {ID_RULE}")
         if not all(isinstance(lv, str) and _PREFIX_LEVEL.fullmatch(lv) for lv in levels):
             raise UserError(
                 f"invalid topic prefix {self.prefix!r}: use '/'-separated levels of "
                 "A-Z a-z 0-9 _ - . (no wildcards, no leading '$' or '/')"
             )
+
+    @property
+    def root(self) -> str:
+        """Where this tree's topics start: the prefix, or a site's tree under it."""
+        return self.prefix if self.site is None else f"{self.prefix}/{SITE}/{self.site}"
+
+    def at_site(self, site: str) -> Topics:
+        """The tree a site's bridge maps this prefix to on the cloud broker."""
+        return replace(self, site=self._id("site", site))
+
+    def scoped(self, topic: str) -> Topics:
+        """The tree ``topic`` belongs to: a site's (``<prefix>/site/<site>/...``) or this."""
+        head = f"{self.prefix}/{SITE}/"
+        if self.site is not None or not topic.startswith(head):
+            return self
+        site = topic[len(head) :].split("/", 1)[0]
+        if not is_id(site):
+            raise WireError(f"topic {topic!r}: bad site {site!r} ({ID_RULE})")
+        return self.at_site(site)
 
     def filters(self) -> Topics:
         """This tree with ``+`` accepted in place of any id, model or cut."""
@@ -108,7 +134,7 @@ class Topics:
         """``<prefix>/<tier>/<model>/<cut>/<device>``: a hop for the edge or cloud tier."""
         _check_tier(tier)
         level = cut if self._any(cut) else _check_cut(cut)  # type: ignore[arg-type]
-        return f"{self.prefix}/{tier}/{self._model(model)}/{level}/{self._id('device id', device)}"
+        return f"{self.root}/{tier}/{self._model(model)}/{level}/{self._id('device id', device)}"
 
     def edge_request(self, model: str, cut: int, device: str) -> str:
         return self.request("edge", model, cut, device)
@@ -117,30 +143,38 @@ class Topics:
         return self.request("cloud", model, cut, device)
 
     def result(self, device: str) -> str:
-        return f"{self.prefix}/result/{self._id('device id', device)}"
+        return f"{self.root}/result/{self._id('device id', device)}"
 
     def error(self, device: str) -> str:
-        return f"{self.prefix}/error/{self._id('device id', device)}"
+        return f"{self.root}/error/{self._id('device id', device)}"
 
     def telemetry(self, role: str, role_id: str) -> str:
         """Retained status of one process; its Last Will says ``{"status": "offline"}``."""
-        return f"{self.prefix}/telemetry/{self._id('role', role)}/{self._id('id', role_id)}"
+        return f"{self.root}/telemetry/{self._id('role', role)}/{self._id('id', role_id)}"
 
     def plan(self, device: str, model: str) -> str:
         """Retained plan the planner publishes for one device and model."""
-        return f"{self.prefix}/plan/{self._id('device id', device)}/{self._model(model)}"
+        return f"{self.root}/plan/{self._id('device id', device)}/{self._model(model)}"
 
     def frame(self, model: str, device: str) -> str:
         """A bare JPEG/PNG from a camera that runs no splitmq: the edge runs the model."""
-        return f"{self.prefix}/frame/{self._model(model)}/{self._id('device id', device)}"
+        return f"{self.root}/frame/{self._model(model)}/{self._id('device id', device)}"
 
     def model(self, name: str) -> str:
         """Retained announcement of a model's newest version in the pool."""
-        return f"{self.prefix}/model/{self._model(name)}"
+        return f"{self.root}/model/{self._model(name)}"
 
     def probe(self, device: str) -> str:
         """Where a device sends link probes: nobody subscribes, only the PUBACK matters."""
-        return f"{self.prefix}/probe/{self._id('device id', device)}"
+        return f"{self.root}/probe/{self._id('device id', device)}"
+
+    def ping(self, edge: str) -> str:
+        """An edge's WAN probe: a cloud worker answers it on ``pong(edge)`` at once."""
+        return f"{self.root}/ping/{self._id('edge id', edge)}"
+
+    def pong(self, edge: str) -> str:
+        """The cloud's answer to ``ping(edge)``: the edge times the WAN's round trip."""
+        return f"{self.root}/pong/{self._id('edge id', edge)}"
 
     # -- subscription filters --------------------------------------------------
 
@@ -148,7 +182,7 @@ class Topics:
         """``$share/<group>/<prefix>/<tier>/+/+/+``: workers of a tier share the load."""
         tier = _check_tier(tier)
         group = _check_id("share group", group or tier)
-        return f"$share/{group}/{self.prefix}/{tier}/+/+/+"
+        return f"$share/{group}/{self.root}/{tier}/+/+/+"
 
     def edge_requests_shared(self) -> str:
         return self.shared_requests("edge")
@@ -156,29 +190,33 @@ class Topics:
     def cloud_requests_shared(self) -> str:
         return self.shared_requests("cloud")
 
+    def shared_pings(self) -> str:
+        """``$share/cloud/<root>/ping/+``: edges' WAN probes, answered by one cloud worker."""
+        return f"$share/cloud/{self.root}/ping/+"
+
     def shared_frames(self) -> str:
         """``$share/edge/<prefix>/frame/+/+``: camera frames, shared by the edge workers."""
-        return f"$share/edge/{self.prefix}/frame/+/+"
+        return f"$share/edge/{self.root}/frame/+/+"
 
     def models_filter(self) -> str:
         """Every model announcement (workers and the planner)."""
-        return f"{self.prefix}/model/+"
+        return f"{self.root}/model/+"
 
     def telemetry_filter(self) -> str:
         """Every role's telemetry (the planner's subscription)."""
-        return f"{self.prefix}/telemetry/+/+"
+        return f"{self.root}/telemetry/+/+"
 
     def role_filter(self, role: str) -> str:
         """The telemetry of every process of one role, e.g. every edge worker."""
-        return f"{self.prefix}/telemetry/{_check_id('role', role)}/+"
+        return f"{self.root}/telemetry/{_check_id('role', role)}/+"
 
     def plans_filter(self, device: str) -> str:
         """Every plan for one device, one per model."""
-        return f"{self.prefix}/plan/{_check_id('device id', device)}/+"
+        return f"{self.root}/plan/{_check_id('device id', device)}/+"
 
     def plans_all(self) -> str:
         """Every plan of every device (the planner reads its own retained plans back)."""
-        return f"{self.prefix}/plan/+/+"
+        return f"{self.root}/plan/+/+"
 
     def everything(self) -> str:
         """``<prefix>/#``: what ``mosquitto_sub -v -t`` watches."""
@@ -207,16 +245,24 @@ class Topics:
             raise WireError(f"frame topic {topic!r}: bad model name or device id")
         return model, device
 
+    def parse_ping(self, topic: str) -> str:
+        """``ping/<edge>`` -> the edge's id; WireError otherwise."""
+        head = f"{self.root}/ping/"
+        edge = topic[len(head) :] if topic.startswith(head) else ""
+        if not is_id(edge):
+            raise WireError(f"ping topic {topic!r} must be {head}<edge id> ({ID_RULE})")
+        return edge
+
     def parse_model(self, topic: str) -> str:
         """``model/<name>`` -> name; WireError otherwise."""
-        head = f"{self.prefix}/model/"
+        head = f"{self.root}/model/"
         name = topic[len(head) :] if topic.startswith(head) else ""
         if not is_model_name(name):
             raise WireError(f"model topic {topic!r} must be {head}<name> ({MODEL_RULE})")
         return name
 
     def _two_levels(self, topic: str, kind: str, shape: str) -> tuple[str, str]:
-        head = f"{self.prefix}/{kind}/"
+        head = f"{self.root}/{kind}/"
         parts = topic[len(head) :].split("/") if topic.startswith(head) else []
         if len(parts) != 2:
             raise WireError(f"{kind} topic {topic!r} must be {head}{shape}")
@@ -226,19 +272,19 @@ class Topics:
         """The device a request topic names, even when another level is bad: the last of
         the five levels, if it is a valid id. The ACL lets a device write only topics that
         end in its own id, so a worker can tell that device what was wrong."""
-        head = f"{self.prefix}/"
+        head = f"{self.root}/"
         parts = topic[len(head) :].split("/") if topic.startswith(head) else []
         return parts[3] if len(parts) == 4 and is_id(parts[3]) else None
 
     def parse_request(self, topic: str) -> RequestTopic:
         """Turn a received request topic back into its parts; WireError names the bad part."""
-        head = f"{self.prefix}/"
+        head = f"{self.root}/"
         if not topic.startswith(head):
-            raise WireError(f"request topic {topic!r} is not under prefix {self.prefix!r}")
+            raise WireError(f"request topic {topic!r} is not under prefix {self.root!r}")
         parts = topic[len(head) :].split("/")
         if len(parts) != 4:
             raise WireError(
-                f"request topic {topic!r} must be {self.prefix}/<tier>/<model>/<cut>/<device>"
+                f"request topic {topic!r} must be {self.root}/<tier>/<model>/<cut>/<device>"
             )
         tier, model, cut, device = parts
         if not is_tier(tier):

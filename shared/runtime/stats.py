@@ -10,6 +10,9 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from splitmq.shared.protocol.ids import Tier
+from splitmq.shared.protocol.telemetry import LinkEstimate, ModelRef, ServiceTime, WorkerTelemetry
+
 
 class LatencyWindow:
     """The last ``size`` samples of one latency, in ms; p50/p95 on demand."""
@@ -96,3 +99,39 @@ class Stats(Generic[K]):
     def snapshot_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+
+def worker_telemetry(
+    tier: Tier,
+    worker_id: str,
+    ts: float,
+    stats: Stats[tuple[str, int, int, int | None]],
+    loaded: list[tuple[str, int]],
+    wan: LinkEstimate | None,
+    *,
+    in_flight: int,
+    threads: int,
+    queued: int,
+) -> WorkerTelemetry:
+    """A worker's documented telemetry (protocol.telemetry.WorkerTelemetry)."""
+    counts = stats.snapshot_counts()
+    return WorkerTelemetry(
+        role=tier,
+        id=worker_id,
+        ts=ts,
+        rps=stats.rate(),
+        in_flight=in_flight,
+        errors=stats.failures(),
+        threads=threads,
+        queued=queued,
+        models=[ModelRef(model=n, version=v) for n, v in loaded],
+        service=[
+            ServiceTime.model_validate({"model": m, "version": v, "from": a, "to": b, **summary})
+            for (m, v, a, b), summary in stats.latencies().items()
+        ],
+        served=counts.get("served", 0),
+        duplicates=counts.get("duplicates", 0),
+        answered=counts.get(f"answered_{tier}", 0),
+        forwarded=stats.by_prefix("forwarded_"),
+        wan=wan,
+    )

@@ -8,14 +8,12 @@ Maximum equal to the pool's capacity make the broker hold back messages
 instead of queueing them here, so a busy worker applies backpressure and
 never drops silently.
 
-Each request is source-routed: the worker runs its hop (the current cut to
-the hop's ``to``) through ``HopExecutor``, answers when an exit head is
-confident or the model's output is reached, and otherwise forwards the tensor
-at ``to`` to the next tier. Any bad request gets a JSON error on ``error/<device>``; the worker
-keeps serving.
-
-What differs by tier plugs in: a role adds its own ways in (the edge: camera frames) as
-``ingress``, and an emulation its own executor (``splitmq.lab.speed.slowed``).
+Each request is source-routed: the worker runs its hop (the current cut to the hop's
+``to``) through ``HopExecutor``, answers when an exit head is confident or the model's
+output is reached, and otherwise forwards the tensor at ``to`` to the next tier. Any bad
+request gets a JSON error on ``error/<device>``; the worker keeps serving. A role adds
+its own ways in (the edge: camera frames) as ``ingress``, an emulation its own executor
+(``splitmq.lab.speed.slowed``); the WAN's probes are ``shared.runtime.wan``'s.
 """
 
 from __future__ import annotations
@@ -32,7 +30,8 @@ from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.ids import Tier
 from splitmq.shared.protocol.results import ErrorReport, Result, pack_error, pack_result
-from splitmq.shared.protocol.telemetry import ModelRef, ServiceTime, WorkerTelemetry
+from splitmq.shared.protocol.telemetry import WorkerTelemetry
+from splitmq.shared.protocol.topics import ANY, Topics
 from splitmq.shared.protocol.wire import (
     CONTENT_TYPE_REQUEST,
     HopTiming,
@@ -47,7 +46,8 @@ from splitmq.shared.runtime.executor import ExecutorFactory, HopExecutor, Job, O
 from splitmq.shared.runtime.ingress import Ingress
 from splitmq.shared.runtime.metrics import WorkerMetrics
 from splitmq.shared.runtime.sessions import SessionCache
-from splitmq.shared.runtime.stats import Stats
+from splitmq.shared.runtime.stats import Stats, worker_telemetry
+from splitmq.shared.runtime.wan import WanProbe, answer_pings, ping_filters
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, Message, MqttClient
 from splitmq.shared.transport.telemetry import TelemetryPublisher
@@ -55,10 +55,8 @@ from splitmq.shared.transport.telemetry import TelemetryPublisher
 log = logging.getLogger(__name__)
 
 # Workers connect with clean sessions on purpose: mosquitto 2.0 keeps dealing a shared
-# subscription's messages to a member whose durable session outlives it, so requests
-# would queue for a dead worker until its session expired (tests/test_dataplane.py kills
-# one mid-stream: 3 of 30 requests waited so). What a dead worker held is sent again by
-# its devices and served by the others; what it answered is replayed from its cache.
+# subscription's messages to a member whose durable session outlives it (test_dataplane:
+# 3 of 30 requests waited so). What a dead worker held its devices send again.
 #: A worker's MQTT keepalive: the broker drops a hung worker (stopped, swapping)
 #: after 1.5x this, so the shared subscription stops dealing it requests and the
 #: devices' retries reach a live one instead of the same frozen queue. paho pings
@@ -115,6 +113,9 @@ class Worker:
         self.metrics = WorkerMetrics(tier, self._telemetry, self.stats)
         self._pool: list[threading.Thread] = []
         self.on_result = on_result
+        # at a site, an edge measures its WAN to the cloud tier (shared.runtime.wan)
+        at_site = tier == "edge" and settings.site is not None
+        self.wan = WanProbe(self.client, self.topics, self.id) if at_site else None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -124,25 +125,43 @@ class Worker:
             t = threading.Thread(target=self._serve, name=f"{self.id}-{i}", daemon=True)
             t.start()
             self._pool.append(t)
-        self.client.subscribe(self.topics.shared_requests(self.tier), self.submit, qos=1)
+        for filt in self.request_filters:
+            self.client.subscribe(filt, self.submit, qos=1)
         for ingress in self.ingress:
             ingress.start(self)
         self.client.subscribe(self.topics.models_filter(), self._on_model, qos=1)
+        if self.tier == "cloud":
+            answer_pings(self.client, self.topics)
+        if self.wan is not None:
+            self.wan.start()
         self.telemetry.start()
-        log.info("%s serving %s", self.id, self.topics.shared_requests(self.tier))
+        log.info("%s serving %s", self.id, " and ".join(self.request_filters))
         return self
 
     def stop(self) -> None:
         """Stop taking requests, finish the queued ones, say offline, disconnect."""
-        self.client.unsubscribe(self.topics.shared_requests(self.tier))
+        for filt in self.request_filters + (
+            ping_filters(self.topics) if self.tier == "cloud" else []
+        ):
+            self.client.unsubscribe(filt)
         for ingress in self.ingress:
             ingress.stop()
         for _ in self._pool:
             self._queue.put(None)
         for t in self._pool:
             t.join(timeout=30)
+        if self.wan is not None:
+            self.wan.stop()
         self.telemetry.stop()
         self.client.close()
+
+    @property
+    def request_filters(self) -> list[str]:
+        """Its tier's requests; the cloud's also from every site's tree (``Topics.scoped``)."""
+        mine = self.topics.shared_requests(self.tier)
+        if self.tier != "cloud":
+            return [mine]
+        return [mine, self.topics.filters().at_site(ANY).shared_requests(self.tier)]
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -196,36 +215,44 @@ class Worker:
                     self._in_flight -= 1
 
     def _handle(self, msg: Message, t_recv: float, ingress: Ingress | None) -> None:
-        device, request_id, key = self.topics.device_of_request(msg.topic), None, None
+        try:  # a site's request (on the cloud broker) is answered in the site's tree
+            topics = self.topics if ingress is not None else self.topics.scoped(msg.topic)
+        except WireError as exc:  # only a topic outside every ACL: nobody to tell
+            self.stats.fail("bad_route")
+            log.warning("%s: %s", self.id, exc)
+            return
+        device, request_id, key = topics.device_of_request(msg.topic), None, None
         try:
             request_id = msg.correlation_id()
             if ingress is not None:
                 device = ingress.device(msg)
                 request = ingress.request(msg, t_recv)
             else:
-                device, request = self._unpack(msg)
+                device, request = self._unpack(msg, topics)
             request_id = request.id
-            key = (device, request.id, request.hop)
+            key = (topics.result(device), request.id, request.hop)  # unique across sites
             earlier = self.replays.claim(key)
             if earlier is not None:
-                self._again(request, earlier)
+                self._again(request, earlier, topics)
                 return
             if request.expired(time.time()):
                 raise RequestFailed("expired", f"request {request.id} expired before it ran")
-            reply = self._reply(request, self.run_hop(request, t_recv, len(msg.payload)), msg)
-            self._send(reply, request)
+            outcome = self.run_hop(request, t_recv, len(msg.payload))
+            reply = self._reply(request, outcome, msg, topics)
+            self._send(reply, request, topics)
             self.replays.done(key, reply)
             self.stats.finished()
         except SplitMQError as exc:
-            self.fail(device, request_id, exc.code, str(exc), key)
+            self.fail(device, request_id, exc.code, str(exc), key, topics)
         except Exception as exc:  # a bug or a runtime failure: the device must still hear
             log.exception("unexpected failure on %s", msg.topic)
-            self.fail(device, request_id, "internal", f"{exc.__class__.__name__}: {exc}", key)
+            why = f"{exc.__class__.__name__}: {exc}"
+            self.fail(device, request_id, "internal", why, key, topics)
 
-    def _unpack(self, msg: Message) -> tuple[str, Request]:
+    def _unpack(self, msg: Message, topics: Topics) -> tuple[str, Request]:
         """The request a device sent, and its device, checked against the topic."""
         try:
-            route = self.topics.parse_request(msg.topic)
+            route = topics.parse_request(msg.topic)
         except WireError as exc:  # told to the device the topic names, if it names one
             raise RequestFailed("bad_route", str(exc)) from exc
         request = unpack_request(msg.payload, self.settings.max_payload_bytes)
@@ -237,13 +264,13 @@ class Worker:
             )
         return route.device, request
 
-    def _again(self, request: Request, earlier: Reply | str) -> None:
+    def _again(self, request: Request, earlier: Reply | str, topics: Topics) -> None:
         """A request seen before: its reply once more, or nothing while it is being served."""
         self.stats.count("duplicates")
         if isinstance(earlier, Reply):
             self.stats.count("replayed")
             log.info("request %s (hop %d) again: replaying its reply", request.id, request.hop)
-            self._send(earlier, request)
+            self._send(earlier, request, topics)
         else:
             log.info("request %s (hop %d) again while it runs", request.id, request.hop)
 
@@ -280,7 +307,9 @@ class Worker:
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _reply(self, request: Request, outcome: Result | Request, msg: Message) -> Reply:
+    def _reply(
+        self, request: Request, outcome: Result | Request, msg: Message, topics: Topics
+    ) -> Reply:
         """The message that ends this hop: the result, or the request for the next tier."""
         corr = request.id.encode()
         if isinstance(outcome, Result):
@@ -288,12 +317,12 @@ class Worker:
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
                 self.on_result(outcome)
-            topic = self.topics.result(request.device)
+            topic = topics.result(request.device)
             return Reply(topic, pack_result(outcome), {"correlation_data": corr, "json": True})
         nxt = outcome.current
         self.stats.count(f"forwarded_{nxt.tier}")
         return Reply(
-            self.topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
+            topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
             pack_request(outcome),
             {
                 "correlation_data": corr,
@@ -303,19 +332,19 @@ class Worker:
             deadline=outcome.deadline,
         )
 
-    def _send(self, reply: Reply, request: Request) -> None:
+    def _send(self, reply: Reply, request: Request, topics: Topics) -> None:
         """Publish ``reply`` (QoS 1); a forward nobody is subscribed to fails the request."""
         options = dict(reply.options)
         if reply.deadline is not None:  # a forward: it expires when the request does
             options["expiry_s"] = expiry_interval(reply.deadline, time.time())
-            options["on_ack"] = lambda code, why: self._acked(code, request)
+            options["on_ack"] = lambda code, why: self._acked(code, request, topics)
         try:
             self.client.publish(reply.topic, reply.payload, qos=1, **options)
             self.metrics.sent.inc(len(reply.payload))
         except PayloadTooLarge as exc:
             raise RequestFailed("bad_route", f"cannot forward: {exc}") from exc
 
-    def _acked(self, code: int, request: Request) -> None:
+    def _acked(self, code: int, request: Request, topics: Topics) -> None:
         """The broker's PUBACK of a forward. Reason 16: the next tier has no worker
         subscribed: say so now, not after a timeout (network thread: it only publishes)."""
         if code != NO_SUBSCRIBERS:
@@ -327,6 +356,7 @@ class Worker:
             request.id,
             "no_worker",
             f"no {nxt} worker is subscribed: request {request.id} has nowhere to go",
+            topics=topics,
         )
 
     def fail(
@@ -336,6 +366,7 @@ class Worker:
         code: str,
         message: str,
         key: tuple[str, str, int] | None = None,
+        topics: Topics | None = None,
     ) -> None:
         """Count a failure and tell ``device`` on ``error/<device>`` (an ingress's too);
         with ``key``, a retry of the request gets the same error again."""
@@ -345,7 +376,7 @@ class Worker:
             return  # no device to tell: the topic itself was unusable
         report = ErrorReport(request_id, device, code, message[:1000])
         reply = Reply(
-            self.topics.error(device),
+            (topics or self.topics).error(device),
             pack_error(report),
             {"correlation_data": request_id.encode() if request_id else None, "json": True},
         )
@@ -355,28 +386,10 @@ class Worker:
             self.replays.done(key, reply)
 
     def _telemetry(self, ts: float) -> WorkerTelemetry:
-        """The documented telemetry (protocol.telemetry.WorkerTelemetry)."""
-        counts = self.stats.snapshot_counts()
         with self._lock:
-            in_flight = self._in_flight
-        return WorkerTelemetry(
-            role=self.tier,
-            id=self.id,
-            ts=ts,
-            rps=self.stats.rate(),
-            in_flight=in_flight,
-            errors=self.stats.failures(),
-            threads=self.threads,
-            queued=self._queue.qsize(),
-            models=[ModelRef(model=n, version=v) for n, v in self.sessions.loaded()],
-            service=[
-                ServiceTime.model_validate(
-                    {"model": m, "version": v, "from": a, "to": b, **summary}
-                )
-                for (m, v, a, b), summary in self.stats.latencies().items()
-            ],
-            served=counts.get("served", 0),
-            duplicates=counts.get("duplicates", 0),
-            answered=counts.get(f"answered_{self.tier}", 0),
-            forwarded=self.stats.by_prefix("forwarded_"),
+            busy = {"in_flight": self._in_flight, "queued": self._queue.qsize()}
+        wan = None if self.wan is None else self.wan.estimate()
+        loaded = self.sessions.loaded()
+        return worker_telemetry(
+            self.tier, self.id, ts, self.stats, loaded, wan, **busy, threads=self.threads
         )

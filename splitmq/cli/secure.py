@@ -86,21 +86,41 @@ def init(
     _report(sd, list(sd.users), as_json)
 
 
+BrokerToTell = Annotated[
+    str | None,
+    typer.Option(
+        help="The running broker to add it to now, as the admin user; by default the "
+        "URL in the clients' settings files."
+    ),
+]
+
+
 @secure_app.command("add-device")
 def add_device(
     device_id: Annotated[str, typer.Argument(help="The device's id: its user name too.")],
     directory: DirOption = Path("secure"),
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            help="The running broker to add it to now, as the admin user; by default the "
-            "URL in the clients' settings files."
-        ),
-    ] = None,
+    broker: BrokerToTell = None,
     as_json: JsonOption = False,
 ) -> None:
     """A user for one more device, allowed only its own topics; a running broker gets it
     at once, one that is down at its next start."""
+    _add_named(directory, device_id, "device", broker, as_json)
+
+
+@secure_app.command("add-site")
+def add_site(
+    site: Annotated[str, typer.Argument(help="The site's name: its bridge's user name too.")],
+    directory: DirOption = Path("secure"),
+    broker: BrokerToTell = None,
+    as_json: JsonOption = False,
+) -> None:
+    """On the cloud broker's directory: a user for one site's bridge, allowed only what
+    crosses to and from the site's own tree (docs/operations.md, sites). Give its
+    clients/<site>.env to `splitmq broker --site SITE --bridge-login FILE` at the site."""
+    _add_named(directory, site, "site", broker, as_json)
+
+
+def _add_named(directory: Path, name: str, kind: str, broker: str | None, as_json: bool) -> None:
     from splitmq.broker.secure import SecureDir
     from splitmq.shared.connection import BrokerUrl
     from splitmq.shared.errors import BrokerError
@@ -111,14 +131,14 @@ def add_device(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--broker") from exc
     sd = SecureDir(directory)
-    password = sd.add_device(device_id)
+    password = sd.add_site(name) if kind == "site" else sd.add_device(name)
     url = broker or sd.broker
     try:
-        sd.tell_broker(device_id, password, url)
+        sd.tell_broker(name, password, url)
         live = {"broker": url, "added": True, "why": None}
     except BrokerError as exc:
         live = {"broker": url, "added": False, "why": str(exc)}
-    _report(sd, [device_id], as_json, live)
+    _report(sd, [name], as_json, live)
 
 
 def _live_line(live: dict, who: str) -> str:

@@ -64,6 +64,14 @@ MetricsHostOption = Annotated[
         show_default=False,
     ),
 ]
+SiteOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The site it runs at (docs/operations.md, sites) \\[env: SPLITMQ_SITE]: a "
+        "broker bridges it, an edge probes its WAN, the planner watches the bridge.",
+        show_default=False,
+    ),
+]
 ConnectTimeoutOption = Annotated[
     str | None,
     typer.Option(
@@ -147,10 +155,31 @@ def broker(
             help="Serve other hosts without --secure: no users, no ACL, no TLS (a warning).",
         ),
     ] = False,
+    site: SiteOption = None,
+    bridge: Annotated[
+        str | None,
+        typer.Option(help="The cloud broker, mqtts://host:8883 \\[default: the login's]."),
+    ] = None,
+    bridge_login: Annotated[
+        Path | None,
+        typer.Option(help="The site's login file from `splitmq secure add-site` on the cloud."),
+    ] = None,
 ) -> None:
-    """Run mosquitto in the foreground with the project's mosquitto.conf."""
+    """Run mosquitto in the foreground with the project's mosquitto.conf; with --site,
+    bridged to the cloud broker (docs/operations.md, sites)."""
+    from splitmq.broker.bridge import Bridge
     from splitmq.broker.supervise import run_foreground
 
+    cfg = settings(site=site, bridge=bridge, bridge_login=bridge_login)
+    link = None
+    if site is not None or cfg.bridge is not None or cfg.bridge_login is not None:
+        if cfg.site is None or cfg.bridge_login is None:
+            raise typer.BadParameter(
+                "a bridge needs --site NAME and --bridge-login FILE (from `splitmq secure "
+                "add-site NAME` on the cloud broker's directory)",
+                param_hint="--site",
+            )
+        link = Bridge.load(cfg.site, cfg.bridge_login, cfg.bridge)
     code = run_foreground(
         port=port,
         host=host,
@@ -158,6 +187,7 @@ def broker(
         secure=secure,
         tls_port=tls_port,
         insecure=insecure,
+        bridge=link,
     )
     raise typer.Exit(code)
 
@@ -175,6 +205,7 @@ def _serve(
     metrics_port=None,
     metrics_host=None,
     connect_timeout=None,
+    site: str | None = None,
 ) -> None:
     from splitmq.cloud.results import Recorder
     from splitmq.edge.worker import edge_worker
@@ -193,6 +224,7 @@ def _serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         connect_timeout=connect_timeout,
+        site=site,
     )
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     with contextlib.ExitStack() as stack:  # the recorder closes last, whatever failed first
@@ -240,9 +272,10 @@ def edge(
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
     connect_timeout: ConnectTimeoutOption = None,
+    site: SiteOption = None,
 ) -> None:
     """Edge worker: continue devices' requests, exit early, escalate to the cloud."""
-    _serve(
+    _serve(  # at a site, it also measures the WAN to the cloud tier
         "edge",
         worker_id,
         broker,
@@ -255,6 +288,7 @@ def edge(
         metrics_port,
         metrics_host,
         connect_timeout,
+        site=site,
     )
 
 
@@ -317,6 +351,7 @@ def planner(
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
     connect_timeout: ConnectTimeoutOption = None,
+    site: SiteOption = None,
 ) -> None:
     """Planner: read every role's telemetry, publish each device's plan, move devices
     as links, batteries, load and tiers change."""
@@ -331,6 +366,7 @@ def planner(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         connect_timeout=connect_timeout,
+        site=site,
     )
     links = {
         tier: Link.parse(text, f"--{tier}-link")

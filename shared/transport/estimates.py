@@ -1,4 +1,4 @@
-"""What the device learns about its network: from its own requests, and from probes.
+"""What a device learns about its link (an edge, about its WAN): from requests and probes.
 
 - **RTT.** Results carry the worker's send time, so result arrival minus
   that time is the downlink's one-way delay (results are small: it is
@@ -11,7 +11,7 @@
   union of [sent, arrived - RTT/2] over them) does not. A probe's pair of
   messages gives another sample.
 
-- **Overdue requests.** A request still unanswered long after the estimate
+- **Overdue requests.** A request still unacknowledged by the broker long after the estimate
   says it should have been (``OVERDUE`` times, plus 100 ms) bounds the
   rate from above: its bytes have taken at least that long. So when the
   link drops, the estimate falls while the requests are still on their way,
@@ -92,6 +92,11 @@ class LinkEstimator:
         with self._lock:
             return round(1000 * statistics.median(self._rtt_s), 3) if self._rtt_s else None
 
+    def rate_samples(self) -> int:
+        """How many rate samples the uplink estimate is the median of."""
+        with self._lock:
+            return len(self._bps)
+
     def uplink_bps(self) -> float | None:
         with self._lock:
             return round(statistics.median(self._bps)) if self._bps else None
@@ -100,3 +105,35 @@ class LinkEstimator:
         """Seconds since the newest sample behind the estimates; None before the first."""
         with self._lock:
             return None if self._newest is None else round(time.monotonic() - self._newest, 3)
+
+
+# -- probing: what a device's prober and an edge's WAN probe send -------------------------
+
+SMALL = 64  # bytes of the small probe: its time is the RTT
+LARGE_S = 0.02  # how long the large probe should occupy the link
+LARGE_MIN, LARGE_MAX = 1024, 65536
+FIRST = 16384  # bytes of the first large probe
+MEASURABLE_S = 0.002  # a difference under this is timer noise, not a rate
+DEFAULT_BPS = 1e6  # before any estimate
+MAX_SHARE = 0.01  # of the estimated link, at most, for probes
+
+
+def probe_size(bps: float | None) -> int:
+    """Bytes of the large probe: about 20 ms of the link, 1 kB to 64 kB."""
+    return int(min(LARGE_MAX, max(LARGE_MIN, (bps or DEFAULT_BPS) * LARGE_S / 8)))
+
+
+def probe_period_s(bps: float | None, least_s: float) -> float:
+    """Seconds between probe pairs (at least ``least_s``) so they use at most 1% of the link."""
+    size = probe_size(bps) + SMALL
+    return max(least_s, size * 8 / (MAX_SHARE * (bps or DEFAULT_BPS)))
+
+
+def record_probe(estimates: LinkEstimator, small_s: float, large_s: float, size: int) -> int:
+    """Record a timed pair (``size``: the large one's bytes); return the next large size:
+    four times larger when the difference was too small to time (the RTT still counts)."""
+    if large_s - small_s < MEASURABLE_S:
+        estimates.probe(small_s, small_s, 0)
+        return min(LARGE_MAX, size * 4)
+    estimates.probe(small_s, large_s, size - SMALL)
+    return probe_size(estimates.uplink_bps())
