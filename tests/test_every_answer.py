@@ -5,11 +5,14 @@ codec and route; while the broker is away a device's own results wait, up to a b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +126,11 @@ def test_results_wait_for_the_broker_up_to_a_bound(
     assert kept == set(online) | set(offline[:12])
 
 
+def _stored(store: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM results").fetchone()[0])
+
+
 def test_splitmq_recorder_records_until_sigterm(
     settings, real_pool: ModelPool, tmp_path, digits, inbox
 ) -> None:
@@ -139,6 +147,8 @@ def test_splitmq_recorder_records_until_sigterm(
         eventually(lambda: any(b"recording the answers" in x for x in lines.items), "its start")
         with Device(cfg, "cli-dev", make_plan(mv, mv.last_cut)) as dev:
             ids = {dev.infer(d).id for d in digits[:6]}
+        # the broker has them all once the device closed; the recorder, a moment later
+        eventually(lambda: _stored(store) == 6, "the 6 answers in the store")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
