@@ -9,6 +9,7 @@ the broker's ACL enforces and what workers reply to.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -247,19 +248,20 @@ class Topics:
 
     def parse_ping(self, topic: str) -> str:
         """``ping/<edge>`` -> the edge's id; WireError otherwise."""
-        head = f"{self.root}/ping/"
-        edge = topic[len(head) :] if topic.startswith(head) else ""
-        if not is_id(edge):
-            raise WireError(f"ping topic {topic!r} must be {head}<edge id> ({ID_RULE})")
-        return edge
+        return self._one_level(topic, "ping", "<edge id>", is_id, ID_RULE)
 
     def parse_model(self, topic: str) -> str:
         """``model/<name>`` -> name; WireError otherwise."""
-        head = f"{self.root}/model/"
-        name = topic[len(head) :] if topic.startswith(head) else ""
-        if not is_model_name(name):
-            raise WireError(f"model topic {topic!r} must be {head}<name> ({MODEL_RULE})")
-        return name
+        return self._one_level(topic, "model", "<name>", is_model_name, MODEL_RULE)
+
+    def _one_level(
+        self, topic: str, kind: str, shape: str, valid: Callable[[object], bool], rule: str
+    ) -> str:
+        head = f"{self.root}/{kind}/"
+        level = topic[len(head) :] if topic.startswith(head) else ""
+        if not valid(level):
+            raise WireError(f"{kind} topic {topic!r} must be {head}{shape} ({rule})")
+        return level
 
     def _two_levels(self, topic: str, kind: str, shape: str) -> tuple[str, str]:
         head = f"{self.root}/{kind}/"
