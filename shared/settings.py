@@ -58,6 +58,24 @@ class Settings(BaseSettings):
     key_file: Path | None = Field(None, description="the client certificate's private key")
     topic_prefix: str = Field(DEFAULT_PREFIX, description="prefix of every topic")
     threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads")
+    providers: str = Field(
+        "cpu",
+        description="ONNX Runtime execution providers in order of preference, e.g. cuda,cpu "
+        "(cpu, cuda, tensorrt, openvino, coreml, dml, rocm); a missing one is an error "
+        "unless a later one is listed, which is then used and logged",
+    )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="a worker's dynamic batch: requests for one segment run as one call "
+        "(1: never batch; unset: batch only on an accelerator, where it pays)",
+    )
+    max_queue_delay: str = Field(
+        "2ms",
+        description="how long a worker holds a request waiting for others to batch it with, "
+        "e.g. 2ms (only while every inference thread is busy or a batch is filling)",
+    )
     max_payload_bytes: int = Field(
         DEFAULT_MAX_BYTES, ge=1024, description="largest message splitmq sends or accepts"
     )
@@ -109,6 +127,28 @@ class Settings(BaseSettings):
             except UserError as exc:  # pydantic reports a ValueError with the field's name
                 raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("max_queue_delay")
+    @classmethod
+    def _check_queue_delay(cls, value: str) -> str:
+        try:
+            parse_ms(value, "max queue delay")
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _check_providers(cls, value: str) -> str:
+        names = [p.strip() for p in value.split(",")]
+        if not all(names):
+            raise ValueError(f"{value!r}: a comma-separated list of providers, e.g. cuda,cpu")
+        return ",".join(names)
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        """Seconds a worker may hold a request to batch it (``max_queue_delay``)."""
+        return parse_ms(self.max_queue_delay, "max queue delay") / 1000
 
     @property
     def connect_timeout_s(self) -> float | None:

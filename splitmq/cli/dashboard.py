@@ -10,13 +10,8 @@ import typer
 
 from splitmq.cli.output import out
 from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
-from splitmq.cli.serve import (
-    ConnectTimeoutOption,
-    MetricsHostOption,
-    connect_patiently,
-    metrics_served,
-    wait_for_signal,
-)
+from splitmq.cli.serve import connect_patiently, metrics_served, wait_for_signal
+from splitmq.cli.serving import ConnectTimeoutOption, MetricsHostOption
 
 log = logging.getLogger("splitmq")
 

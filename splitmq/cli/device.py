@@ -16,12 +16,8 @@ from rich.table import Table
 from splitmq.cli.options import asks
 from splitmq.cli.output import err, out
 from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
-from splitmq.cli.serve import (
-    ConnectTimeoutOption,
-    MetricsHostOption,
-    MetricsPortOption,
-    metrics_served,
-)
+from splitmq.cli.serve import metrics_served
+from splitmq.cli.serving import ConnectTimeoutOption, MetricsHostOption, MetricsPortOption
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.telemetry import Wants
 

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from splitmq.cli.output import out, print_json
 from splitmq.cli.root import BrokerOption, JsonOption, PrefixOption, app, settings
-from splitmq.cli.serve import ConnectTimeoutOption, MetricsHostOption, MetricsPortOption
+from splitmq.cli.serving import ConnectTimeoutOption, MetricsHostOption, MetricsPortOption
 from splitmq.shared.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from splitmq.cli.root import BrokerOption, IdOption, PoolOption, PrefixOption, app, settings
+from splitmq.cli.serving import (
+    ConnectTimeoutOption,
+    MaxBatchOption,
+    MaxQueueDelayOption,
+    MetricsHostOption,
+    MetricsPortOption,
+    ProvidersOption,
+    QueueOption,
+    ResultsOption,
+    SiteOption,
+    ThreadsOption,
+)
 from splitmq.shared.metrics import DEFAULT_HOST, Health
 
 if TYPE_CHECKING:
@@ -24,63 +36,6 @@ if TYPE_CHECKING:
     from splitmq.shared.transport.mqtt import MqttClient
 
 log = logging.getLogger("splitmq")
-
-ThreadsOption = Annotated[
-    int, typer.Option("--workers", min=1, max=64, help="Inference threads of this worker.")
-]
-QueueOption = Annotated[
-    int, typer.Option("--queue", min=0, max=1024, help="Requests held beyond the busy threads.")
-]
-ResultsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--results",
-        help="Record every answer this worker gives in a results store: a SQLite file "
-        "(PATH or sqlite:///PATH) or postgresql://user@host:5432/db, for `splitmq results` "
-        "(default: the SPLITMQ_RESULTS setting; unset: none).",
-        show_default=False,
-    ),
-]
-
-MetricsPortOption = Annotated[
-    int | None,
-    typer.Option(
-        "--metrics-port",
-        min=0,
-        max=65535,
-        help="Serve Prometheus metrics on this port, at /metrics (0: any free port, logged) "
-        "\\[env: SPLITMQ_METRICS_PORT].",
-        show_default=False,
-    ),
-]
-
-
-MetricsHostOption = Annotated[
-    str | None,
-    typer.Option(
-        "--metrics-host",
-        help="Address the metrics server binds \\[default: 127.0.0.1; env: "
-        "SPLITMQ_METRICS_HOST]; 0.0.0.0 where a container publishes the port.",
-        show_default=False,
-    ),
-]
-SiteOption = Annotated[
-    str | None,
-    typer.Option(
-        help="The site it runs at (docs/operations.md, sites) \\[env: SPLITMQ_SITE]: a "
-        "broker bridges it, an edge probes its WAN, the planner watches the bridge.",
-        show_default=False,
-    ),
-]
-ConnectTimeoutOption = Annotated[
-    str | None,
-    typer.Option(
-        "--connect-timeout",
-        help="How long to wait for the broker at start, e.g. 30s or 2min, retrying with "
-        "backoff \\[default: forever; env: SPLITMQ_CONNECT_TIMEOUT].",
-        show_default=False,
-    ),
-]
 
 
 @contextmanager
@@ -192,21 +147,8 @@ def broker(
     raise typer.Exit(code)
 
 
-def _serve(
-    tier: str,
-    worker_id,
-    broker_,
-    pool,
-    prefix,
-    workers,
-    queue,
-    results=None,
-    speed=1.0,
-    metrics_port=None,
-    metrics_host=None,
-    connect_timeout=None,
-    site: str | None = None,
-) -> None:
+def _serve(tier: str, worker_id, workers, queue, speed=1.0, **given: object) -> None:
+    """Run a ``tier`` worker until a signal; ``given``: the settings its flags named."""
     from splitmq.cloud.results import Recorder
     from splitmq.edge.worker import edge_worker
     from splitmq.shared.runtime.worker import Worker
@@ -216,16 +158,7 @@ def _serve(
         "edge": edge_worker,
         "cloud": functools.partial(Worker, tier="cloud"),
     }
-    cfg = settings(
-        broker=broker_,
-        pool=pool,
-        topic_prefix=prefix,
-        results=results,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        connect_timeout=connect_timeout,
-        site=site,
-    )
+    cfg = settings(**given)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     with contextlib.ExitStack() as stack:  # the recorder closes last, whatever failed first
         recorder = Recorder(cfg.results) if cfg.results else None
@@ -273,22 +206,28 @@ def edge(
     metrics_host: MetricsHostOption = None,
     connect_timeout: ConnectTimeoutOption = None,
     site: SiteOption = None,
+    providers: ProvidersOption = None,
+    max_batch: MaxBatchOption = None,
+    max_queue_delay: MaxQueueDelayOption = None,
 ) -> None:
     """Edge worker: continue devices' requests, exit early, escalate to the cloud."""
     _serve(  # at a site, it also measures the WAN to the cloud tier
         "edge",
         worker_id,
-        broker,
-        pool,
-        topic_prefix,
         workers,
         queue,
-        results,
         speed,
-        metrics_port,
-        metrics_host,
-        connect_timeout,
+        broker=broker,
+        pool=pool,
+        topic_prefix=topic_prefix,
+        results=results,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
         site=site,
+        providers=providers,
+        max_batch=max_batch,
+        max_queue_delay=max_queue_delay,
     )
 
 
@@ -304,21 +243,26 @@ def cloud(
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
     connect_timeout: ConnectTimeoutOption = None,
+    providers: ProvidersOption = None,
+    max_batch: MaxBatchOption = None,
+    max_queue_delay: MaxQueueDelayOption = None,
 ) -> None:
     """Cloud worker: run the final segments of what the edge escalated."""
     _serve(
         "cloud",
         worker_id,
-        broker,
-        pool,
-        topic_prefix,
         workers,
         queue,
-        results,
-        1.0,
-        metrics_port,
-        metrics_host,
-        connect_timeout,
+        broker=broker,
+        pool=pool,
+        topic_prefix=topic_prefix,
+        results=results,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        connect_timeout=connect_timeout,
+        providers=providers,
+        max_batch=max_batch,
+        max_queue_delay=max_queue_delay,
     )
 
 
