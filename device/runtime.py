@@ -97,7 +97,7 @@ class Device:
         self.patience_s = connect_patience_s  # for a broker not up yet (None: forever)
         self.family = family  # following: the planner picks which member runs
         self.topics = settings.topics
-        sessions = SessionCache(ModelPool(settings.pool), settings.threads)
+        sessions = SessionCache(ModelPool(settings.pool), settings.threads, settings.providers)
         self.plans = Plans(device_id, plan, sessions, self.topics, self._switched)
         self.plans.family = family
         self.conditions: Conditions = conditions or Direct()

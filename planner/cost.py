@@ -17,11 +17,11 @@ For an option sending ``n`` bytes of cut a to a tier that runs a -> b
 ``T_dev`` is the profile's cold head (a device sends one frame at a time, so
 it runs after an idle gap; the warm head where the profile has none), ``device
 cpu`` the device's per-request work outside the model (every plan, device-only
-included); ``T`` comes from the profile (or the tier's measured service times, which
-already include decoding), ``wait`` from the M/M/c queue of the tier under
-the load of all devices (``queueing``), ``P_exit`` and the agreement from the
-calibration table. Options through a tier that is absent or saturated cost
-infinity.
+included); ``T`` comes from the profile of the execution provider the tier runs on
+(or the tier's measured service times, which already include decoding), ``wait``
+from the M/M/c queue of the tier under the load of all devices (``queueing``),
+``P_exit`` and the agreement from the calibration table. Options through a tier
+that is absent or saturated cost infinity.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class _Tier:
         """Decode plus segment a -> b: measured where the tier reported it, else the profile."""
         if self.state is None:
             return np.full(len(a), np.inf)
-        ms = (decode_ms + self.options.segment_ms[a, b]) / self.state.speed
+        segment_ms = self.options.tier_segment_ms(self.state.provider)
+        ms = (decode_ms + segment_ms[a, b]) / self.state.speed
         measured: Mapping[tuple[int, int], float] = self.state.service_ms
         if measured:
             for (x, y), value in measured.items():

@@ -15,7 +15,9 @@ function of the latest documents: a restarted planner sees the same.
   segment. Measured segments are used as measured; the ratio of measured
   to predicted over them gives the tier's speed for every other segment.
   Workers report the median of their last 64 runs per segment, so a worker
-  slowed by other load shows within a few telemetry periods.
+  slowed by other load shows within a few telemetry periods. The profile is
+  that of the execution provider the tier's workers report (``cuda``: its cuda
+  profile where measured); workers that disagree count by their threads.
 - A device's **rate** is the frame rate it wants (``wants.fps``), or what
   it answered over the last 10 s.
 """
@@ -101,6 +103,8 @@ def _tier(
     weights: dict[tuple[int, int], int] = {}
     times: dict[tuple[int, int], float] = {}
     measured_ms = predicted_ms = 0.0
+    provider = _provider(docs)
+    segment_ms = options.tier_segment_ms(provider)
     for doc in docs:
         for s in doc.service:
             if (s.model, s.version) != (options.model, options.version):
@@ -109,7 +113,7 @@ def _tier(
             weights[key] = weights.get(key, 0) + s.n
             times[key] = times.get(key, 0.0) + s.p50_ms * s.n
             measured_ms += s.p50_ms * s.n
-            predicted_ms += float(options.segment_ms[key]) * s.n
+            predicted_ms += float(segment_ms[key]) * s.n
     speed = predicted_ms / measured_ms if measured_ms > 0 and predicted_ms > 0 else prior
     return TierState(
         tier=tier,
@@ -118,7 +122,16 @@ def _tier(
         speed=speed,
         link=link,
         service_ms={key: times[key] / weights[key] for key in times},
+        provider=provider,
     )
+
+
+def _provider(docs: list[WorkerTelemetry]) -> str:
+    """The execution provider most of a tier's threads run on (no report: cpu)."""
+    threads: dict[str, int] = {}
+    for doc in docs:
+        threads[doc.provider or "cpu"] = threads.get(doc.provider or "cpu", 0) + doc.threads
+    return max(threads, key=lambda p: threads[p])
 
 
 def with_load(states: dict[str, TierState], busy: dict[str, float]) -> dict[str, TierState]:

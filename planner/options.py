@@ -17,10 +17,17 @@ can never be the best choice under any state or objective, and the search
 stays exhaustive over what can win. Columns are numpy arrays, one entry per
 option, so evaluating every option for a device state is a few vector
 operations (``cost.evaluate``).
+
+Profiles are per execution provider: the device's head and, by default, every
+tier are priced with the CPU profile; a tier whose workers run on another
+provider (``cuda``) is priced with that provider's profile where the manifest
+has one (``tier_segment_ms``), else with the CPU one (logged once).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +39,8 @@ from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.profile import Profile
 from splitmq.shared.protocol.plan import Option
 from splitmq.shared.protocol.wire import Hop
+
+log = logging.getLogger(__name__)
 
 DEVICE, EDGE, CLOUD, SPLIT = 0, 1, 2, 3
 #: Route kinds by their code in ``Options.kind``.
@@ -127,15 +136,25 @@ class Options:
     DEVICE_ONLY = 0
 
     def __init__(
-        self, mv: ModelVersion, profile: Profile, table: CalibrationTable, prune: bool = True
+        self,
+        mv: ModelVersion,
+        profile: Profile,
+        table: CalibrationTable,
+        prune: bool = True,
+        profiles: Sequence[Profile] = (),
     ) -> None:
+        """``profile`` prices the device and tiers; ``profiles``, those of tiers that run
+        on another execution provider (the newest of each provider counts)."""
         self.model, self.version, self.last = mv.name, mv.version, mv.last_cut
         self.profile = profile
+        newest = sorted([*profiles, profile], key=lambda p: p.measured_at)
+        self._profiles = {p.provider: p for p in newest} | {profile.provider: profile}
         keep = frozenset((0, codec) for codec in FIXED_INPUTS)
         rows = list(table.fidelity)
         self.sends = Sends.from_rows(pareto_rows(rows, keep) if prune else rows)
         self.head_ms = np.asarray(profile.device_heads_ms)  # cold: a device runs after a gap
         self.segment_ms = _segment_matrix(profile)
+        self._segments = {profile.provider: self.segment_ms}
         self.result_bytes = result_bytes(mv.name, mv.version, mv.labels, 1)
         self.result_bytes_split = result_bytes(mv.name, mv.version, mv.labels, 2)
         self.request_overhead = request_overhead(mv.name, mv.version, (Hop("edge"),), 0)
@@ -159,9 +178,27 @@ class Options:
     def __len__(self) -> int:
         return len(self.kind)
 
+    def tier_segment_ms(self, provider: str) -> np.ndarray:
+        """ms[a, b] on a tier whose workers run on ``provider`` (``cpu``, ``cuda``): its own
+        profile's where measured, else ``segment_ms`` (logged once)."""
+        found = self._segments.get(provider)
+        if found is None:
+            measured = self._profiles.get(provider)
+            if measured is None:
+                log.warning(
+                    "%s@%s has no %s profile: a tier running on %s is priced with the %s "
+                    "one (run `splitmq profile %s@%s --providers %s` on it)",
+                    *(self.model, self.version, provider, provider, self.profile.provider),
+                    *(self.model, self.version, provider),
+                )
+            found = self.segment_ms if measured is None else _segment_matrix(measured)
+            self._segments[provider] = found
+        return found
+
     @classmethod
     def of(cls, mv: ModelVersion, prune: bool = True) -> Options:
-        """The options of ``mv``, from its newest profile and its calibration table
+        """The options of ``mv``, from its newest CPU profile (the newest of any provider
+        if none) and the newest of every other provider, and its calibration table
         (``prune=False``: every measured codec, not only the Pareto set)."""
         manifest = mv.manifest
         ref = f"{mv.name}@{mv.version}"
@@ -174,8 +211,9 @@ class Options:
                 f"{ref} is not calibrated, so the planner knows no codec's bytes or agreement: "
                 f"run `splitmq calibrate {ref}` (a few minutes) and plan again"
             )
-        profile = max(manifest.profiles, key=lambda p: p.measured_at)
-        return cls(mv, profile, manifest.calibration, prune)
+        cpu = [p for p in manifest.profiles if p.provider == "cpu"] or manifest.profiles
+        profile = max(cpu, key=lambda p: p.measured_at)
+        return cls(mv, profile, manifest.calibration, prune, manifest.profiles)
 
     def route(self, i: int, forward: int) -> tuple[Hop, ...]:
         """The source route of option ``i`` (``forward``: its forward send, edge+cloud)."""

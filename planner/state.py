@@ -57,7 +57,8 @@ class TierState:
     ``queued`` requests wait now. ``speed`` scales the profile (2 = twice as
     fast as the profile's host); ``service_ms`` holds measured compute times
     by segment (from, to), which replace the profile's prediction. ``link``
-    None: the tier sits beside the broker.
+    None: the tier sits beside the broker. ``provider``: the execution provider
+    its workers run on, whose profile prices it (``Options.tier_segment_ms``).
     """
 
     tier: Tier
@@ -67,6 +68,7 @@ class TierState:
     speed: float = 1.0
     link: Link | None = None
     service_ms: Mapping[tuple[int, int], float] = field(default_factory=dict)
+    provider: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.busy < 0 or self.queued < 0 or not self.speed > 0:

@@ -14,6 +14,7 @@ together runs them through ``run_batched``, in pieces that batch allows.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from splitmq.shared.errors import ModelError
+from splitmq.shared.model.providers import CPU, check_used
 
 # Ops whose output depends only on the *shape* of their input. Their input edge
 # is metadata, not data: a partition without the tensor rebuilds the shape
@@ -91,17 +93,23 @@ def declare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with a fixed thread count (profiles depend on it)."""
+def make_session(
+    model: onnx.ModelProto | bytes, threads: int = 1, providers: Sequence[str] = CPU
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with a fixed thread count (profiles depend on it), on the
+    first of ``providers`` (ONNX Runtime's names, ``providers.resolve``) that starts: one
+    that does not is a logged fallback to a later one, or a UserError (``check_used``)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"ONNX Runtime cannot load the model: {exc}") from exc
+    check_used(providers, session.get_providers())
+    return session
 
 
 def fixed_batch(first_dim: object) -> int | None:

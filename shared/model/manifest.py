@@ -172,5 +172,6 @@ class Manifest(Frozen):
             log.warning("dropping a stale calibration (re-run `splitmq calibrate` to replace it)")
             return None
 
-    def profile_for(self, host: HostInfo) -> Profile | None:
-        return next((p for p in self.profiles if p.host == host), None)
+    def profile_for(self, host: HostInfo, provider: str = "cpu") -> Profile | None:
+        """The profile measured on ``host`` with the execution provider ``provider``."""
+        return next((p for p in self.profiles if (p.host, p.provider) == (host, provider)), None)

@@ -154,12 +154,12 @@ class ModelVersion:
         return data
 
     def save_profile(self, profile: Profile) -> Manifest:
-        """Store ``profile``, replacing any earlier one measured on the same host."""
-        host = profile.host.model_dump()
+        """Store ``profile``, replacing any earlier one of the same host and provider."""
         doc = profile.model_dump()
+        key = Profile.key_of(doc)
         return self.update(
             lambda raw: raw.__setitem__(
-                "profiles", [p for p in raw["profiles"] if p.get("host") != host] + [doc]
+                "profiles", [p for p in raw["profiles"] if Profile.key_of(p) != key] + [doc]
             )
         )
 

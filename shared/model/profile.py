@@ -1,12 +1,13 @@
 """Measured latency of a model's partitions on one host: what the planner's cost model reads.
 
-Stored in the manifest (``profiles``), one per host; written by ``splitmq profile``
-and ``splitmq models build`` through ``ModelVersion.save_profile``.
+Stored in the manifest (``profiles``), one per (host, execution provider); written by
+``splitmq profile`` (``--providers``) and ``splitmq models build`` (CPU) through
+``ModelVersion.save_profile``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from splitmq.shared.protocol.document import Document, Frozen
 
@@ -35,7 +36,7 @@ class Boundary(Frozen):
 
 
 class Profile(Document):
-    """Measured latency of partitions of one model on one host.
+    """Measured latency of partitions of one model on one host, on one execution provider.
 
     Heads (input -> cut), tails (cut -> outputs) and single segments (cut ->
     next cut) are measured whole, and are used as measured. Any other
@@ -51,11 +52,16 @@ class Profile(Document):
     gap, with cold caches: ``cold_heads_ms`` times the heads that way (a tiny
     model can take 3x its warm time). Profiles from before it have none; the
     device then reads the warm heads (``device_heads_ms``).
+
+    ``provider`` is the ONNX Runtime execution provider it ran on (``cpu``, ``cuda``, ...:
+    ``model.providers``); profiles from before it ran on the CPU, so it defaults to
+    ``cpu``. The planner prices a tier with the profile of the provider it reports.
     """
 
     LATER: ClassVar[frozenset[str]] = frozenset({"cold_heads_ms"})
 
     host: HostInfo
+    provider: str = "cpu"  # the execution provider it was measured on
     heads_ms: list[float]  # heads_ms[b]: cut 0 -> cut b (heads_ms[0] = 0)
     tails_ms: list[float]  # tails_ms[a]: cut a -> outputs (tails_ms[last] = 0)
     segments_ms: list[float]  # segments_ms[a]: cut a -> cut a + 1
@@ -64,6 +70,11 @@ class Profile(Document):
     boundary: Boundary  # fitted: cost of a partition's input and output
     measured_at: float
     cold_heads_ms: list[float] | None = None  # heads after an idle gap (profiling.COLD_GAP_S)
+
+    @staticmethod
+    def key_of(raw: dict[str, Any]) -> tuple[object, str]:
+        """What tells a stored profile (a manifest's JSON) from another: (host, provider)."""
+        return raw.get("host"), raw.get("provider", "cpu")
 
     @property
     def device_heads_ms(self) -> list[float]:

@@ -5,7 +5,9 @@ Runtime session (warm-up, repeats, median): measuring them whole keeps the
 operator fusions and cache effects that summing tiny segments would miss.
 Any other partition is predicted from them (``Profile.predict_ms``).
 Heads are also timed cold, each run after an idle gap, as a device sending
-one frame at a time runs them (``cold_heads_ms``).
+one frame at a time runs them (``cold_heads_ms``). Every session runs on the
+execution providers asked for (ONNX Runtime's names, ``model.providers.resolve``):
+the profile records the one that ran (``Profile.provider``).
 ``bench/bench_profile_accuracy.py`` checks the prediction against measured
 partitions.
 """
@@ -16,7 +18,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -28,6 +30,7 @@ from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.partition import DTYPE_TO_ONNX, extract_segment
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.profile import Boundary, HostInfo, Profile
+from splitmq.shared.model.providers import CPU, short_name
 
 #: Idle time before each cold run: past ~50 ms a head's time stops growing
 #: (docs/planner.md), and a device sending one frame at a time idles longer.
@@ -79,6 +82,7 @@ def profile(
     repeats: int = 8,
     chunk: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    providers: Sequence[str] = CPU,
 ) -> Profile:
     """Measure every head, tail and segment of ``mv`` on this host (see Profile).
 
@@ -89,13 +93,14 @@ def profile(
     """
     last = mv.last_cut
     values = cut_values(mv, mv.graph.sample_input())
-    full_run = partition_runner(mv, 0, last, values[0], threads)
+    full_run = partition_runner(mv, 0, last, values[0], threads, providers)
     heads, tails, segments = [0.0] * (last + 1), [0.0] * (last + 1), [0.0] * last
     fulls = []
     for start in range(1, last + 1, chunk):
         cuts = range(start, min(start + chunk, last + 1))
         parts = [(0, c) for c in cuts] + [(c - 1, last) for c in cuts] + [(c - 1, c) for c in cuts]
-        runs = [full_run, *(partition_runner(mv, a, b, values[a], threads) for a, b in parts)]
+        runs: list[Callable[[], object]] = [full_run]
+        runs += (partition_runner(mv, a, b, values[a], threads, providers) for a, b in parts)
         medians = round_robin_ms(runs, repeats)
         fulls.append(medians[0])
         for (a, b), ms in zip(parts, medians[1:]):
@@ -109,13 +114,16 @@ def profile(
         if progress:
             progress(cuts[-1], last)
     heads, tails = _monotonic(heads), _monotonic(tails[::-1])[::-1]
-    cold = cold_heads_ms(mv, values[0], threads, max(3, COLD_REPEATS * repeats // 8))
-    overhead = run_overhead_ms(values[0], threads)
+    cold = cold_heads_ms(
+        mv, values[0], threads, max(3, COLD_REPEATS * repeats // 8), providers=providers
+    )
+    overhead = run_overhead_ms(values[0], threads, providers)
     work, boundary = fit_additive(
         heads, tails, segments, [c.bytes / 1e6 for c in mv.cuts], overhead
     )
     return Profile(
         host=host_info(threads),
+        provider=full_run.provider,
         heads_ms=heads,
         tails_ms=tails,
         segments_ms=segments,
@@ -128,7 +136,12 @@ def profile(
 
 
 def cold_heads_ms(
-    mv: ModelVersion, x: np.ndarray, threads: int, repeats: int, gap_s: float = COLD_GAP_S
+    mv: ModelVersion,
+    x: np.ndarray,
+    threads: int,
+    repeats: int,
+    gap_s: float = COLD_GAP_S,
+    providers: Sequence[str] = CPU,
 ) -> list[float]:
     """Median thread CPU ms of every head run after ``gap_s`` idle, in turns over the heads.
 
@@ -141,7 +154,7 @@ def cold_heads_ms(
     device (``lab.speed.emulate``) stretches the same clock.
     """
     last = mv.last_cut
-    runs = [partition_runner(mv, 0, b, x, threads) for b in range(1, last + 1)]
+    runs = [partition_runner(mv, 0, b, x, threads, providers) for b in range(1, last + 1)]
     for run in runs:
         run()
     times: list[list[float]] = [[] for _ in runs]
@@ -207,13 +220,35 @@ def round_robin_ms(runs: list[Callable[[], object]], repeats: int, burst: int = 
     return [statistics.median(ts) for ts in times]
 
 
+class Runner:
+    """Partition a -> b of a model in its own session, on a fixed input: call it to run."""
+
+    def __init__(
+        self,
+        mv: ModelVersion,
+        a: int,
+        b: int,
+        x: np.ndarray,
+        threads: int,
+        providers: Sequence[str],
+    ) -> None:
+        model = extract_segment(mv.graph, mv.cuts, a, None if b == mv.last_cut else b)
+        self.session = make_session(model, threads, providers)
+        self.feeds = {mv.cuts[a].name: x}
+
+    def __call__(self) -> object:
+        return self.session.run(None, self.feeds)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider it runs on (``cpu``, ``cuda``)."""
+        return short_name(self.session.get_providers()[0])
+
+
 def partition_runner(
-    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int
-) -> Callable[[], object]:
-    model = extract_segment(mv.graph, mv.cuts, a, None if b == mv.last_cut else b)
-    session = make_session(model, threads)
-    feeds = {mv.cuts[a].name: x}
-    return lambda: session.run(None, feeds)
+    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int, providers: Sequence[str] = CPU
+) -> Runner:
+    return Runner(mv, a, b, x, threads, providers)
 
 
 def _monotonic(values: list[float]) -> list[float]:
@@ -237,7 +272,7 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return probe
 
 
-def run_overhead_ms(x: np.ndarray, threads: int = 1) -> float:
+def run_overhead_ms(x: np.ndarray, threads: int = 1, providers: Sequence[str] = CPU) -> float:
     """Cost of one session run that does no work: an Identity on a tensor like ``x``."""
     shape: list[int | str] = ["N", *x.shape[1:]]
     vi_in = helper.make_tensor_value_info("x", DTYPE_TO_ONNX[str(x.dtype)], shape)
@@ -245,5 +280,5 @@ def run_overhead_ms(x: np.ndarray, threads: int = 1) -> float:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "identity", [vi_in], [vi_out]
     )
-    session = make_session(helper.make_model(graph), threads)
+    session = make_session(helper.make_model(graph), threads, providers)
     return median_ms(lambda: session.run(None, {"x": x}), repeats=50)

@@ -132,7 +132,10 @@ class WorkerTelemetry(Telemetry):
     forwarded: dict[Tier, Count]  # escalated, by the tier forwarded to
     # an edge at a site: its WAN to the cloud tier, measured by probes (shared.runtime.wan)
     wan: LinkEstimate | None = None
-    LATER: ClassVar[frozenset[str]] = frozenset({"wan"})
+    # the execution provider its sessions run on (cpu, cuda, ...): the planner reads that
+    # provider's profile; null (workers before it): cpu
+    provider: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,40}$")
+    LATER: ClassVar[frozenset[str]] = frozenset({"wan", "provider"})
 
 
 class PlannerTelemetry(Telemetry):

@@ -3,27 +3,36 @@
 ``InferenceSession.run`` is thread-safe and releases the GIL, so one session
 per (model, version, a, b) serves every worker thread. The first session of
 a partition is warmed up with a sample so the first request is not the slow one.
+Every session runs on the execution providers the settings name (``providers``),
+resolved and tried on a one-node model when the cache is made: a missing provider,
+or one that does not start, fails a role at start, not at its first request.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from splitmq.shared.model.graph import fixed_batch, make_session, run_batched
 from splitmq.shared.model.pool import ModelPool, ModelVersion
+from splitmq.shared.model.providers import CPU, resolve, short_name
 
 
 class Segment:
     """One partition ready to run: cut ``a`` to cut ``b`` (the last cut: the outputs)."""
 
-    def __init__(self, mv: ModelVersion, a: int, b: int, threads: int) -> None:
+    def __init__(
+        self, mv: ModelVersion, a: int, b: int, threads: int, providers: Sequence[str] = CPU
+    ) -> None:
         self.mv, self.a, self.b = mv, a, b
         self.session: ort.InferenceSession = make_session(
-            mv.segment(a, None if b == mv.last_cut else b), threads
+            mv.segment(a, None if b == mv.last_cut else b), threads, providers
         )
+        self.provider = short_name(self.session.get_providers()[0])  # what it runs on
         self.input = mv.cuts[a]
         self.outputs = [o.name for o in self.session.get_outputs()]
         dims = self.session.get_inputs()[0].shape
@@ -40,11 +49,14 @@ class Segment:
 
 
 class SessionCache:
-    """Model versions and segments loaded lazily from the pool, keyed and locked."""
+    """Model versions and segments loaded lazily from the pool, keyed and locked;
+    ``providers``: the setting (``"cuda,cpu"``), resolved here (a UserError if unusable)."""
 
-    def __init__(self, pool: ModelPool, threads: int = 1) -> None:
+    def __init__(self, pool: ModelPool, threads: int = 1, providers: str = "cpu") -> None:
         self.pool = pool
         self.threads = threads
+        self.providers = resolve(providers)  # ONNX Runtime's names
+        self._provider = _tried(self.providers)
         self._lock = threading.Lock()
         self._models: dict[tuple[str, int | None], ModelVersion] = {}
         self._segments: dict[tuple[str, int, int, int], Segment] = {}
@@ -70,13 +82,31 @@ class SessionCache:
         with self._lock:
             seg = self._segments.get(key)
         if seg is None:
-            seg = Segment(mv, a, b, self.threads)  # slow part outside the lock
+            seg = Segment(mv, a, b, self.threads, self.providers)  # slow part outside the lock
             seg.warm_up()
             with self._lock:
                 seg = self._segments.setdefault(key, seg)
+                self._provider = seg.provider  # a session's own fallback is logged; and shown
         return seg
+
+    @property
+    def provider(self) -> str:
+        """The provider its sessions run on (``cpu``, ``cuda``): the first resolved one,
+        or the one ONNX Runtime fell back to in the newest segment (logged)."""
+        with self._lock:
+            return self._provider
 
     def loaded(self) -> list[tuple[str, int]]:
         """(model, version) of every model with a running segment."""
         with self._lock:
             return sorted({(n, v) for n, v, _, _ in self._segments})
+
+
+def _tried(providers: Sequence[str]) -> str:
+    """The provider a session on ``providers`` runs on, from a one-node model's session
+    (``make_session`` logs a fallback, or refuses one to a provider not listed)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    session = make_session(helper.make_model(graph), 1, providers)
+    return short_name(session.get_providers()[0])

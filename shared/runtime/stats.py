@@ -112,8 +112,10 @@ def worker_telemetry(
     in_flight: int,
     threads: int,
     queued: int,
+    provider: str | None = None,
 ) -> WorkerTelemetry:
-    """A worker's documented telemetry (protocol.telemetry.WorkerTelemetry)."""
+    """A worker's documented telemetry (protocol.telemetry.WorkerTelemetry); ``provider``:
+    the execution provider its sessions run on (``SessionCache.provider``)."""
     counts = stats.snapshot_counts()
     return WorkerTelemetry(
         role=tier,
@@ -134,4 +136,5 @@ def worker_telemetry(
         answered=counts.get(f"answered_{tier}", 0),
         forwarded=stats.by_prefix("forwarded_"),
         wan=wan,
+        provider=provider,
     )

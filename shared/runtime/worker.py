@@ -85,7 +85,7 @@ class Worker:
         self.tier: Tier = tier
         self.id = worker_id or f"{tier}-{uuid.uuid4().hex[:8]}"
         self.topics = settings.topics
-        self.sessions = SessionCache(ModelPool(settings.pool), settings.threads)
+        self.sessions = SessionCache(ModelPool(settings.pool), settings.threads, settings.providers)
         self.executor = executor(self.sessions, settings.max_payload_bytes)
         # Service time per segment: (model, version, from cut, to cut or None).
         # Recent runs only: a worker slowed by other load shows within a few periods.
@@ -387,9 +387,18 @@ class Worker:
 
     def _telemetry(self, ts: float) -> WorkerTelemetry:
         with self._lock:
-            busy = {"in_flight": self._in_flight, "queued": self._queue.qsize()}
+            in_flight, queued = self._in_flight, self._queue.qsize()
         wan = None if self.wan is None else self.wan.estimate()
         loaded = self.sessions.loaded()
         return worker_telemetry(
-            self.tier, self.id, ts, self.stats, loaded, wan, **busy, threads=self.threads
+            self.tier,
+            self.id,
+            ts,
+            self.stats,
+            loaded,
+            wan,
+            in_flight=in_flight,
+            queued=queued,
+            threads=self.threads,
+            provider=self.sessions.provider,
         )

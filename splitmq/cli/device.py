@@ -17,7 +17,12 @@ from splitmq.cli.options import asks
 from splitmq.cli.output import err, out
 from splitmq.cli.root import BrokerOption, PoolOption, PrefixOption, app, settings
 from splitmq.cli.serve import metrics_served
-from splitmq.cli.serving import ConnectTimeoutOption, MetricsHostOption, MetricsPortOption
+from splitmq.cli.serving import (
+    ConnectTimeoutOption,
+    MetricsHostOption,
+    MetricsPortOption,
+    ProvidersOption,
+)
 from splitmq.shared.errors import UserError
 from splitmq.shared.protocol.telemetry import Wants
 
@@ -105,6 +110,7 @@ def device(
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
     connect_timeout: ConnectTimeoutOption = None,
+    providers: ProvidersOption = None,
 ) -> None:
     """Run a device: send frames through a plan's split and print the answers.
 
@@ -131,6 +137,7 @@ def device(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         connect_timeout=connect_timeout,
+        providers=providers,
     )
     follow = plan_file is None and cut is None
     pinned = [

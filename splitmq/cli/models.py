@@ -10,6 +10,7 @@ from rich.table import Table
 
 from splitmq.cli.output import human, out, print_json, progress_bar
 from splitmq.cli.root import JsonOption, ModelArg, PoolOption, app, open_ref
+from splitmq.cli.serving import ProvidersOption
 from splitmq.shared.errors import UserError
 
 
@@ -125,13 +126,17 @@ def profile(
         int | None, typer.Option(help="ONNX Runtime threads \\[env: SPLITMQ_THREADS].", min=1)
     ] = None,
     repeats: Annotated[int, typer.Option(help="Turns of timed runs per partition.", min=3)] = 8,
+    providers: ProvidersOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Measure segment latencies on this host and store the profile in the pool."""
+    """Measure segment latencies on this host and store the profile in the pool, one per
+    (host, execution provider): an edge on a GPU profiles with --providers cuda."""
+    from splitmq.shared.model.providers import resolve
     from splitmq.shared.offline.profiling import profile as measure
 
     cfg, mv = open_ref(model, pool)
     threads = threads or cfg.threads
+    names = resolve(providers or cfg.providers)
     with progress_bar() as bar:
         task = bar.add_task(f"profiling {mv.name}", total=mv.last_cut)
         prof = measure(
@@ -139,6 +144,7 @@ def profile(
             threads=threads,
             repeats=repeats,
             progress=lambda done, total: bar.update(task, completed=done),
+            providers=names,
         )
     mv.save_profile(prof)
     last = mv.last_cut
@@ -158,6 +164,7 @@ def profile(
                 "model": mv.name,
                 "version": mv.version,
                 "host": prof.host.model_dump(),
+                "provider": prof.provider,
                 "full_ms": prof.heads_ms[last],
                 "overhead_ms": prof.overhead_ms,
                 "cuts": rows,
@@ -165,8 +172,8 @@ def profile(
         )
         return
     table = Table(
-        title=f"{mv.name} v{mv.version} on {prof.host.cpu}, {threads} thread(s): "
-        f"full model {prof.heads_ms[last]:.2f} ms"
+        title=f"{mv.name} v{mv.version} on {prof.host.cpu} ({prof.provider}), "
+        f"{threads} thread(s): full model {prof.heads_ms[last]:.2f} ms"
     )
     for col in ("cut", "tensor", "device 0→cut ms", "rest cut→end ms", "next segment ms"):
         table.add_column(col, justify="left" if col == "tensor" else "right")
