@@ -9,6 +9,7 @@ measured service times, which its telemetry reports, are the slower server's.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -47,6 +48,10 @@ class SlowedExecutor(HopExecutor):
             raise UserError(f"a worker's speed must be in (0, 1] (1 = this host), got {speed}")
         super().__init__(sessions, max_bytes)
         self.speed = speed
+
+    def execute(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """One job at a time: the emulation scales each hop's own CPU time (no batches)."""
+        return [self.execute_one(job) for job in jobs]
 
     def execute_one(self, job: Job) -> Outcome:
         cpu_start = time.thread_time()

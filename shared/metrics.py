@@ -74,8 +74,13 @@ class RoleMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_Read(read))
 
-    def _histogram(self, name: str, doc: str, labels: Sequence[str]) -> Histogram:
-        return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+    def _histogram(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float] = ()
+    ) -> Histogram:
+        """A histogram of seconds (``LATENCY_BUCKETS``), or of what ``buckets`` count."""
+        return Histogram(
+            name, doc, labels, buckets=buckets or LATENCY_BUCKETS, registry=self.registry
+        )
 
     def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

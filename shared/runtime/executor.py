@@ -85,19 +85,75 @@ class HopExecutor:
         self.max_bytes = max_bytes
 
     def execute(self, jobs: Sequence[Job]) -> list[Outcome]:
-        return [self.execute_one(job) for job in jobs]
+        """One outcome per job, in order. Jobs for the same segment run as one ONNX Runtime
+        call (a dynamic batch), each row then answered or forwarded on its own; a job that
+        cannot run (a bad tensor, an unknown model) fails alone, and should the batch's run
+        fail, its jobs run one by one so that a failure stays with its own request."""
+        outcomes: dict[int, Outcome] = {}
+        batches: dict[tuple[str, int, int, int], list[tuple[int, np.ndarray]]] = {}
+        models: dict[tuple[str, int, int, int], tuple[ModelVersion, int]] = {}
+        for i, job in enumerate(jobs):
+            try:
+                mv, end = self._segment(job)
+                x, key = self._input(mv, job), (mv.name, mv.version, job.cut, end)
+                batches.setdefault(key, []).append((i, x))
+                models[key] = (mv, end)
+            except Exception as exc:
+                outcomes[i] = self._failed(job, exc)
+        for key, rows in batches.items():
+            mv, end = models[key]
+            for i, outcome in zip((i for i, _ in rows), self._batch(jobs, rows, mv, end)):
+                outcomes[i] = outcome
+        return [outcomes[i] for i in range(len(jobs))]
 
     def execute_one(self, job: Job) -> Outcome:
         """The outcome of one job; it never raises: a failure is the outcome's ``error``."""
         try:
-            return self._hop(job)
-        except SplitMQError as exc:
-            return Outcome(job, error=exc)
-        except Exception as exc:  # a bug or a runtime failure: still one outcome per job
-            log.exception("unexpected failure running %s %d -> %s", job.model, job.cut, job.to)
-            return Outcome(job, error=RequestFailed("internal", f"{type(exc).__name__}: {exc}"))
+            mv, end = self._segment(job)
+            t_start = time.time()  # decoding the tensor is part of the hop's compute
+            x = self._input(mv, job)
+            outputs = self.sessions.segment(mv, job.cut, end).run(x)
+            return self._concluded(job, mv, end, outputs, t_start, time.time())
+        except Exception as exc:
+            return self._failed(job, exc)
 
-    def _hop(self, job: Job) -> Outcome:
+    def _batch(
+        self, jobs: Sequence[Job], rows: list[tuple[int, np.ndarray]], mv: ModelVersion, end: int
+    ) -> list[Outcome]:
+        """The outcomes of the jobs in ``rows`` (index, checked input), one run for all."""
+        if len(rows) == 1:
+            return [self.execute_one(jobs[rows[0][0]])]
+        try:
+            t_start = time.time()
+            outputs = self.sessions.segment(mv, jobs[rows[0][0]].cut, end).run(
+                np.concatenate([x for _, x in rows])
+            )
+            t_done = time.time()
+        except Exception:  # which row broke the run? each then fails (or not) alone
+            log.warning("a batch of %d failed on %s; running it one by one", len(rows), mv.name)
+            return [self.execute_one(jobs[i]) for i, _ in rows]
+        if any(v.ndim == 0 or v.shape[0] != len(rows) for v in outputs.values()):
+            return [self.execute_one(jobs[i]) for i, _ in rows]  # outputs not per sample
+        concluded = []
+        for r, (i, _) in enumerate(rows):
+            mine = {name: v[r : r + 1] for name, v in outputs.items()}
+            try:
+                concluded.append(self._concluded(jobs[i], mv, end, mine, t_start, t_done))
+            except Exception as exc:
+                concluded.append(self._failed(jobs[i], exc))
+        return concluded
+
+    def _failed(self, job: Job, exc: Exception) -> Outcome:
+        if isinstance(exc, SplitMQError):
+            return Outcome(job, error=exc)
+        # a bug or a runtime failure: still one outcome per job
+        log.error(
+            "unexpected failure running %s %d -> %s", job.model, job.cut, job.to, exc_info=exc
+        )
+        return Outcome(job, error=RequestFailed("internal", f"{type(exc).__name__}: {exc}"))
+
+    def _segment(self, job: Job) -> tuple[ModelVersion, int]:
+        """The model version a job names and the cut its segment ends at, checked."""
         mv = self._model(job)
         end = mv.last_cut if job.to is None else job.to
         if not job.cut < end <= mv.last_cut:
@@ -105,10 +161,18 @@ class HopExecutor:
                 "unknown_cut",
                 f"{mv.name} v{mv.version} has cuts 0..{mv.last_cut}; cannot run {job.cut} -> {end}",
             )
-        t_start = time.time()
-        x = self._input(mv, job)
-        outputs = self.sessions.segment(mv, job.cut, end).run(x)
-        t_done = time.time()
+        return mv, end
+
+    def _concluded(
+        self,
+        job: Job,
+        mv: ModelVersion,
+        end: int,
+        outputs: dict[str, np.ndarray],
+        t_start: float,
+        t_done: float,
+    ) -> Outcome:
+        """What a job's outputs make: an answer, or the tensor at ``end`` to forward."""
         threshold = job.exit_threshold if job.to is not None else None
         found = answer(mv.exits, mv.finals, outputs, threshold)
         if found is not None:

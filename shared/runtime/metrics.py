@@ -38,6 +38,12 @@ class WorkerMetrics(RoleMetrics):
             "Time a request waited in the worker before its hop ran",
             ("tier",),
         ).labels(tier)
+        self.batch = self._histogram(
+            "splitmq_worker_batch_size",
+            "Requests a worker thread took and ran together (a dynamic batch; 1: alone)",
+            ("tier",),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        ).labels(tier)
         self.received = self._counter(
             "splitmq_worker_received_bytes", "Payload bytes received: requests, frames", ("tier",)
         ).labels(tier)

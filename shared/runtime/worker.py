@@ -3,10 +3,10 @@
 A worker subscribes to its tier's request topics through a shared
 subscription, so any number of workers split the load. paho's network thread
 only parses the topic and queues the message; a bounded pool of threads runs
-inference (ONNX Runtime releases the GIL). Manual acks with a Receive
-Maximum equal to the pool's capacity make the broker hold back messages
-instead of queueing them here, so a busy worker applies backpressure and
-never drops silently.
+inference (ONNX Runtime releases the GIL), each taking one request or a
+dynamic batch (``shared.runtime.batching``). Manual acks with a Receive Maximum
+equal to the pool's capacity make the broker hold back messages instead of
+queueing them here, so a busy worker applies backpressure, never drops silently.
 
 Each request is source-routed: the worker runs its hop (the current cut to the hop's
 ``to``) through ``HopExecutor``, answers when an exit head is confident or the model's
@@ -29,24 +29,23 @@ from splitmq.shared.errors import PayloadTooLarge, RequestFailed, SplitMQError, 
 from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.protocol.announce import parse_announcement
 from splitmq.shared.protocol.ids import Tier
-from splitmq.shared.protocol.results import ErrorReport, Result, pack_error, pack_result
+from splitmq.shared.protocol.results import ErrorReport, Result, pack_error
 from splitmq.shared.protocol.telemetry import WorkerTelemetry
 from splitmq.shared.protocol.topics import ANY, Topics
 from splitmq.shared.protocol.wire import (
-    CONTENT_TYPE_REQUEST,
     HopTiming,
     Request,
     expiry_interval,
-    pack_request,
-    unpack_request,
 )
 from splitmq.shared.runtime.answers import answer_to
+from splitmq.shared.runtime.batching import Batches, default_max_batch
 from splitmq.shared.runtime.dedupe import Replays, Reply
-from splitmq.shared.runtime.executor import ExecutorFactory, HopExecutor, Job, Outcome
+from splitmq.shared.runtime.executor import ExecutorFactory, HopExecutor, Outcome
 from splitmq.shared.runtime.ingress import Ingress
 from splitmq.shared.runtime.metrics import WorkerMetrics
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.runtime.stats import Stats, worker_telemetry
+from splitmq.shared.runtime.taken import Taken, job_for, read_request, reply_to
 from splitmq.shared.runtime.wan import WanProbe, answer_pings, ping_filters
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, Message, MqttClient
@@ -57,11 +56,9 @@ log = logging.getLogger(__name__)
 # Workers connect with clean sessions on purpose: mosquitto 2.0 keeps dealing a shared
 # subscription's messages to a member whose durable session outlives it (test_dataplane:
 # 3 of 30 requests waited so). What a dead worker held its devices send again.
-#: A worker's MQTT keepalive: the broker drops a hung worker (stopped, swapping)
-#: after 1.5x this, so the shared subscription stops dealing it requests and the
-#: devices' retries reach a live one instead of the same frozen queue. paho pings
-#: within a second of it when idle: measured, idle workers do not flap on a loaded
-#: host (docs/benchmarks.md, Faults).
+#: A worker's MQTT keepalive: the broker drops a hung worker after 1.5x this, so the
+#: shared subscription stops dealing it requests and the devices' retries reach a live
+#: one. Measured: idle workers do not flap on a loaded host (benchmarks.md, Faults).
 KEEPALIVE_S = 2
 
 
@@ -92,7 +89,9 @@ class Worker:
         self.stats: Stats[tuple[str, int, int, int | None]] = Stats(window=64)
         self.replays = Replays()
         self.threads = threads
-        self.capacity = threads + queue_size
+        self.max_batch = settings.max_batch or default_max_batch(self.sessions.provider)
+        # a full batch for each thread, and the queue beyond it
+        self.capacity = threads * self.max_batch + queue_size
         self.ingress = list(ingress)
         # Requests are at most the Receive Maximum, what each ingress takes (e.g. QoS 0
         # frames, which no Receive Maximum holds back) at most as many: a put never waits.
@@ -104,7 +103,7 @@ class Worker:
         self.client = MqttClient(
             settings.connection(self.id, keepalive=KEEPALIVE_S),
             will=TelemetryPublisher.will(self.topics, tier, self.id),
-            receive_maximum=threads + queue_size,
+            receive_maximum=self.capacity,
             manual_ack=True,
         )
         self.telemetry = TelemetryPublisher(
@@ -199,28 +198,47 @@ class Worker:
     # --- worker threads --------------------------------------------------------------------
 
     def _serve(self) -> None:
-        while (item := self._queue.get()) is not None:
-            msg, t_recv, ingress = item
+        batches = Batches(self._queue, self.max_batch, self.settings.max_queue_delay_s)
+        stop = False
+        while not stop:
+            items, stop = batches.take()
             with self._lock:
-                self._in_flight += 1
+                self._in_flight += len(items)
             try:
-                self._handle(msg, t_recv, ingress)
-            except Exception:  # even reporting failed (e.g. disconnected): keep serving
-                log.exception("cannot report a failure on %s", msg.topic)
+                self._handle(items)
             finally:
-                msg.ack()
-                if ingress is not None:
-                    ingress.finished()
+                for msg, _, ingress in items:
+                    msg.ack()
+                    if ingress is not None:
+                        ingress.finished()
                 with self._lock:
-                    self._in_flight -= 1
+                    self._in_flight -= len(items)
 
-    def _handle(self, msg: Message, t_recv: float, ingress: Ingress | None) -> None:
+    def _handle(self, items: list[tuple[Message, float, Ingress | None]]) -> None:
+        """Read and claim each request, run their hops together (``HopExecutor.execute``
+        batches those of one segment), then answer or forward each on its own."""
+        taken = [t for t in (self._take(*item) for item in items) if t is not None]
+        if not taken:
+            return
+        self.metrics.batch.observe(len(taken))
+        for one, outcome in zip(taken, self.executor.execute([t.job for t in taken]), strict=True):
+            try:
+                reply = self._reply(self._hop_done(one, outcome), one.msg, one.topics)
+                self._send(reply, one.request, one.topics)
+                self.replays.done(one.key, reply)
+                self.stats.finished()
+            except Exception as exc:
+                self._report(exc, one.msg, one.device, one.request.id, one.key, one.topics)
+
+    def _take(self, msg: Message, t_recv: float, ingress: Ingress | None) -> Taken | None:
+        """The request ``msg`` carries, read, checked and claimed for its hop; None when it
+        was served before (its reply replayed) or failed (the device told)."""
         try:  # a site's request (on the cloud broker) is answered in the site's tree
             topics = self.topics if ingress is not None else self.topics.scoped(msg.topic)
         except WireError as exc:  # only a topic outside every ACL: nobody to tell
             self.stats.fail("bad_route")
             log.warning("%s: %s", self.id, exc)
-            return
+            return None
         device, request_id, key = topics.device_of_request(msg.topic), None, None
         try:
             request_id = msg.correlation_id()
@@ -228,41 +246,38 @@ class Worker:
                 device = ingress.device(msg)
                 request = ingress.request(msg, t_recv)
             else:
-                device, request = self._unpack(msg, topics)
+                device, request = read_request(msg, topics, self.settings.max_payload_bytes)
             request_id = request.id
             key = (topics.result(device), request.id, request.hop)  # unique across sites
             earlier = self.replays.claim(key)
             if earlier is not None:
                 self._again(request, earlier, topics)
-                return
+                return None
             if request.expired(time.time()):
                 raise RequestFailed("expired", f"request {request.id} expired before it ran")
-            outcome = self.run_hop(request, t_recv, len(msg.payload))
-            reply = self._reply(request, outcome, msg, topics)
-            self._send(reply, request, topics)
-            self.replays.done(key, reply)
-            self.stats.finished()
-        except SplitMQError as exc:
-            self.fail(device, request_id, exc.code, str(exc), key, topics)
-        except Exception as exc:  # a bug or a runtime failure: the device must still hear
-            log.exception("unexpected failure on %s", msg.topic)
-            why = f"{exc.__class__.__name__}: {exc}"
-            self.fail(device, request_id, "internal", why, key, topics)
+            return Taken(msg, t_recv, topics, device, request, key, job_for(request, self.tier))
+        except Exception as exc:
+            self._report(exc, msg, device, request_id, key, topics)
+            return None
 
-    def _unpack(self, msg: Message, topics: Topics) -> tuple[str, Request]:
-        """The request a device sent, and its device, checked against the topic."""
+    def _report(
+        self,
+        exc: Exception,
+        msg: Message,
+        device: str | None,
+        request_id: str | None,
+        key: tuple[str, str, int] | None,
+        topics: Topics,
+    ) -> None:
+        """Tell the device its request failed: its error, or a bug's as ``internal``."""
+        code, why = getattr(exc, "code", "internal"), str(exc)
+        if not isinstance(exc, SplitMQError):  # a bug or a runtime failure: still answered
+            log.exception("unexpected failure on %s", msg.topic, exc_info=exc)
+            why = f"{exc.__class__.__name__}: {exc}"
         try:
-            route = topics.parse_request(msg.topic)
-        except WireError as exc:  # told to the device the topic names, if it names one
-            raise RequestFailed("bad_route", str(exc)) from exc
-        request = unpack_request(msg.payload, self.settings.max_payload_bytes)
-        if (request.model, request.cut, request.device) != (route.model, route.cut, route.device):
-            raise RequestFailed(
-                "bad_route",
-                f"topic {msg.topic} does not match the request "
-                f"({request.model}, cut {request.cut}, {request.device})",
-            )
-        return route.device, request
+            self.fail(device, request_id, code, why, key, topics)
+        except Exception:  # even reporting failed (e.g. disconnected): keep serving
+            log.exception("cannot report a failure on %s", msg.topic)
 
     def _again(self, request: Request, earlier: Reply | str, topics: Topics) -> None:
         """A request seen before: its reply once more, or nothing while it is being served."""
@@ -274,63 +289,41 @@ class Worker:
         else:
             log.info("request %s (hop %d) again while it runs", request.id, request.hop)
 
-    def run_hop(self, request: Request, t_recv: float, nbytes: int) -> Result | Request:
-        """This tier's part of ``request``: the answer, or the request for the next hop."""
-        hop = request.current
-        if hop.tier != self.tier:
-            raise RequestFailed(
-                "bad_route", f"hop {request.hop} is for {hop.tier}, this is {self.tier}"
-            )
-        job = Job(
-            request.model, request.version, request.cut, hop.to, request.tensor, hop.exit, hop.codec
-        )
-        outcome = self.executor.execute_one(job)
+    def _hop_done(self, taken: Taken, outcome: Outcome) -> Result | Request:
+        """What the hop made of ``taken``: the answer, or the request for the next hop."""
         if outcome.error is not None:
             raise outcome.error
-        mv = outcome.mv
+        request, hop, mv = taken.request, taken.request.current, outcome.mv
         assert mv is not None
         self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
-        self.metrics.ran(request.cut, hop.to, outcome, t_recv)
+        self.metrics.ran(request.cut, hop.to, outcome, taken.t_recv)
         record = HopTiming(
-            self.tier, self.id, t_recv, outcome.t_start, outcome.t_done, outcome.t_end, nbytes
+            self.tier,
+            self.id,
+            taken.t_recv,
+            outcome.t_start,
+            outcome.t_done,
+            outcome.t_end,
+            len(taken.msg.payload),
         )
         if outcome.forward is not None:
             assert hop.to is not None  # the executor forwards only from a hop that stops early
             return request.forwarded(hop.to, outcome.forward, record)
-        return self._result(request, outcome, record)
-
-    def _result(self, request: Request, outcome: Outcome, record: HopTiming) -> Result:
-        answer, mv = outcome.answer, outcome.mv
-        assert answer is not None and mv is not None
+        assert outcome.answer is not None
         timing = request.timing.appended(record)
-        return answer_to(request, timing, self.tier, mv.name, mv.version, answer)
+        return answer_to(request, timing, self.tier, mv.name, mv.version, outcome.answer)
 
     # --- pieces --------------------------------------------------------------------------
 
-    def _reply(
-        self, request: Request, outcome: Result | Request, msg: Message, topics: Topics
-    ) -> Reply:
-        """The message that ends this hop: the result, or the request for the next tier."""
-        corr = request.id.encode()
-        if isinstance(outcome, Result):
-            # Never msg.response_topic: replies go only where the ACL-checked device id says.
+    def _reply(self, made: Result | Request, msg: Message, topics: Topics) -> Reply:
+        """The message that ends this hop (``reply_to``), counted; an answer recorded."""
+        if isinstance(made, Result):
             self.stats.count(f"answered_{self.tier}")
             if self.on_result:
-                self.on_result(outcome)
-            topic = topics.result(request.device)
-            return Reply(topic, pack_result(outcome), {"correlation_data": corr, "json": True})
-        nxt = outcome.current
-        self.stats.count(f"forwarded_{nxt.tier}")
-        return Reply(
-            topics.request(nxt.tier, outcome.model, outcome.cut, outcome.device),
-            pack_request(outcome),
-            {
-                "correlation_data": corr,
-                "response_topic": msg.response_topic,
-                "content_type": CONTENT_TYPE_REQUEST,
-            },
-            deadline=outcome.deadline,
-        )
+                self.on_result(made)
+        else:
+            self.stats.count(f"forwarded_{made.current.tier}")
+        return reply_to(made, msg, topics)
 
     def _send(self, reply: Reply, request: Request, topics: Topics) -> None:
         """Publish ``reply`` (QoS 1); a forward nobody is subscribed to fails the request."""
