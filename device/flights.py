@@ -50,22 +50,31 @@ class Flight:
 class Timeouts:
     """How long an attempt may take, from the latency of recent answers."""
 
+    #: The p99 is computed again once answers worth 1/STALE of the window came in:
+    #: a percentile per request cost more than the rest of the device's bookkeeping.
+    STALE = 16
+
     def __init__(self, timeout_s: float, floor_s: float = FLOOR_S, window: int = 256) -> None:
         self.ceiling_s, self.floor_s = timeout_s, min(floor_s, timeout_s)
         self._recent: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
+        self._base: float | None = None  # the cached base_s
+        self._new = 0  # answers since it was computed
 
     def answered(self, seconds: float) -> None:
         with self._lock:
             self._recent.append(seconds)
+            self._new += 1
 
     def base_s(self) -> float:
         """The first attempt's timeout: the ceiling until a few answers are in."""
         with self._lock:
             if len(self._recent) < 8:
                 return self.ceiling_s
-            p99 = float(np.percentile(list(self._recent), 99))
-        return min(self.ceiling_s, max(self.floor_s, K * p99))
+            if self._base is None or self._new * self.STALE >= len(self._recent):
+                p99 = float(np.percentile(list(self._recent), 99))
+                self._base, self._new = min(self.ceiling_s, max(self.floor_s, K * p99)), 0
+            return self._base
 
     def for_attempt(self, attempt: int) -> float:
         """Attempt n waits 2^(n-1) x the base, jittered up to 25% longer."""
@@ -136,6 +145,10 @@ class Flights:
         self._flights: dict[str, Flight] = {}
         self._cond = threading.Condition()
         self._closed = False
+        # waking a thread per request costs GIL hand-offs: the timer thread is woken only
+        # for a deadline before the one it sleeps towards, close() only once all landed
+        self._wake_at = -float("inf")
+        self._draining = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -145,13 +158,15 @@ class Flights:
         flight.deadline = time.monotonic() + self.timeouts.for_attempt(1)
         with self._cond:
             self._flights[flight.request.id] = flight
-            self._cond.notify_all()
+            if flight.deadline < self._wake_at:
+                self._cond.notify_all()
 
     def pop(self, request_id: str) -> Flight | None:
         """The flight an answer or error is for; None if already answered, failed or unknown."""
         with self._cond:
             flight = self._flights.pop(request_id, None)
-            self._cond.notify_all()
+            if self._draining and not self._flights:
+                self._cond.notify_all()
         return flight
 
     def can_retry(self, request_id: str) -> bool:
@@ -175,6 +190,7 @@ class Flights:
     def close(self, wait_s: float) -> list[Flight]:
         """Wait up to ``wait_s`` for the flights to land, stop, and return those left."""
         with self._cond:
+            self._draining = True
             self._cond.wait_for(lambda: not self._flights, max(0.0, wait_s))
             self._closed = True
             left = list(self._flights.values())
@@ -191,7 +207,8 @@ class Flights:
                 due = [f for f in self._flights.values() if f.deadline <= now]
                 if not due:
                     nxt = min((f.deadline for f in self._flights.values()), default=now + 1)
-                    self._cond.wait(max(0.01, nxt - now))
+                    self._wake_at = now + max(0.01, nxt - now)
+                    self._cond.wait(self._wake_at - now)
                     continue
                 if not self._online():
                     # disconnected: nothing could answer; attempts spent now would only

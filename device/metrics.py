@@ -76,16 +76,25 @@ class DeviceMetrics(RoleMetrics):
         )
         for source in SWITCH_SOURCES:
             self._switches.labels(source)
+        # each answer observes up to nine series: ``labels()`` per observation cost more
+        # than the observations, so the series are looked up once
+        self._e2e_by: dict[str, Any] = {}
+        self._hop_by: dict[tuple[str, str], Any] = {}
 
     def answered(self, answer: _Answer) -> None:
-        self._e2e.labels(answer.tier).observe(answer.e2e_ms / 1000)
+        e2e = self._e2e_by.get(answer.tier)
+        if e2e is None:
+            e2e = self._e2e_by[answer.tier] = self._e2e.labels(answer.tier)
+        e2e.observe(answer.e2e_ms / 1000)
         for hop in answer.latency:
             for part in HOP_PARTS:
                 ms = getattr(hop, part)
                 if ms is not None:  # a transfer spans two clocks: an offset may make it < 0
-                    self._hop.labels(hop.tier, part.removesuffix("_ms")).observe(
-                        max(0.0, ms) / 1000
-                    )
+                    child = self._hop_by.get((hop.tier, part))
+                    if child is None:
+                        child = self._hop.labels(hop.tier, part.removesuffix("_ms"))
+                        self._hop_by[hop.tier, part] = child
+                    child.observe(max(0.0, ms) / 1000)
 
     def switched(self, source: str) -> None:
         self._switches.labels(source).inc()

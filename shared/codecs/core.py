@@ -10,6 +10,7 @@ before anything is allocated, so a hostile message costs at most ``max_bytes``.
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import lz4.frame
 import numpy as np
@@ -142,6 +143,18 @@ class CodecName:
 
 def parse_codec(name: str) -> CodecName:
     """Parse ``q4c+zstd`` or ``jpeg:85``; only the canonical spelling is accepted."""
+    if type(name) is str and len(name) <= 32:
+        return _parse(name)
+    return _parse_any(name)
+
+
+@lru_cache(maxsize=256)
+def _parse(name: str) -> CodecName:
+    """A valid name parsed once (every request names its codec), a bad one never kept."""
+    return _parse_any(name)
+
+
+def _parse_any(name: object) -> CodecName:
     match = _NAME.fullmatch(name) if isinstance(name, str) and len(name) <= 32 else None
     if match is None:
         raise CodecError(f"codec: {name!r} is not a codec name like 'q4c+zstd' or 'jpeg:85'")
@@ -265,12 +278,16 @@ def encode(x: np.ndarray, codec: str, params: Mapping[str, object] | None = None
     name = parse_codec(codec)
     if not isinstance(x, np.ndarray):
         raise CodecError(f"x: expected a numpy array, got {type(x).__name__}")
-    _check_dtype(x.dtype.name, name)
+    dtype = _NAMES.get(x.dtype) or x.dtype.name  # numpy's ``name`` is slow Python code
+    _check_dtype(dtype, name)
     shape = _check_shape(tuple(int(dim) for dim in x.shape))
     wire_params, data = name.codec.encode(np.ascontiguousarray(x), name.level, params or {})
     if name.stage is not None:
         data = STAGES[name.stage].compress(data)
-    return EncodedTensor(x.dtype.name, shape, str(name), wire_params, data)
+    return EncodedTensor(dtype, shape, str(name), wire_params, data)
+
+
+_NAMES = {dtype: dtype_name for dtype_name, dtype in DTYPES.items()}
 
 
 def check(tensor: EncodedTensor, max_bytes: int = DEFAULT_MAX_BYTES) -> None:

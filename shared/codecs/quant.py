@@ -98,6 +98,8 @@ def _check_range(lo: np.ndarray, hi: np.ndarray, levels: int) -> None:
 
 
 def _positive(scale: np.ndarray) -> None:
+    if scale.ndim == 0 and scale >= FLOAT32_TINY:
+        return  # one scale, fine: numpy's index search costs more than the codec's check
     bad = np.flatnonzero(~(scale >= FLOAT32_TINY))
     if bad.size:
         at = f"channel {bad[0]}: " if scale.ndim else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import math
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,79 @@ def json_payload(topic: str, obj: Any, packet_type: int) -> tuple[bytes, Propert
     return text.encode(), props
 
 
+_PAHO_TABLES = Properties(PacketTypes.PUBLISH)
+
+
+class PublishProperties(Properties):
+    """The v5 properties of a PUBLISH, packed once, to exactly the bytes paho packs.
+
+    paho builds its lookup tables for every ``Properties`` and scans them for every
+    attribute set and packed: about 45 µs per publish, on both sides of every hop
+    (a twentieth of a tiny hop's CPU). This one shares
+    one set of tables (so ``str``, ``json`` and attribute reads work as paho's do),
+    packs the few properties splitmq sends in paho's order (identifier order), and is
+    immutable, so the bytes packed at creation stay right for paho's resends.
+    """
+
+    packetType = PacketTypes.PUBLISH
+    types = _PAHO_TABLES.types
+    names = _PAHO_TABLES.names
+    properties = _PAHO_TABLES.properties
+
+    def __init__(
+        self,
+        correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+        content_type: str | None = None,
+        expiry: int | None = None,
+        utf8: bool = False,
+    ) -> None:
+        parts = []
+        if utf8:
+            object.__setattr__(self, "PayloadFormatIndicator", 1)
+            parts.append(b"\x01\x01")
+        if expiry is not None:
+            object.__setattr__(self, "MessageExpiryInterval", expiry)
+            parts.append(b"\x02" + struct.pack("!L", expiry))
+        if content_type is not None:
+            object.__setattr__(self, "ContentType", content_type)
+            parts.append(b"\x03" + _utf8(content_type))
+        if response_topic is not None:
+            object.__setattr__(self, "ResponseTopic", response_topic)
+            parts.append(b"\x08" + _utf8(response_topic))
+        if correlation_data is not None:
+            object.__setattr__(self, "CorrelationData", correlation_data)
+            parts.append(b"\x09" + struct.pack("!H", len(correlation_data)) + correlation_data)
+        body = b"".join(parts)
+        object.__setattr__(self, "_packed", _varint(len(body)) + body)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PublishProperties are immutable (setting {name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"PublishProperties are immutable (deleting {name})")
+
+    def pack(self) -> bytes:
+        packed: bytes = self.__dict__["_packed"]
+        return packed
+
+
+def _utf8(text: str) -> bytes:
+    """An MQTT UTF-8 string: its length in two bytes, then the bytes."""
+    data = text.encode("utf-8")
+    return struct.pack("!H", len(data)) + data
+
+
+def _varint(value: int) -> bytes:
+    """An MQTT variable byte integer (the properties' length)."""
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def publish_properties(
     correlation_data: bytes | None,
     response_topic: str | None,
@@ -108,18 +182,10 @@ def publish_properties(
     expiry_s: float | None,
     is_json: bool,
 ) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    if correlation_data is not None:
-        props.CorrelationData = correlation_data
-    if response_topic is not None:
-        props.ResponseTopic = response_topic
     if content_type is not None or is_json:
-        props.ContentType = content_type or JSON_CONTENT_TYPE
-    if expiry_s is not None:
-        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
-    if is_json:
-        props.PayloadFormatIndicator = 1
-    return props
+        content_type = content_type or JSON_CONTENT_TYPE
+    expiry = max(1, math.ceil(expiry_s)) if expiry_s is not None else None
+    return PublishProperties(correlation_data, response_topic, content_type, expiry, is_json)
 
 
 def packet_size(topic: str, data: bytes, props: Properties, qos: int) -> int:
