@@ -22,8 +22,14 @@ def bench_settings(broker: Broker, pool: Path) -> Settings:
 
 
 def start_worker(
-    cfg: Settings, threads: int, tier: str = "edge", worker_id: str = "bench-edge"
+    cfg: Settings,
+    threads: int,
+    tier: str = "edge",
+    worker_id: str = "bench-edge",
+    extra: list[str] | None = None,
 ) -> subprocess.Popen:
-    """`splitmq edge` (or cloud) in its own process; returns once it serves."""
-    (proc,) = spawn(cfg, tier, [worker_id], ["--workers", str(threads), "--queue", "8"])
+    """`splitmq edge` (or cloud) in its own process, with ``extra`` flags; returns once
+    it serves."""
+    flags = ["--workers", str(threads), "--queue", "8", *(extra or [])]
+    (proc,) = spawn(cfg, tier, [worker_id], flags)
     return proc

@@ -72,9 +72,9 @@ class Settings(BaseSettings):
         "(1: never batch; unset: batch only on an accelerator, where it pays)",
     )
     max_queue_delay: str = Field(
-        "2ms",
-        description="how long a worker holds a request waiting for others to batch it with, "
-        "e.g. 2ms (only while every inference thread is busy or a batch is filling)",
+        "0",
+        description="how long a worker's batch waits for more requests while short, e.g. "
+        "2ms (0: it takes what is queued and runs at once)",
     )
     max_payload_bytes: int = Field(
         DEFAULT_MAX_BYTES, ge=1024, description="largest message splitmq sends or accepts"

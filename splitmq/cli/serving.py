@@ -89,8 +89,8 @@ MaxQueueDelayOption = Annotated[
     str | None,
     typer.Option(
         "--max-queue-delay",
-        help="How long a request may wait for a batch to fill, e.g. 2ms \\[default: 2ms; env: "
-        "SPLITMQ_MAX_QUEUE_DELAY].",
+        help="How long a short batch waits for more requests, e.g. 2ms \\[default: 0, run "
+        "what is queued at once; env: SPLITMQ_MAX_QUEUE_DELAY].",
         show_default=False,
     ),
 ]
