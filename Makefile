@@ -42,6 +42,8 @@ bench: venv mosquitto models
 	$(BIN)/python bench/bench_profile_accuracy.py
 	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_overhead.py
+	$(BIN)/python bench/bench_tinyhop.py
+	$(BIN)/python bench/bench_many.py --curve
 	$(BIN)/python bench/bench_planner.py
 	$(BIN)/python bench/bench_crowd.py
 	$(BIN)/python bench/bench_faults.py
