@@ -38,9 +38,9 @@ def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int = TOP_K) -> t
     Singleton dims are squeezed: a [1000, 1, 1] output (SqueezeNet's) is 1000 classes."""
     probs = softmax(np.asarray(logits, np.float64).reshape(-1))
     order = np.argsort(-probs)[:k]
-    return tuple(
-        TopK(int(i), labels[i] if labels and i < len(labels) else None, round(float(probs[i]), 6))
-        for i in order
+    return tuple(  # as Python numbers first: numpy's scalars cost more than the rest
+        TopK(i, labels[i] if labels and i < len(labels) else None, round(p, 6))
+        for i, p in zip(order.tolist(), probs[order].tolist(), strict=True)
     )
 
 

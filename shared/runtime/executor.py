@@ -89,6 +89,8 @@ class HopExecutor:
         call (a dynamic batch), each row then answered or forwarded on its own; a job that
         cannot run (a bad tensor, an unknown model) fails alone, and should the batch's run
         fail, its jobs run one by one so that a failure stays with its own request."""
+        if len(jobs) == 1:  # nothing to batch: the common case without load
+            return [self.execute_one(jobs[0])]
         outcomes: dict[int, Outcome] = {}
         batches: dict[tuple[str, int, int, int], list[tuple[int, np.ndarray]]] = {}
         models: dict[tuple[str, int, int, int], tuple[ModelVersion, int]] = {}
