@@ -5,9 +5,11 @@ A load generator plays N devices (1-64), each keeping one request in flight
 Triton's perf_analyzer at concurrency N). Every device sends the whole model's
 input to the edge (cut 0, ``u8``), so the worker runs the whole model per
 request: the MNIST CNN (about 0.2 ms) and EfficientNet-Lite0 (about 10 ms).
-One `splitmq edge` process with one inference thread serves them, once with
-``--max-batch 1`` and once batching (``--max-batch 8 --max-queue-delay 2ms``),
-the configurations in alternating turns per N. The generator is one plain
+One `splitmq edge` process (``--threads`` inference threads, default 1) per
+configuration serves them: without batching (``--max-batch 1``), batching what
+is queued (``--max-batch 8``) and waiting up to 2 ms for a batch to fill
+(``--max-queue-delay 2ms``). All three run at once on topics of their own and
+are measured in alternating order per N. The generator is one plain
 MQTT client publishing for every device id, so it costs the host far less
 than N devices would.
 
@@ -141,8 +143,8 @@ class Crowd:
         with self.lock:
             self.running = False
             done = list(self.latencies)
-            self.idle.wait_for(lambda: not self.sent, 60)
-        elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start  # what was answered by now, in this time
+            self.idle.wait_for(lambda: not self.sent, 60)  # the rest lands before the next run
         ms = sorted(x * 1000 for x in done)
         return {
             "rps": len(done) / elapsed,

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.offline.profiling import cut_values, partition_runner, profile, round_robin_ms
+from splitmq.shared.offline.profiling import Runner, cut_values, profile, round_robin_ms
 from splitmq.shared.settings import Settings
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     rng.shuffle(todo)  # chunks mix long and short partitions alike
     for chunk in range(0, len(todo), 20):  # bounded memory: 20 sessions at a time
         part = todo[chunk : chunk + 20]
-        runs = [partition_runner(mv, a, b, values[a], 1) for a, b in part]
+        runs = [Runner(mv, a, b, values[a], 1) for a, b in part]
         measured.update(zip(part, round_robin_ms(runs, args.repeats)))
     error = {p: abs(prof.predict_ms(*p) - ms) / ms for p, ms in measured.items()}
     rows = []

@@ -26,7 +26,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from socket import IPPROTO_TCP, TCP_NODELAY
 
+import paho.mqtt.client as paho
 from harness import bench_settings, start_worker
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +44,23 @@ from splitmq.shared.transport.mqtt import MqttClient
 MODEL, CUT, CODEC, WINDOW = "mnist-cnn", 10, "int8", 32
 
 
+def bare_client(settings: Settings, name: str, topic: str, on_message) -> paho.Client:
+    """A plain paho MQTT v5 client, its network loop running, subscribed to ``topic``."""
+    url = settings.broker_url
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    # no Nagle, as splitmq's client: paho leaves it on, which costs ~40 ms a small reply
+    client.on_connect = lambda c, *_: c.socket().setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+    client.on_message = on_message
+    client.connect(url.host, url.port)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    if not subscribed.wait(10):
+        raise RuntimeError(f"no SUBACK for {topic}")
+    return client
+
+
 class BarePipeline:
     """A bare paho client keeping ``window`` QoS 1 requests in flight to an echo process."""
 
@@ -55,32 +74,32 @@ class BarePipeline:
             text=True,
         )
         assert self.server.stdout and self.server.stdout.readline().strip() == "ready"
-        self.slots = threading.Semaphore(window)
-        self.answered = 0
-        self.client = MqttClient(settings.connection(f"bare-{uuid.uuid4().hex[:6]}")).connect()
-        self.client.subscribe(self.rsp, self._reply, qos=1)
+        self.window, self.out = window, 0
+        self.room = threading.Condition()
+        self.client = bare_client(settings, f"bare-{uuid.uuid4().hex[:6]}", self.rsp, self._reply)
 
-    def _reply(self, _msg: object) -> None:
-        self.answered += 1
-        self.slots.release()
+    def _reply(self, *_: object) -> None:
+        with self.room:
+            self.out -= 1
+            self.room.notify_all()
 
     def run(self, frame, payload: bytes, seconds: float) -> float:
-        """Answers/s while keeping the window full for ``seconds``."""
+        """Answers/s while keeping the window full for ``seconds``, then every one answered."""
         start, sent = time.monotonic(), 0
-        first = self.answered
         while time.monotonic() - start < seconds:
-            self.slots.acquire()
+            with self.room:
+                self.room.wait_for(lambda: self.out < self.window)
+                self.out += 1
             self.head.run(frame)
             self.client.publish(self.req, payload, qos=1)
             sent += 1
-        while self.answered - first < sent:  # drain: every request answered
-            self.slots.acquire()
-            self.slots.release()
-            time.sleep(0.001)
+        with self.room:
+            self.room.wait_for(lambda: self.out == 0, 30)
         return sent / (time.monotonic() - start)
 
     def close(self) -> None:
-        self.client.close()
+        self.client.loop_stop()
+        self.client.disconnect()
         self.server.terminate()
         self.server.wait(10)
 
@@ -94,14 +113,13 @@ def echo_server(broker: str, pool: str, req: str, rsp: str, reply_bytes: int) ->
     head, tail = sessions.segment(mv, 0, CUT), sessions.segment(mv, CUT, mv.last_cut)
     x = head.run(mv.graph.sample_input())[mv.cuts[CUT].name]
 
-    def answer(_msg: object) -> None:
+    def answer(client: paho.Client, *_: object) -> None:
         tail.run(x)
-        server.publish(rsp, reply, qos=1)
+        client.publish(rsp, reply, qos=1)
 
-    with MqttClient(cfg.connection(f"bare-echo-{uuid.uuid4().hex[:6]}")) as server:
-        server.subscribe(req, answer, qos=1)
-        print("ready", flush=True)
-        threading.Event().wait()
+    bare_client(cfg, f"bare-echo-{uuid.uuid4().hex[:6]}", req, answer)
+    print("ready", flush=True)
+    threading.Event().wait()
 
 
 def cpu_s(pid: int | None = None) -> float:
@@ -151,24 +169,27 @@ def main() -> None:
                 result_bytes = result_size(cfg, dev, frame)
                 head = SessionCache(ModelPool(pool_dir)).segment(mv, 0, CUT)
                 bare = BarePipeline(cfg, result_bytes, WINDOW, head)
-                payload = os.urandom(request_bytes)
-                splitmq_rps(dev, frame, 1.0)  # warm both up
-                bare.run(frame, payload, 1.0)
-                ours, theirs = [], []
-                for _ in range(args.turns):  # alternating turns
-                    ours.append(
-                        measured(lambda s: splitmq_rps(dev, frame, s), worker.pid, args.seconds)
-                    )
-                    theirs.append(
-                        measured(
-                            lambda s: bare.run(frame, payload, s), bare.server.pid, args.seconds
-                        )
-                    )
-                bare.close()
+                try:
+                    ours, theirs = turns(args, dev, frame, worker.pid, bare, request_bytes)
+                finally:
+                    bare.close()
         finally:
             worker.terminate()
             worker.wait(30)
     report(args, request_bytes, result_bytes, ours, theirs)
+
+
+def turns(args, dev: Device, frame, worker: int, bare: BarePipeline, request_bytes: int):
+    """The alternating turns: (req/s, CPU µs/req here, in the server) of each side."""
+    payload = os.urandom(request_bytes)
+    splitmq_rps(dev, frame, 1.0)  # warm both up
+    bare.run(frame, payload, 1.0)
+    ours, theirs = [], []
+    for _ in range(args.turns):
+        ours.append(measured(lambda s: splitmq_rps(dev, frame, s), worker, args.seconds))
+        bare_turn = measured(lambda s: bare.run(frame, payload, s), bare.server.pid, args.seconds)
+        theirs.append(bare_turn)
+    return ours, theirs
 
 
 def result_size(cfg: Settings, dev: Device, frame) -> int:

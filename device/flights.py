@@ -220,6 +220,8 @@ class Flights:
                 over = [f for f in due if f.attempts > self.retries]
                 for f in over:
                     del self._flights[f.request.id]
+                if over and self._draining and not self._flights:
+                    self._cond.notify_all()  # close() waits for the last one
                 for f in again:
                     f.attempts += 1
                     wait = self.timeouts.for_attempt(f.attempts)

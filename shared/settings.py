@@ -25,6 +25,8 @@ from splitmq.shared.units import parse_ms
 
 #: The pool ``make`` builds in a checkout, found from that directory without settings.
 PROJECT_POOL = Path(".pool")
+#: The longest a short batch may wait for more requests: beyond it devices time out.
+MAX_QUEUE_DELAY_MS = 1000.0
 
 
 def default_pool() -> Path:
@@ -132,18 +134,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_queue_delay(cls, value: str) -> str:
         try:
-            parse_ms(value, "max queue delay")
+            ms = parse_ms(value, "max queue delay")
         except UserError as exc:
             raise ValueError(str(exc)) from None
+        if ms > MAX_QUEUE_DELAY_MS:
+            raise ValueError(f"{value!r}: at most {MAX_QUEUE_DELAY_MS:g} ms (requests expire)")
         return value
-
-    @field_validator("providers")
-    @classmethod
-    def _check_providers(cls, value: str) -> str:
-        names = [p.strip() for p in value.split(",")]
-        if not all(names):
-            raise ValueError(f"{value!r}: a comma-separated list of providers, e.g. cuda,cpu")
-        return ",".join(names)
 
     @property
     def max_queue_delay_s(self) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from kit import make_request
 
-from splitmq.device.runtime import Device
+from splitmq.device.runtime import Device, InferenceFailed
 from splitmq.shared.codecs import decode, encode
 from splitmq.shared.model.graph import make_session
 from splitmq.shared.model.plans import make_plan
@@ -198,3 +198,65 @@ def test_a_worker_batches_many_devices_and_answers_each_its_own(
             if s.name == "splitmq_worker_batch_size_bucket"
         }
         assert sizes["1.0"] < sizes["+Inf"]  # some requests ran together
+
+
+def test_a_batch_shares_its_run_between_its_requests(real_pool, mv, inputs):
+    """What the planner reads as the tier's service time is each request's share."""
+    executor = HopExecutor(SessionCache(real_pool), MAX_BYTES)
+    outcomes = executor.execute([Job(MODEL, None, 3, None, at_cut(mv, x, 3)) for x in inputs])
+    assert {o.rows for o in outcomes} == {len(inputs)}
+    assert outcomes[0].service_ms == pytest.approx(outcomes[0].compute_ms / len(inputs))
+
+
+def test_a_short_batch_waits_at_most_its_delay_and_a_full_one_not_at_all() -> None:
+    import queue
+    import time
+
+    items: queue.Queue[int | None] = queue.Queue()
+    batches = Batches(items, max_batch=2, max_delay_s=0.2)
+    items.put(1)
+    start = time.monotonic()
+    assert batches.take() == ([1], False)
+    assert time.monotonic() - start >= 0.2
+    items.put(2)
+    items.put(3)
+    start = time.monotonic()
+    assert batches.take() == ([2, 3], False)
+    assert time.monotonic() - start < 0.2
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [({"max_batch": 0}, "max_batch"), ({"max_queue_delay": "2s"}, "at most 1000 ms")],
+)
+def test_bad_batching_settings_are_refused(given, error) -> None:
+    from splitmq.shared.errors import UserError
+    from splitmq.shared.settings import Settings
+
+    with pytest.raises(UserError, match=error):
+        Settings.given(_env_file=None, **given)
+
+
+class Broken(HopExecutor):
+    """An executor whose first batch raises (a bug), then works."""
+
+    failed = False
+
+    def execute(self, jobs):
+        if not Broken.failed:
+            Broken.failed = True
+            raise RuntimeError("a bug in the executor")
+        return super().execute(jobs)
+
+
+def test_an_executor_that_raises_still_answers_every_request(settings, real_pool, mv, inputs):
+    """Each request of the batch hears an `internal` error, and the worker keeps serving."""
+    cfg = settings.model_copy(update={"pool": real_pool.root})
+    with (
+        Worker(cfg, "edge", "t-broken", threads=1, executor=Broken),
+        Device(cfg, "dev-broken", make_plan(mv, 3, "int8"), retries=0) as dev,
+    ):
+        with pytest.raises(InferenceFailed) as failed:
+            dev.submit(digits()[1]).result(timeout=30)
+        assert failed.value.code == "internal" and "a bug in the executor" in str(failed.value)
+        assert dev.infer(digits()[2]).top1 == 2  # the same thread serves on

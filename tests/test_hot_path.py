@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from kit import make_request
+from kit import eventually, make_request
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -103,7 +103,9 @@ def test_an_earlier_deadline_wakes_the_timer_thread() -> None:
     flights.start()
     try:
         flights.add(Flight(make_request(id="late"), Future(), t0=0.0))
-        time.sleep(0.05)  # the thread sleeps towards the 30 s deadline
+        eventually(  # the timer thread sleeps towards the late flight's 30 s deadline
+            lambda: flights._wake_at > time.monotonic() + 10, "the timer asleep for 30 s"
+        )
         timeouts.ceiling_s = timeouts.floor_s = 0.05
         flights.add(Flight(make_request(id="soon"), Future(), t0=0.0))
         assert expired.wait(2.0)

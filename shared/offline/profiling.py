@@ -93,14 +93,14 @@ def profile(
     """
     last = mv.last_cut
     values = cut_values(mv, mv.graph.sample_input())
-    full_run = partition_runner(mv, 0, last, values[0], threads, providers)
+    full_run = Runner(mv, 0, last, values[0], threads, providers)
     heads, tails, segments = [0.0] * (last + 1), [0.0] * (last + 1), [0.0] * last
     fulls = []
     for start in range(1, last + 1, chunk):
         cuts = range(start, min(start + chunk, last + 1))
         parts = [(0, c) for c in cuts] + [(c - 1, last) for c in cuts] + [(c - 1, c) for c in cuts]
         runs: list[Callable[[], object]] = [full_run]
-        runs += (partition_runner(mv, a, b, values[a], threads, providers) for a, b in parts)
+        runs += (Runner(mv, a, b, values[a], threads, providers) for a, b in parts)
         medians = round_robin_ms(runs, repeats)
         fulls.append(medians[0])
         for (a, b), ms in zip(parts, medians[1:]):
@@ -154,7 +154,7 @@ def cold_heads_ms(
     device (``lab.speed.emulate``) stretches the same clock.
     """
     last = mv.last_cut
-    runs = [partition_runner(mv, 0, b, x, threads, providers) for b in range(1, last + 1)]
+    runs = [Runner(mv, 0, b, x, threads, providers) for b in range(1, last + 1)]
     for run in runs:
         run()
     times: list[list[float]] = [[] for _ in runs]
@@ -243,12 +243,6 @@ class Runner:
     def provider(self) -> str:
         """The execution provider it runs on (``cpu``, ``cuda``)."""
         return short_name(self.session.get_providers()[0])
-
-
-def partition_runner(
-    mv: ModelVersion, a: int, b: int, x: np.ndarray, threads: int, providers: Sequence[str] = CPU
-) -> Runner:
-    return Runner(mv, a, b, x, threads, providers)
 
 
 def _monotonic(values: list[float]) -> list[float]:

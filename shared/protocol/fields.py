@@ -84,7 +84,12 @@ def at(path: str) -> Iterator[None]:
     try:
         yield
     except (WireError, CodecError) as exc:
-        raise type(exc)(f"{path}.{exc}") from exc
+        raise prefixed(exc, path) from exc
+
+
+def prefixed(exc: WireError | CodecError, path: str) -> WireError | CodecError:
+    """``exc`` again, naming the field it is about from ``path`` on."""
+    return type(exc)(f"{path}.{exc}")
 
 
 @cache

@@ -24,6 +24,7 @@ from splitmq.shared.protocol.fields import (
     names,
     normalise_times,
     number,
+    prefixed,
     tier_field,
     type_name,
     unique_map,
@@ -362,7 +363,7 @@ def _items(value: object, name: str, kind: type, least: int, most: int) -> tuple
         try:
             items.append(kind(**fields))
         except (WireError, CodecError) as exc:
-            raise type(exc)(f"{path}.{exc}") from exc
+            raise prefixed(exc, path) from exc
     return tuple(items)
 
 

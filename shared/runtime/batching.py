@@ -18,13 +18,16 @@ from typing import Generic, TypeVar
 
 #: Requests per batch on an accelerator when ``--max-batch`` is not given.
 ACCELERATOR_BATCH = 8
+#: Providers that run on a GPU or NPU, where one call of N costs little more than one
+#: of 1; the rest (cpu, openvino, dnnl, xnnpack, ...) run on CPU cores.
+ACCELERATORS = frozenset({"cuda", "tensorrt", "rocm", "migraphx", "dml"})
 
 T = TypeVar("T")
 
 
 def default_max_batch(provider: str) -> int:
-    """A worker's batch when none is set: 1 (no batching) on a CPU, where it does not pay."""
-    return 1 if provider == "cpu" else ACCELERATOR_BATCH
+    """A worker's batch when none is set: 1 (no batching) but on an accelerator."""
+    return ACCELERATOR_BATCH if provider in ACCELERATORS else 1
 
 
 class Batches(Generic[T]):

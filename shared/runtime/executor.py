@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from splitmq.shared.codecs import EncodedTensor, decode, encode, parse_codec
-from splitmq.shared.errors import RequestFailed, SplitMQError
+from splitmq.shared.errors import ModelError, RequestFailed, SplitMQError
 from splitmq.shared.model.outputs import answer, read
 from splitmq.shared.model.pool import ModelVersion
 from splitmq.shared.model.preprocess import normalize
@@ -71,10 +71,17 @@ class Outcome:
     t_start: float = 0.0
     t_done: float = 0.0
     t_end: float = 0.0
+    rows: int = 1  # jobs that ran in the same call (a batch): they shared its compute
 
     @property
     def compute_ms(self) -> float:
+        """How long the run took: what this job waited for."""
         return (self.t_done - self.t_start) * 1000
+
+    @property
+    def service_ms(self) -> float:
+        """This job's share of the run: what the tier spent on it (its capacity)."""
+        return self.compute_ms / self.rows
 
 
 class HopExecutor:
@@ -122,25 +129,29 @@ class HopExecutor:
     def _batch(
         self, jobs: Sequence[Job], rows: list[tuple[int, np.ndarray]], mv: ModelVersion, end: int
     ) -> list[Outcome]:
-        """The outcomes of the jobs in ``rows`` (index, checked input), one run for all."""
-        if len(rows) == 1:
-            return [self.execute_one(jobs[rows[0][0]])]
+        """The outcomes of the jobs in ``rows`` (index, checked input), one run for all; one
+        by one where the segment cannot take a batch or the batch's run fails."""
         try:
+            segment = self.sessions.segment(mv, jobs[rows[0][0]].cut, end)
+            if len(rows) == 1 or not segment.batches:
+                return [self.execute_one(jobs[i]) for i, _ in rows]
             t_start = time.time()
-            outputs = self.sessions.segment(mv, jobs[rows[0][0]].cut, end).run(
-                np.concatenate([x for _, x in rows])
-            )
+            outputs = segment.run(np.concatenate([x for _, x in rows]))
             t_done = time.time()
-        except Exception:  # which row broke the run? each then fails (or not) alone
-            log.warning("a batch of %d failed on %s; running it one by one", len(rows), mv.name)
+            if any(np.shape(v)[:1] != (len(rows),) for v in outputs.values()):
+                raise ModelError("its outputs do not have one row per sample")
+        except Exception as exc:  # which row broke the run? each then fails (or not) alone
+            log.warning(
+                "a batch of %d on %s %d-%d failed (%s); running it one by one",
+                *(len(rows), mv.name, jobs[rows[0][0]].cut, end, exc),
+            )
             return [self.execute_one(jobs[i]) for i, _ in rows]
-        if any(v.ndim == 0 or v.shape[0] != len(rows) for v in outputs.values()):
-            return [self.execute_one(jobs[i]) for i, _ in rows]  # outputs not per sample
         concluded = []
         for r, (i, _) in enumerate(rows):
             mine = {name: v[r : r + 1] for name, v in outputs.items()}
             try:
-                concluded.append(self._concluded(jobs[i], mv, end, mine, t_start, t_done))
+                done = self._concluded(jobs[i], mv, end, mine, t_start, t_done)
+                concluded.append(replace(done, rows=len(rows)))
             except Exception as exc:
                 concluded.append(self._failed(jobs[i], exc))
         return concluded

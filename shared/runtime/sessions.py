@@ -37,6 +37,10 @@ class Segment:
         self.outputs = [o.name for o in self.session.get_outputs()]
         dims = self.session.get_inputs()[0].shape
         self.batch = fixed_batch(dims[0] if dims else None)
+        # rows of several requests in one run: only where every output's first dim is
+        # the input's symbolic batch (a first dim that merely equals N is not a batch)
+        firsts = [o.shape[0] if o.shape else None for o in self.session.get_outputs()]
+        self.batches = bool(dims) and isinstance(dims[0], str) and all(d == dims[0] for d in firsts)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs for ``x``; a model whose batch is fixed to N > 1 runs a sample padded

@@ -115,7 +115,8 @@ def worker_telemetry(
     provider: str | None = None,
 ) -> WorkerTelemetry:
     """A worker's documented telemetry (protocol.telemetry.WorkerTelemetry); ``provider``:
-    the execution provider its sessions run on (``SessionCache.provider``)."""
+    the execution provider its sessions run on (``SessionCache.provider``), left out when
+    it is the CPU (what a missing one means), so planners older than providers read it."""
     counts = stats.snapshot_counts()
     return WorkerTelemetry(
         role=tier,
@@ -136,5 +137,5 @@ def worker_telemetry(
         answered=counts.get(f"answered_{tier}", 0),
         forwarded=stats.by_prefix("forwarded_"),
         wan=wan,
-        provider=provider,
+        provider=None if provider == "cpu" else provider,
     )

@@ -1,19 +1,13 @@
 """The worker both tiers run: requests in over MQTT, the hop executor, answers out.
 
-A worker subscribes to its tier's request topics through a shared
-subscription, so any number of workers split the load. paho's network thread
-only parses the topic and queues the message; a bounded pool of threads runs
-inference (ONNX Runtime releases the GIL), each taking one request or a
-dynamic batch (``shared.runtime.batching``). Manual acks with a Receive Maximum
-equal to the pool's capacity make the broker hold back messages instead of
-queueing them here, so a busy worker applies backpressure, never drops silently.
-
-Each request is source-routed: the worker runs its hop (the current cut to the hop's
-``to``) through ``HopExecutor``, answers when an exit head is confident or the model's
-output is reached, and otherwise forwards the tensor at ``to`` to the next tier. Any bad
-request gets a JSON error on ``error/<device>``; the worker keeps serving. A role adds
-its own ways in (the edge: camera frames) as ``ingress``, an emulation its own executor
-(``splitmq.lab.speed.slowed``); the WAN's probes are ``shared.runtime.wan``'s.
+Workers share their tier's request topics through a shared subscription. paho's thread
+only queues each message; a bounded pool of threads (ONNX Runtime releases the GIL) takes
+one request or a dynamic batch (``shared.runtime.batching``). Manual acks and a Receive
+Maximum equal to the pool's capacity make a busy worker push back on the broker, never
+drop. Each request is source-routed: the hop runs through ``HopExecutor``, then the worker
+answers (an exit head confident, or the output reached) or forwards the tensor at the hop's
+``to``; a bad request gets a JSON error on ``error/<device>``. A role adds its own ways in
+as ``ingress`` (the edge: camera frames), an emulation its own executor (``lab.speed``).
 """
 
 from __future__ import annotations
@@ -157,10 +151,8 @@ class Worker:
     @property
     def request_filters(self) -> list[str]:
         """Its tier's requests; the cloud's also from every site's tree (``Topics.scoped``)."""
-        mine = self.topics.shared_requests(self.tier)
-        if self.tier != "cloud":
-            return [mine]
-        return [mine, self.topics.filters().at_site(ANY).shared_requests(self.tier)]
+        sites = [self.topics.filters().at_site(ANY)] if self.tier == "cloud" else []
+        return [t.shared_requests(self.tier) for t in (self.topics, *sites)]
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -206,6 +198,8 @@ class Worker:
                 self._in_flight += len(items)
             try:
                 self._handle(items)
+            except Exception:  # a bug: logged, and this thread keeps serving
+                log.exception("%s: a batch of %d failed", self.id, len(items))
             finally:
                 for msg, _, ingress in items:
                     msg.ack()
@@ -221,7 +215,15 @@ class Worker:
         if not taken:
             return
         self.metrics.batch.observe(len(taken))
-        for one, outcome in zip(taken, self.executor.execute([t.job for t in taken]), strict=True):
+        try:
+            outcomes = self.executor.execute([t.job for t in taken])
+            if len(outcomes) != len(taken):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(taken)} jobs")
+        except Exception as exc:  # an executor must not raise: each request still hears
+            for one in taken:
+                self._report(exc, one.msg, one.device, one.request.id, one.key, one.topics)
+            return
+        for one, outcome in zip(taken, outcomes, strict=True):
             try:
                 reply = self._reply(self._hop_done(one, outcome), one.msg, one.topics)
                 self._send(reply, one.request, one.topics)
@@ -295,7 +297,8 @@ class Worker:
             raise outcome.error
         request, hop, mv = taken.request, taken.request.current, outcome.mv
         assert mv is not None
-        self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.compute_ms)
+        # its share of a batch's run: what the planner reads as the tier's service time
+        self.stats.latency((mv.name, mv.version, request.cut, hop.to), outcome.service_ms)
         self.metrics.ran(request.cut, hop.to, outcome, taken.t_recv)
         record = HopTiming(
             self.tier,
@@ -382,13 +385,12 @@ class Worker:
         with self._lock:
             in_flight, queued = self._in_flight, self._queue.qsize()
         wan = None if self.wan is None else self.wan.estimate()
-        loaded = self.sessions.loaded()
         return worker_telemetry(
             self.tier,
             self.id,
             ts,
             self.stats,
-            loaded,
+            self.sessions.loaded(),
             wan,
             in_flight=in_flight,
             queued=queued,
