@@ -155,9 +155,9 @@ def test_a_worker_reports_its_provider_and_older_reports_stay_valid() -> None:
     args = ("edge", "w", 1.0, stats, [], None)
     doc = worker_telemetry(*args, in_flight=0, threads=1, queued=0, provider="cuda")
     assert json.loads(doc.to_json())["provider"] == "cuda"
-    older = worker_telemetry(*args, in_flight=0, threads=1, queued=0)
-    raw = json.loads(older.to_json())
-    assert "provider" not in raw  # a reader from before it still reads what this one sends
+    on_cpu = worker_telemetry(*args, in_flight=0, threads=1, queued=0, provider="cpu")
+    raw = json.loads(on_cpu.to_json())
+    assert "provider" not in raw  # a reader from before it still reads what a CPU worker sends
     parsed = parse_telemetry(json.dumps(raw).encode())
     assert isinstance(parsed, WorkerTelemetry) and parsed.provider is None
 

@@ -40,7 +40,8 @@ class WorkerMetrics(RoleMetrics):
         ).labels(tier)
         self.batch = self._histogram(
             "splitmq_worker_batch_size",
-            "Requests a worker thread took and ran together (a dynamic batch; 1: alone)",
+            "Requests a worker thread took together (a dynamic batch; 1: alone); those of "
+            "one segment ran as one call",
             ("tier",),
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         ).labels(tier)
