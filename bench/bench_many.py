@@ -23,6 +23,7 @@ on this CPU at most.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -168,6 +169,11 @@ def serve(cfg: Settings, threads: int, args: list[str]):
     return proc
 
 
+def stopped(proc) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
 def curve(pool: Path, sizes=(1, 2, 4, 8, 16, 32), seconds: float = 1.5) -> dict:
     """Per-sample ms of a batch of each size, one ONNX Runtime thread, per model."""
     cache, out = SessionCache(ModelPool(pool)), {}
@@ -206,23 +212,20 @@ def main() -> None:
     with Broker() as broker:
         for name in args.models.split(","):
             mv = ModelPool(pool).get(name)
-            setups = {}
-            for config, flags in CONFIGS.items():  # each its own topics, both up at once
-                cfg = bench_settings(broker, pool)
-                setups[config] = (serve(cfg, args.threads, flags), Crowd(cfg, mv, frame_of(mv)))
-            try:
-                for _, crowd in setups.values():
+            with contextlib.ExitStack() as stack:  # every worker stopped, whatever fails
+                crowds = {}
+                for config, flags in CONFIGS.items():  # each its own topics, all up at once
+                    cfg = bench_settings(broker, pool)
+                    stack.callback(stopped, serve(cfg, args.threads, flags))
+                    crowds[config] = Crowd(cfg, mv, frame_of(mv))
+                    stack.callback(crowds[config].close)
+                for crowd in crowds.values():
                     crowd.run(2, 1.0)  # warm up
                 for i, n in enumerate(counts):
-                    order = list(setups) if i % 2 == 0 else list(reversed(setups))
+                    order = list(crowds) if i % 2 == 0 else list(reversed(crowds))
                     for config in order:
-                        got = setups[config][1].run(n, args.seconds)
+                        got = crowds[config].run(n, args.seconds)
                         rows.append({"model": name, "devices": n, "config": config, **got})
-            finally:
-                for proc, crowd in setups.values():
-                    crowd.close()
-                    proc.terminate()
-                    proc.wait(30)
     summary = {"threads": args.threads, "seconds": args.seconds, "rows": rows}
     if args.curve:
         summary["ort_curve"] = curve(pool)
