@@ -44,6 +44,8 @@ bench: venv mosquitto models
 	$(BIN)/python bench/bench_overhead.py
 	$(BIN)/python bench/bench_tinyhop.py
 	$(BIN)/python bench/bench_many.py --curve
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python bench/bench_link.py --scenarios live,mnist; \
+	else echo "bench_link.py: needs root (a network namespace and tc): not run"; fi
 	$(BIN)/python bench/bench_planner.py
 	$(BIN)/python bench/bench_crowd.py
 	$(BIN)/python bench/bench_faults.py

@@ -1,14 +1,16 @@
-"""The device's link estimate on a real shaped link (issue 25): what it reads, and how fast.
+"""The device's link estimate on a real shaped link (issue 25): what it reads, how fast,
+and what the planner makes of it.
 
-A broker (mosquitto, plain, on the host's end of the veth) and an edge worker (in this
-process) sit on the host; ``lab.netns.ShapedWan`` makes a network namespace joined by a
-veth pair with ``tc tbf rate R burst B latency 100ms`` on both ends, and a TCP relay in
-the namespace adding ``--rtt-ms`` (half each way: the kernel has no netem). The device
-runs in the namespace (this file again, ``--child``, under ``ip netns exec``) and
-connects to the relay there, so its uplink crosses the namespace end's tbf once and its
-results come back through the host end's: one shaper per direction. Every second the
-child prints ``dev.estimates.uplink_bps()`` and ``rtt_ms()``; the rate is changed on
-the fly with ``tc qdisc change``; each run notes the packets each tbf dropped.
+``lab.shaped.ShapedRig``: a broker (mosquitto, plain, on the host's end of the veth), an
+edge worker (and for ``live``/``mnist-steady`` a cloud worker and the planner) in this
+process; ``lab.netns.ShapedWan`` makes a network namespace joined by a veth pair with
+``tc tbf rate R burst B latency 100ms`` on both ends, and a TCP relay in the namespace
+adding ``--rtt-ms`` (half each way: the kernel has no netem). The devices run in the
+namespace (``lab.shaped_devices``) and connect to the relay there, so their uplink
+crosses the namespace end's tbf once and their results come back through the host
+end's. Twice a second the child prints each device's ``uplink_bps()``, ``rtt_ms()``,
+the prober's bytes and the plan in force; the rate is changed on the fly with ``tc
+qdisc change``; each run notes the packets each tbf dropped.
 
 Scenarios (``--scenarios``, comma-separated):
 
@@ -16,23 +18,31 @@ Scenarios (``--scenarios``, comma-separated):
   sending plan (``--cut``/``--codec``, default cut 0 ``u8``: 150,815 B) at ``--fps``,
   window 4; the median and range of the estimate over ``--seconds`` after ``--warm`` s.
 - ``probe``: the same links with the device device-only (``local_plan``): only the
-  prober's pairs feed the estimate.
-- ``train``: the same links, measured by the proposed estimator instead (a prototype,
-  ``trains``: PUBACK-timed trains, the rate of their second half); no Device.
+  prober's trains feed the estimate.
 - ``step``: 50 -> 1 -> 50 Mbit/s, ``--step-s`` each, burst 32 kB, once per
-  ``--step-codecs`` (``u8``: the sending plan; ``local``: device-only, probes;
-  ``train``: the prototype): the series, when the estimate crosses halfway between the
+  ``--step-codecs`` (``u8``: the sending plan; ``local``: device-only, probes): the
+  series, when the estimate crosses halfway between the
   old and new rate, and the median over the last 15 s of each phase.
 - ``mnist``: mnist-cnn, cut 10, ``int8`` (553 B requests) at ``--mnist-fps``, 50 Mbit/s.
+- ``live``: issue 25's measurement. EfficientNet-Lite0 at a tenth of this host's speed
+  (no ``--link``: the estimate is all the planner knows of the link) follows the live
+  planner (dwell 5 s), an edge (2 threads) and a cloud worker on the host, at
+  ``--live-fps``; 50 -> 1 -> 50 Mbit/s, 32 kB burst, ``--step-s`` each. Per phase: the
+  median estimate over its last 15 s and its error, the seconds from the change of rate
+  to the first change of plan (the drop's must be <= 2 s, the recovery's <= 5 s), the
+  changes of plan (at most one per change of link) and the probes' share of the link.
+- ``mnist-steady``: ``--mnist-devices`` mnist-cnn devices following the planner on a
+  steady 50 Mbit/s link at ``--mnist-fps`` for ``--minutes``: each one's changes of
+  plan after its first (the target is none) and its estimate.
 
-Needs root (``lab.netns.why_not``); ``ShapedWan.close`` removes the namespace, the veth
-and with them the qdiscs, whatever failed.
+Needs root (``lab.netns.why_not``); the rig removes the namespace, the veth and with them
+the qdiscs, and stops every process, whatever failed.
 
     SPLITMQ_POOL=/tmp/q/mypool .venv/bin/python bench/bench_link.py \
-        [--scenarios steady,probe,step,mnist] [--rates 1,10,50] [--bursts 32kb,4kb] \
-        [--warm 10] [--seconds 20] [--step-s 20] [--step-codecs u8,local,train] \
-        [--fps 4] [--mnist-fps 20] [--rtt-ms 20] [--half-ms 20] [--train-msg 16384] \
-        [--json PATH]
+        [--scenarios steady,probe,step,mnist,live,mnist-steady] [--rates 1,10,50] \
+        [--bursts 32kb,4kb] [--warm 10] [--seconds 20] [--step-s 20] \
+        [--step-codecs u8,local] [--fps 4] [--mnist-fps 20] [--mnist-speed 0.1] \
+        [--rtt-ms 20] [--minutes 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,169 +51,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import threading
-import time
-from contextlib import ExitStack
 from typing import Any
 
-import numpy as np
-from link_trains import trains
-
-from splitmq.broker.launcher import Broker, free_port
-from splitmq.device.follow import local_plan
-from splitmq.device.runtime import Device
-from splitmq.edge.worker import edge_worker
 from splitmq.lab import netns
-from splitmq.shared.model.plans import make_plan
-from splitmq.shared.model.pool import ModelPool
-from splitmq.shared.offline.datasets import mnist_digits, photos
-from splitmq.shared.settings import Settings
+from splitmq.lab.shaped import EFFNET, MNIST, Child, Phase, Run, ShapedRig, device_args, run
 
-EFFNET, MNIST = "efficientnet-lite0", "mnist-cnn"
-
-
-def tbf_change(wan: netns.ShapedWan, rate_mbit: float, burst: str) -> None:
-    """Change both ends' tbf to ``rate_mbit`` on the fly (same burst)."""
-    tbf = ("root", "tbf", "rate", f"{int(rate_mbit * 1e6)}bit", "burst", burst)
-    tbf += ("latency", "100ms")
-    inner = ("ip", "netns", "exec", wan.ns)
-    subprocess.run(["tc", "qdisc", "change", "dev", wan.veth, *tbf], check=True)
-    subprocess.run([*inner, "tc", "qdisc", "change", "dev", f"{wan.veth}n", *tbf], check=True)
+HI, LO = 50.0, 1.0
+#: The live scenario's targets (issue 25): the plan's first change after each change of
+#: link within this long, and at most this many changes per phase.
+DROP_S, RECOVER_S, SWITCHES_PER_CHANGE = 2.0, 5.0, 1
 
 
-class Rig:
-    """Broker + edge worker on the host, the shaped WAN, and a device child in the
-    namespace that runs ``--child`` (see module docstring)."""
-
-    def __init__(self, args: argparse.Namespace, rate_mbit: float, burst: str, child: list[str]):
-        self.stack = ExitStack()
-        try:
-            netns.BURST = burst  # lab.netns's module constant: the bucket of both tbfs
-            port = free_port()
-            self.wan = netns.ShapedWan(port, args.rtt_ms, f"{int(rate_mbit * 1e6)}bit")
-            self.stack.callback(self.wan.close)
-            self.burst = burst
-            self.broker = self.stack.enter_context(Broker(port=port, host=self.wan.host_side))
-            settings = self.broker.settings(pool=args.pool)
-            self.stack.enter_context(edge_worker(settings, "bench-edge", threads=1))
-            cmd = ["ip", "netns", "exec", self.wan.ns, sys.executable, __file__, "--child"]
-            cmd += ["--broker", f"{self.wan.host}:{self.wan.port}", "--pool", args.pool, *child]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            self.stack.callback(self._stop_child)
-        except BaseException:
-            self.stack.close()
-            raise
-
-    def _stop_child(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def drops(self) -> list[int]:
-        """Packets each tbf (host end, namespace end) dropped so far: a queue over its limit."""
-        out = []
-        for pre, dev in (
-            ((), self.wan.veth),
-            (("ip", "netns", "exec", self.wan.ns), f"{self.wan.veth}n"),
-        ):
-            text = subprocess.run(
-                [*pre, "tc", "-s", "qdisc", "show", "dev", dev], capture_output=True, text=True
-            ).stdout
-            word = text.split("dropped", 1)[1].split(",")[0] if "dropped" in text else "-1"
-            out.append(int(word))
-        return out
-
-    def close(self) -> None:
-        self.stack.close()
-
-
-def feed(dev: Device, frame: np.ndarray, fps: float, stop: threading.Event, out: dict) -> None:
-    """Submit ``frame`` at ``fps`` (blocking while the window is full) until ``stop``."""
-    period, nxt = 1.0 / fps, time.monotonic()
-    while not stop.is_set():
-        try:
-            fut = dev.submit(frame)
-        except Exception:
-            break
-
-        def done(f: Any) -> None:
-            try:
-                a = f.result()
-                out["answered"] += 1
-                out["bytes"] = a.bytes_sent
-            except Exception:
-                out["failed"] += 1
-
-        fut.add_done_callback(done)
-        nxt += period
-        stop.wait(max(0.0, nxt - time.monotonic()))
-
-
-def child(args: argparse.Namespace) -> None:
-    """In the namespace: the device, fed at ``--fps`` (0: device-only, no frames), its
-    estimates printed as a JSON line a second for ``--total`` s after ``ready``."""
-    mv = ModelPool(args.pool).get(args.model)
-    settings = Settings(_env_file=None, broker=args.broker, pool=args.pool)
-    plan = local_plan(mv) if args.codec == "local" else make_plan(mv, args.cut, args.codec)
-    frame = mnist_digits()[0][0] if args.model == MNIST else photos(1, seed=0)[0]
-    stop, out = threading.Event(), {"answered": 0, "failed": 0, "bytes": None}
-    with Device(settings, "cam1", plan, window=4, timeout_s=10.0) as dev:
-        feeder = None
-        if args.codec != "local":
-            feeder = threading.Thread(target=feed, args=(dev, frame, args.fps, stop, out))
-            feeder.daemon = True
-            feeder.start()
-        t0 = time.monotonic()
-        print(json.dumps({"ready": time.time()}), flush=True)
-        try:
-            while time.monotonic() - t0 < args.total:
-                time.sleep(1.0 - (time.monotonic() - t0) % 1.0)
-                bps = dev.estimates.uplink_bps()
-                row = {
-                    "t": round(time.monotonic() - t0, 2),
-                    "up_mbit": None if bps is None else round(bps / 1e6, 3),
-                    "rtt_ms": dev.estimates.rtt_ms(),
-                    "n": dev.estimates.rate_samples(),
-                    "probe_bytes": dev.prober.sent_bytes if dev.prober else 0,
-                }
-                print(json.dumps(row | out), flush=True)
-        finally:
-            stop.set()
-            if feeder:
-                feeder.join(timeout=15)
-
-
-def run(rig: Rig, phases: list[tuple[float, float]]) -> tuple[list[dict], dict]:
-    """Read the child's lines through ``phases`` of (rate Mbit/s, seconds), the first at
-    the rig's rate (changed on the fly at each next one); rows stamped with the phase."""
-    assert rig.proc.stdout is not None
-    first = rig.proc.stdout.readline()
-    if not first or "ready" not in first:
-        raise RuntimeError("the device in the namespace did not start")
-    series: list[dict] = []
-    bounds, acc = [], 0.0
-    for rate, seconds in phases:
-        bounds.append((acc, acc + seconds, rate))
-        acc += seconds
-    phase = 0
-    for line in rig.proc.stdout:
-        row = json.loads(line)
-        if row["t"] > acc + 0.5:
-            break
-        start, end, rate = bounds[phase]
-        series.append(row | {"phase": phase, "rate": rate, "into": round(row["t"] - start, 1)})
-        if phase + 1 < len(bounds) and row["t"] >= end - 0.5:
-            phase += 1
-            tbf_change(rig.wan, bounds[phase][2], rig.burst)
-    last = series[-1] if series else {}
-    fed = {k: last.get(k) for k in ("answered", "failed", "bytes")}
-    return series, fed | {"drops_host_ns": rig.drops()}
+def pct(est: float | None, rate: float) -> float | None:
+    return None if est is None else round(100 * (est - rate) / rate, 1)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -219,105 +80,175 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def child_args(
-    args: argparse.Namespace, model: str, cut: int, codec: str, fps: float, total: float
-) -> list[str]:
-    return [
-        "--half-ms",
-        str(args.half_ms),
-        "--train-msg",
-        str(args.train_msg),
-        "--model",
-        model,
-        "--cut",
-        str(cut),
-        "--codec",
-        codec,
-        "--fps",
-        str(fps),
-        "--total",
-        str(total),
-    ]
+def fed(r: Run, dev: int = 0) -> dict:
+    last: dict = next((x for x in reversed(r.rows) if x.get("dev", 0) == dev), {})
+    return {k: last.get(k) for k in ("answered", "failed")} | {"drops_host_ns": r.drops}
 
 
-def steady(args: argparse.Namespace, probe: bool | str) -> list[dict]:
+def estimator(rig: ShapedRig, args: argparse.Namespace, kind: str) -> Child:
+    """The child that feeds the estimate: ``u8`` (or any codec: the sending plan at
+    ``--cut``) or ``local`` (device-only: probes)."""
+    if kind == "local":
+        return rig.device(*device_args(EFFNET, "local", every=1.0))
+    return rig.device(
+        *device_args(EFFNET, "fixed", cut=args.cut, codec=kind, fps=args.fps, every=1.0)
+    )
+
+
+def steady(args: argparse.Namespace, name: str) -> list[dict]:
+    """``name``: ``steady`` (requests at ``--codec``) or ``probe``."""
     out = []
+    kind = {"steady": args.codec, "probe": "local"}.get(name, name)
     for burst in args.bursts.split(","):
         for rate in [float(r) for r in args.rates.split(",")]:
             total = args.warm + args.seconds
-            codec = {True: "local", False: args.codec, "train": "train"}[probe]
-            rig = Rig(args, rate, burst, child_args(args, EFFNET, args.cut, codec, args.fps, total))
-            try:
-                series, fed = run(rig, [(rate, total)])
-            finally:
-                rig.close()
-            rows = [r for r in series if r["into"] > args.warm]
+            with ShapedRig(args.pool, rate, burst=burst, rtt_ms=args.rtt_ms) as rig:
+                r = run(rig, estimator(rig, args, kind), [Phase(rate, total)])
+            rows = [x for x in r.rows if x["into"] > args.warm]
             s = summary(rows)
             share = None
             if len(rows) > 1:  # probe bytes/s over the measured part, of the rate
-                dt = rows[-1]["t"] - rows[0]["t"]
+                dt = rows[-1]["at"] - rows[0]["at"]
                 db = rows[-1]["probe_bytes"] - rows[0]["probe_bytes"]
                 share = round(100 * db * 8 / dt / (rate * 1e6), 2) if dt else None
-            name = {True: "probe", False: "steady", "train": "train"}[probe]
             rec = {"scenario": name, "rate": rate, "burst": burst}
-            rec |= s | {"err_pct": pct(s["median"], rate), "probe_share_pct": share} | fed
-            if probe == "train":
-                whole = [r["whole_mbit"] for r in rows if r.get("whole_mbit") is not None]
-                ms = [r["train_ms"] for r in rows if r.get("train_ms") is not None]
-                rec["whole_train_median"] = statistics.median(whole) if whole else None
-                rec["train_ms_median"] = statistics.median(ms) if ms else None
-                rec["train_bytes"] = rows[-1].get("train_bytes") if rows else None
+            rec |= s | {"err_pct": pct(s["median"], rate), "probe_share_pct": share} | fed(r)
             print(json.dumps(rec), flush=True)
-            out.append(rec | {"series": series})
+            out.append(rec | {"series": r.rows})
     return out
 
 
-def pct(est: float | None, rate: float) -> float | None:
-    return None if est is None else round(100 * (est - rate) / rate, 1)
-
-
 def step(args: argparse.Namespace) -> list[dict]:
-    hi, lo, out = 50.0, 1.0, []
-    for codec in args.step_codecs.split(","):
-        phases = [(hi, args.step_s), (lo, args.step_s), (hi, args.step_s)]
-        total = 3 * args.step_s
-        rig = Rig(args, hi, "32kb", child_args(args, EFFNET, args.cut, codec, args.fps, total))
-        try:
-            series, fed = run(rig, phases)
-        finally:
-            rig.close()
-        half = (hi + lo) / 2
-        rec: dict[str, Any] = {"scenario": "step", "codec": codec, "burst": "32kb"}
+    out = []
+    phases = [Phase(HI, args.step_s), Phase(LO, args.step_s), Phase(HI, args.step_s)]
+    for kind in args.step_codecs.split(","):
+        with ShapedRig(args.pool, HI, burst="32kb", rtt_ms=args.rtt_ms) as rig:
+            r = run(rig, estimator(rig, args, kind), phases)
+        half = (HI + LO) / 2
+        rec: dict[str, Any] = {"scenario": "step", "codec": kind, "burst": "32kb"}
         for i, below in ((1, True), (2, False)):
-            rows = [r for r in series if r["phase"] == i and r["up_mbit"] is not None]
+            rows = [x for x in r.of(i) if x["up_mbit"] is not None]
             rec[f"halfway_s_{i}"] = next(
-                (r["into"] for r in rows if (r["up_mbit"] < half) == below), None
+                (x["into"] for x in rows if (x["up_mbit"] < half) == below), None
             )
         for i in range(3):  # the last 15 s of each phase, as the issue's "Done when"
-            rows = [r for r in series if r["phase"] == i and r["into"] > args.step_s - 15]
-            rec[f"phase{i}"] = summary(rows) | {"rate": phases[i][0]}
-        rec |= fed
+            rec[f"phase{i}"] = summary(r.of(i, last_s=15)) | {"rate": phases[i].rate_mbit}
+        rec |= fed(r)
         print(json.dumps(rec), flush=True)
-        for r in series:
-            up, rtt = r["up_mbit"], r["rtt_ms"]
-            print(f"  t={r['t']:5.1f} rate={r['rate']:4.0f} up={up} rtt={rtt} n={r['n']}")
-        out.append(rec | {"series": series})
+        for x in r.rows:
+            up, rtt = x["up_mbit"], x["rtt_ms"]
+            print(f"  t={x['t']:5.1f} rate={x['rate']:4.0f} up={up} rtt={rtt} n={x['n']}")
+        out.append(rec | {"series": r.rows})
     return out
 
 
 def mnist(args: argparse.Namespace) -> list[dict]:
-    rate, total = 50.0, args.warm + args.seconds
-    rig = Rig(args, rate, "32kb", child_args(args, MNIST, 10, "int8", args.mnist_fps, total))
-    try:
-        series, fed = run(rig, [(rate, total)])
-    finally:
-        rig.close()
-    s = summary([r for r in series if r["into"] > args.warm])
+    rate, total = HI, args.warm + args.seconds
+    opts = device_args(MNIST, "fixed", cut=10, codec="int8", fps=args.mnist_fps, every=1.0)
+    with ShapedRig(args.pool, rate, burst="32kb", rtt_ms=args.rtt_ms) as rig:
+        r = run(rig, rig.device(*opts), [Phase(rate, total)])
+    s = summary([x for x in r.rows if x["into"] > args.warm])
     rec = {"scenario": "mnist", "rate": rate, "burst": "32kb"} | s
-    rec |= {"err_pct": pct(s["median"], rate)} | fed
+    rec |= {"err_pct": pct(s["median"], rate)} | fed(r)
     print(json.dumps(rec), flush=True)
-    print("  up:", [r["up_mbit"] for r in series])
-    return [rec | {"series": series}]
+    print("  up:", [x["up_mbit"] for x in r.rows])
+    return [rec | {"series": r.rows}]
+
+
+def _crossed(up: float | None, old: float, new: float) -> bool:
+    return up is not None and (up < (old + new) / 2) == (new < old)
+
+
+def halfway(r: Run, phase: int, old: float) -> float | None:
+    """Seconds into ``phase`` when the device's estimate crossed halfway from ``old``."""
+    new = r.rates[phase]
+    return next((x["into"] for x in r.of(phase) if _crossed(x["up_mbit"], old, new)), None)
+
+
+def heard_halfway(r: Run, phase: int, old: float) -> float | None:
+    """... and when the host (the planner) first heard such an estimate in telemetry."""
+    start, new = r.starts[phase], r.rates[phase]
+    heard = sorted(
+        h["ts"] + h["lag_s"]
+        for h in r.heard
+        if h["dev"] == 0 and h["ts"] >= start and _crossed(h["up_mbit"], old, new)
+    )
+    return round(heard[0] - start, 2) if heard else None
+
+
+def live(args: argparse.Namespace) -> list[dict]:
+    phases = [Phase(HI, args.step_s), Phase(LO, args.step_s), Phase(HI, args.step_s)]
+    opts = device_args(EFFNET, "follow", fps=args.live_fps, speed=0.1, window=4, timeout_s=5.0)
+    with ShapedRig(
+        args.pool, HI, burst="32kb", rtt_ms=args.rtt_ms, edge_threads=2, cloud=True, planner=True
+    ) as rig:
+        r = run(rig, rig.device(*opts), phases)
+    rec: dict[str, Any] = {"scenario": "live", "burst": "32kb", "step_s": args.step_s}
+    events = r.events()
+    first = events[0]["at"] - r.starts[0] if events else None
+    for i, phase in enumerate(phases):
+        est = r.estimate(i, 15)
+        seen = r.switches(i)
+        rec[f"phase{i}"] = {
+            "rate": phase.rate_mbit,
+            "median": est,
+            "err_pct": pct(est, phase.rate_mbit),
+            "reaction_s": r.reaction_s(i) if i else None,
+            "switches": len(seen) - (1 if i == 0 and seen else 0),  # after the first plan
+            "plans": [e["to"] for e in seen],
+            "probe_share_pct": r.probe_share(i),
+            "plan_at_end": (r.of(i) or [{}])[-1].get("plan"),
+            "estimate_halfway_s": halfway(r, i, phases[i - 1].rate_mbit) if i else None,
+            "heard_halfway_s": heard_halfway(r, i, phases[i - 1].rate_mbit) if i else None,
+            "telemetry_lag_max_s": r.telemetry_lag_s(i),
+        }
+    p1, p2 = rec["phase1"], rec["phase2"]
+    rec["first_plan_s"] = None if first is None else round(first, 2)
+    rec["ok"] = {
+        "drop": p1["reaction_s"] is not None and p1["reaction_s"] <= DROP_S,
+        "recovery": p2["reaction_s"] is not None and p2["reaction_s"] <= RECOVER_S,
+        "switches": all(p["switches"] <= SWITCHES_PER_CHANGE for p in (p1, p2)),
+    }
+    rec |= fed(r)
+    print(json.dumps(rec), flush=True)
+    for e in events:
+        print(f"  switch +{e['at'] - r.starts[0]:6.2f}s {e['from']} -> {e['to']} ({e['by']})")
+    print(r.series())
+    return [rec | {"series": r.rows}]
+
+
+def mnist_steady(args: argparse.Namespace) -> list[dict]:
+    n, seconds = args.mnist_devices, args.minutes * 60
+    opts = device_args(
+        MNIST, "follow", fps=args.mnist_fps, speed=args.mnist_speed, devices=n, every=1.0
+    )
+    with ShapedRig(
+        args.pool, HI, burst="32kb", rtt_ms=args.rtt_ms, cloud=True, planner=True
+    ) as rig:
+        r = run(rig, rig.device(*opts), [Phase(HI, seconds)])
+    rec: dict[str, Any] = {"scenario": "mnist-steady", "rate": HI, "devices": n}
+    rec["seconds"] = seconds
+    per = []
+    for k in range(n):
+        rows = r.of(0, k)
+        planned = next((x for x in rows if x.get("planned")), None)
+        after = [e for e in r.events(k) if planned is None or e["at"] > planned["at"]]
+        s = summary(r.of(0, k, last_s=60))
+        per.append(
+            {
+                "dev": k,
+                "first_plan": None if planned is None else planned["plan"],
+                "first_plan_s": None if planned is None else planned["into"],
+                "switches_after_first": len(after),
+                "plans": [(round(e["at"] - r.starts[0], 1), e["to"]) for e in after],
+                "estimate_last_60s": s,
+                "err_pct": pct(s["median"], HI),
+            }
+            | fed(r, k)
+        )
+    rec["per_device"] = per
+    print(json.dumps(rec), flush=True)
+    return [rec | {"series": r.rows}]
 
 
 def main() -> None:
@@ -327,39 +258,36 @@ def main() -> None:
     ap.add_argument("--bursts", default="32kb,4kb")
     ap.add_argument("--warm", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--step-s", type=float, default=20.0)
+    ap.add_argument("--step-s", type=float, default=None, help="step: 20, live: 40")
     ap.add_argument("--fps", type=float, default=4.0)
+    ap.add_argument("--live-fps", type=float, default=5.0)
     ap.add_argument("--mnist-fps", type=float, default=20.0)
+    ap.add_argument("--mnist-devices", type=int, default=3)
+    ap.add_argument("--mnist-speed", type=float, default=0.1)
+    ap.add_argument("--minutes", type=float, default=5.0, help="mnist-steady's length")
     ap.add_argument("--cut", type=int, default=0)
     ap.add_argument("--codec", default="u8")
     ap.add_argument("--rtt-ms", type=float, default=20.0)
     ap.add_argument("--pool", default=os.environ.get("SPLITMQ_POOL", ".pool"))
-    ap.add_argument("--step-codecs", default="u8,local,train")
-    ap.add_argument("--half-ms", type=float, default=20.0, help="train: second half's length")
-    ap.add_argument("--train-msg", type=int, default=16384, help="train: bytes per message")
+    ap.add_argument("--step-codecs", default="u8,local")
     ap.add_argument("--json")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--broker", help=argparse.SUPPRESS)
-    ap.add_argument("--model", default=EFFNET, help=argparse.SUPPRESS)
-    ap.add_argument("--total", type=float, default=30.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        (trains if args.codec == "train" else child)(args)
-        return
     if (why := netns.why_not()) is not None:
         sys.exit(f"cannot shape a link here: {why}")
     results: list[dict] = []
+    step_s = args.step_s
     for name in args.scenarios.split(","):
-        if name == "steady":
-            results += steady(args, probe=False)
-        elif name == "probe":
-            results += steady(args, probe=True)
-        elif name == "train":
-            results += steady(args, probe="train")
+        args.step_s = step_s or (40.0 if name == "live" else 20.0)
+        if name in ("steady", "probe"):
+            results += steady(args, name)
         elif name == "step":
             results += step(args)
         elif name == "mnist":
             results += mnist(args)
+        elif name == "live":
+            results += live(args)
+        elif name == "mnist-steady":
+            results += mnist_steady(args)
         else:
             sys.exit(f"unknown scenario {name!r}")
     if args.json:

@@ -175,13 +175,16 @@ class Flights:
             flight = self._flights.get(request_id)
             return flight is not None and flight.attempts <= self.retries
 
-    def oldest(self) -> Flight | None:
-        """The flight out longest on its first attempt and not yet acknowledged by the
-        broker (what says most about the link: once acknowledged, its bytes crossed the
-        uplink, and a late answer is a tier's or a WAN's, not the link's)."""
+    def oldest(self) -> tuple[int, float] | None:
+        """Bytes and seconds out of the flight out longest on its first attempt and not yet
+        acknowledged by the broker (what says most about the link: once acknowledged, its
+        bytes crossed the uplink, and a late answer is a tier's or a WAN's, not the link's)."""
         with self._cond:
             first = [f for f in self._flights.values() if f.attempts == 1 and not f.delivered]
-        return min(first, key=lambda f: f.request.timing.device.t_sent, default=None)
+        flight = min(first, key=lambda f: f.request.timing.device.t_sent, default=None)
+        if flight is None or not flight.sizes:
+            return None
+        return flight.sizes[-1], time.time() - flight.request.timing.device.t_sent
 
     def __len__(self) -> int:
         with self._cond:

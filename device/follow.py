@@ -9,7 +9,11 @@ device alone and switches to each plan the planner publishes, retained, on
 Whatever the planner does, ``FALLBACK_AFTER`` timeouts in a row on a tier
 make the device switch by itself to its plan's first alternative that
 avoids that tier (device-only is always among them), so a dead tier costs
-a few requests, not every request until the planner notices.
+a few requests, not every request until the planner notices. Likewise a
+link that falls so far that one request of the plan alone would take longer
+on it than the plan's device-only alternative takes in all (``too_slow``)
+makes the device run alone at once: on such a link its telemetry queues
+behind its requests for seconds, so the planner hears of the drop late.
 
 When the planner cannot plan for the model (no profile, not calibrated) it
 still publishes a plan: device-only, with no ``objective``, its ``reason``
@@ -87,6 +91,24 @@ class Fallback:
                 return option, f"{FELL_BACK}{self.after} requests to the {tier} timed out in a row"
         return None
 
+    @staticmethod
+    def too_slow(plan: Plan, bps: float) -> tuple[Option, str] | None:
+        """The device-only alternative, when one request of ``plan`` alone takes longer on
+        an uplink of ``bps`` than that alternative in all (whose prediction does not depend
+        on the link): no planner minimising latency could still prefer ``plan``."""
+        if plan.device_only or plan.predicted is None or plan.objective != "latency":
+            return None
+        local = next((o.predicted for o in plan.alternatives if o.device_only), None)
+        send_ms = plan.predicted.bytes * 8000 / bps
+        if local is None or send_ms <= local.latency_ms:
+            return None
+        option = next(o for o in plan.alternatives if o.device_only)
+        return option, (
+            f"{FELL_BACK}the uplink fell to {bps / 1e6:.3g} Mbit/s: a request "
+            f"({plan.predicted.bytes / 1000:.0f} kB) takes {send_ms:.0f} ms on it, running on "
+            f"the device {local.latency_ms:.0f} ms"
+        )
+
 
 class Plans:
     """The plan in force on one device, and every way it changes (see module docstring)."""
@@ -107,6 +129,7 @@ class Plans:
         self.refused: str | None = None  # why the planner cannot plan for us, while it cannot
         self.family: str | None = None  # the family the device follows (None: its model)
         self.fallback = Fallback()
+        self._left: Plan | None = None  # the plan ``link`` already left
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"{device}-switch")
 
     def current(self) -> tuple[Plan, ModelVersion]:
@@ -174,6 +197,16 @@ class Plans:
         if step is not None:
             option, why = step
             self._worker.submit(self._safely, plan.fallback(option, why), why)
+
+    def link(self, bps: float) -> None:
+        """The uplink estimate is ``bps`` now: run alone if the plan became hopeless."""
+        with self._lock:  # once per plan: samples keep coming while the switch is under way
+            plan = self._plan
+            if plan is self._left or (step := self.fallback.too_slow(plan, bps)) is None:
+                return
+            self._left = plan
+        option, why = step
+        self._worker.submit(self._safely, plan.fallback(option, why), why)
 
     def unreachable(self, tier: str) -> None:
         """The broker says nobody serves ``tier`` now: fall back at once."""

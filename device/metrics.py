@@ -69,6 +69,9 @@ class DeviceMetrics(RoleMetrics):
         self.uplink = self._counter(
             "splitmq_device_uplink_bytes", "Request bytes published, every attempt"
         )
+        self.probes = self._counter(
+            "splitmq_device_probe_bytes", "Bytes of link probes published (trains, RTT)"
+        )
         self._switches = self._counter(
             "splitmq_device_plan_switches",
             "Plan switches applied, by who chose the plan: planner, fallback, caller",

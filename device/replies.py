@@ -3,7 +3,7 @@
 ``Replies`` is the one place a device's requests end. It matches results
 and errors to their flights by id (``flights``), ends each future with an
 ``Answer`` or an ``InferenceFailed``, and learns from every end: the link
-estimate from a result's timing, the timeouts from first attempts, the
+RTT from a result's timing, the timeouts from first attempts, the
 fallback from answered tiers, the energy spent waiting. An answer to a
 request that already failed, or a second one, is counted and dropped.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from splitmq.device.answers import Answer, InferenceFailed
@@ -43,7 +42,6 @@ class Replies:
     conditions: Conditions
     power: Power
     max_payload_bytes: int
-    link_sampled: Callable[[], None]  # the link estimate may have moved
 
     def __post_init__(self) -> None:
         self._failed: deque[str] = deque(maxlen=4096)  # ids that failed, to spot late answers
@@ -131,9 +129,3 @@ class Replies:
             self.power, 0.0, 0, max(0.0, e2e_ms / 1000 - (sent.t_sent - sent.t_start))
         )
         self.plans.fallback.answered(flight.request.route[0].tier)
-        first = result.latency[1] if len(result.latency) > 1 else None
-        if first is not None and first.transfer_ms is not None and flight.attempts == 1:
-            self.estimates.transfer(
-                sent.t_sent, sent.t_sent + first.transfer_ms / 1000, flight.sizes[-1]
-            )
-            self.link_sampled()

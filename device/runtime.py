@@ -45,13 +45,7 @@ from splitmq.device.status import EarlyReports, Snapshot, device_telemetry
 from splitmq.shared.errors import LoginRefused, SplitMQError, UserError
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.plan import Plan
-from splitmq.shared.protocol.telemetry import (
-    DeviceTelemetry,
-    LinkEstimate,
-    ModelRef,
-    Power,
-    Wants,
-)
+from splitmq.shared.protocol.telemetry import DeviceTelemetry, LinkEstimate, ModelRef, Power, Wants
 from splitmq.shared.protocol.wire import DeviceTiming, Request, Timing
 from splitmq.shared.runtime.executor import HopExecutor
 from splitmq.shared.runtime.sessions import SessionCache
@@ -128,7 +122,6 @@ class Device:
             self.conditions,
             self.power,
             settings.max_payload_bytes,
-            self.reports.sampled,
         )
         self.local = Local(
             device_id, self.head, self.stats, self.conditions, self.power, lambda: self.sender
@@ -160,6 +153,8 @@ class Device:
             lambda request_id, error: self.replies.finish(request_id, error=error),
             self.plans.unreachable,
             self.metrics.uplink.inc,
+            self.estimates,
+            self._link_sampled,
         )
         try:
             self.client.connect(patience_s=self.patience_s)
@@ -180,10 +175,11 @@ class Device:
             self.topics.probe(self.id),
             self.estimates,
             lambda: self.plan.device_only,
-            self._oldest,
+            self.flights.oldest,
             self.conditions,
-            self.reports.sampled,
+            self._link_sampled,
             f"{self.id}-probe",
+            self.metrics.probes.inc,
         )
         self.prober.start()
         if self.follow:
@@ -212,11 +208,11 @@ class Device:
         self._closed = True
         for f in left:
             f.future.set_exception(InferenceFailed(f.request.id, "cancelled", "device closed"))
+        if self.prober:  # before the plans: its samples may still move the plan
+            self.prober.stop()
         self.plans.close()
         if self.sender and (unsent := self.sender.flush(FLUSH_S if wait else 0.0)):
             log.warning("%s: closing with %d of its own results unsent", self.id, unsent)
-        if self.prober:
-            self.prober.stop()
         self.conditions.close()
         if self.telemetry:
             self.telemetry.stop()
@@ -378,11 +374,12 @@ class Device:
     def _telemetry(self, ts: float) -> DeviceTelemetry:
         return device_telemetry(self.snapshot(), ts)
 
-    def _oldest(self) -> tuple[int, float] | None:
-        flight = self.flights.oldest()
-        if flight is None or not flight.sizes:
-            return None
-        return flight.sizes[-1], time.time() - flight.request.timing.device.t_sent
+    def _link_sampled(self) -> None:
+        """Tell the planner if the estimate moved; following it, leave a plan the link
+        cannot carry (a plan given by the caller stays the caller's)."""
+        self.reports.sampled()
+        if self.follow and (bps := self.estimates.uplink_bps()) is not None:
+            self.plans.link(bps)
 
     def _publish_telemetry(self) -> None:
         if self.telemetry:

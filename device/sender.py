@@ -6,7 +6,10 @@ topic and an expiry. The PUBACK's reason code is the broker's word on it:
 "no matching subscribers" means the tier is gone (unless the device just
 reconnected and workers may not have resubscribed yet), "not authorized"
 means this device's user may not write there. Either ends the request at
-once, visibly, instead of waiting out its timeouts.
+once, visibly, instead of waiting out its timeouts. Any other PUBACK says
+the request's bytes crossed the uplink: when it came (through the emulated
+downlink, like a probe's) is the link estimator's request sample, timed on
+the device's own clock, retries included (``LinkEstimator.acknowledged``).
 
 What the device answered itself goes out the same way, as the result document
 on its own ``result/<device>`` (``tier: "device"``), so subscribers and the
@@ -30,6 +33,7 @@ from splitmq.shared.errors import SplitMQError
 from splitmq.shared.protocol.results import Result, pack_result
 from splitmq.shared.protocol.topics import Topics
 from splitmq.shared.protocol.wire import CONTENT_TYPE_REQUEST, expiry_interval, pack_request
+from splitmq.shared.transport.estimates import LinkEstimator
 from splitmq.shared.transport.mqtt import NO_SUBSCRIBERS, NOT_AUTHORIZED, MqttClient
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class Sender:
     fail: Callable[[str, InferenceFailed], None]  # end a request visibly
     unreachable: Callable[[str], None]  # a tier has no worker
     sent_bytes: Callable[[int], None]
+    estimates: LinkEstimator
+    link_sampled: Callable[[], None]  # the link estimate may have moved
     refused_results: int = 0  # its own results the broker's ACL refused
     _waiting: int = 0  # own results not yet acknowledged by the broker
     _acked: threading.Condition = field(default_factory=threading.Condition)
@@ -116,10 +122,16 @@ class Sender:
         flight.sizes.append(len(payload))
         self.sent_bytes(len(payload))
         topic = self.topics.request(hop.tier, request.model, request.cut, self.device_id)
-        client = self.client
+        client, size, t_sent = self.client, len(payload), time.monotonic()
+
+        def crossed() -> None:
+            self.estimates.acknowledged(t_sent, time.monotonic(), size)
+            self.link_sampled()
 
         def acked(code: int, why: str) -> None:  # PUBACK, on the network thread
             flight.delivered = code < 0x80  # reason 16 too: the broker has the bytes
+            if flight.delivered:
+                self.conditions.downlink(8, crossed)
             if code == NO_SUBSCRIBERS and client.reconnected_within(RESUBSCRIBE_GRACE_S):
                 log.info("no %s worker subscribed yet after a reconnect; will resend", hop.tier)
             elif code == NO_SUBSCRIBERS:

@@ -18,9 +18,11 @@ import subprocess
 import sys
 import uuid
 
-#: tbf's bucket: small next to the probes (1-64 kB), so they time the rate, not a burst
-#: (bursty links are issue [18]'s to measure).
+#: tbf's bucket by default: small next to the probes (1-64 kB), so they time the rate,
+#: not a burst (``ShapedWan(burst=...)`` for a bursty link, as issue 25 measures).
 BURST = "4kb"
+#: How long tbf lets a packet wait in its queue before it drops it.
+LATENCY = "100ms"
 
 
 def why_not() -> str | None:
@@ -38,16 +40,20 @@ def _run(*args: str) -> None:
 
 class ShapedWan:
     """A relay at ``host:port`` (in the namespace) to ``target_port`` at ``host_side`` (the
-    host's end of the veth), shaped to ``rate`` (tc's form: ``10mbit``)."""
+    host's end of the veth), shaped to ``rate`` (tc's form: ``10mbit``) with a bucket of
+    ``burst`` (None: ``BURST``) on both ends; ``set_rate`` changes them on the fly."""
 
-    def __init__(self, target_port: int, rtt_ms: float, rate: str = "10mbit") -> None:
+    def __init__(
+        self, target_port: int, rtt_ms: float, rate: str = "10mbit", burst: str | None = None
+    ) -> None:
         tag = uuid.uuid4().hex[:6]
         self.ns, self.veth = f"smq-{tag}", f"smq{tag}"
         net = f"169.254.{random.randint(1, 254)}.{4 * random.randint(0, 63)}"
         base = net.rsplit(".", 1)
         self.host_side = f"{base[0]}.{int(base[1]) + 1}"
         self.host = f"{base[0]}.{int(base[1]) + 2}"  # where the bridge connects
-        self.port, self.rate = 0, rate
+        # BURST read now, not when the module loaded: a caller may have set it
+        self.port, self.rate, self.burst = 0, rate, burst or BURST
         _run("ip", "netns", "add", self.ns)
         try:
             self._wire(rate)
@@ -65,9 +71,33 @@ class ShapedWan:
         _run(*ns, "ip", "addr", "add", f"{self.host}/30", "dev", inner)
         _run(*ns, "ip", "link", "set", inner, "up")
         _run(*ns, "ip", "link", "set", "lo", "up")
-        tbf = ("root", "tbf", "rate", rate, "burst", BURST, "latency", "100ms")
-        _run("tc", "qdisc", "add", "dev", self.veth, *tbf)
-        _run(*ns, "tc", "qdisc", "add", "dev", inner, *tbf)
+        _run("tc", "qdisc", "add", "dev", self.veth, *self._tbf(rate, self.burst))
+        _run(*ns, "tc", "qdisc", "add", "dev", inner, *self._tbf(rate, self.burst))
+
+    @staticmethod
+    def _tbf(rate: str, burst: str) -> tuple[str, ...]:
+        return ("root", "tbf", "rate", rate, "burst", burst, "latency", LATENCY)
+
+    def set_rate(self, rate: str, burst: str | None = None) -> None:
+        """Both ends' tbf to ``rate`` (tc's form) on the fly; ``burst``: the bucket too
+        (None: as it is)."""
+        burst = burst or self.burst
+        tbf = self._tbf(rate, burst)
+        _run("tc", "qdisc", "change", "dev", self.veth, *tbf)
+        _run("ip", "netns", "exec", self.ns, "tc", "qdisc", "change", "dev", f"{self.veth}n", *tbf)
+        self.rate, self.burst = rate, burst
+
+    def drops(self) -> tuple[int, int]:
+        """Packets each tbf (host end, namespace end) has dropped so far: a queue longer
+        than its latency (-1: unreadable)."""
+        out = []
+        for pre, dev in (((), self.veth), (("ip", "netns", "exec", self.ns), f"{self.veth}n")):
+            text = subprocess.run(
+                [*pre, "tc", "-s", "qdisc", "show", "dev", dev], capture_output=True, text=True
+            ).stdout
+            word = text.split("dropped", 1)[1].split(",")[0] if "dropped" in text else "-1"
+            out.append(int(word.strip()) if word.strip().lstrip("-").isdigit() else -1)
+        return out[0], out[1]
 
     def _start(self, target_port: int, rtt_ms: float) -> subprocess.Popen[str]:
         from splitmq.broker.launcher import free_port

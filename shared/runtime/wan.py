@@ -4,8 +4,9 @@ At a site (setting ``site``) each edge worker probes its way to the cloud tier:
 a small ``ping/<edge>`` and then a large one, QoS 0, each answered at once by a
 cloud worker with an empty ``pong/<edge>`` carrying the same correlation data
 (``answer_pings``). The small one's round trip is the RTT; the large one's extra
-time gives the rate, as a device's probes do (``shared.transport.estimates``:
-about 20 ms of the link, at most 1% of it). The estimate goes in the edge's
+time gives the rate (``shared.transport.estimates``: about 20 ms of the link, at most
+1% of it; a pair that fits in a WAN's burst reads the burst, as devices' pairs did
+before they sent trains). The estimate goes in the edge's
 telemetry (``wan``), and the site's planner costs escalations with it
 (``planner.wan``). Pings cross the bridge like escalations, so they measure the
 same path; QoS 0, they are not queued while the WAN is down, and one unanswered
@@ -49,7 +50,7 @@ class WanProbe:
     ) -> None:
         self.client, self.topics, self.edge = client, topics, edge_id
         self.period_s = period_s
-        self.estimates = LinkEstimator()
+        self.estimates = LinkEstimator(window=6, confirm=False)  # WAN pairs, as before
         self._waiting: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
