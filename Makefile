@@ -17,8 +17,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: venv mosquitto models
 	$(BIN)/splitmq demo
 
+# Most of the suite on two processes, then alone the tests that time what they check
+# (marked serial in tests/conftest.py).
 test: venv mosquitto models postgresql chromium compose gstreamer check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # The layer contracts (import-linter) and static types (mypy), checked on the package
 # as a wheel lays it out: package-dir maps broker/, shared/, ... under splitmq/, which

@@ -86,13 +86,18 @@ class Window:
 
     It starts at ``START`` and grows by one per window's worth of answers while their
     latency stays under ``QUEUED`` x the least latency of the recent ones (the latency
-    of an empty queue); a slower answer (requests queueing somewhere), a timeout or an
+    of an empty queue) or that least latency plus ``SLACK_S``, whichever is longer; a
+    slower answer (requests queueing somewhere), a timeout or an
     overload error halves it, at most once per such latency, so one burst of slow
     answers counts once. A device thus keeps only its share of a busy tier in flight.
     """
 
     START = 4
     QUEUED = 4.0
+    #: Queueing this short is the device's own pipeline, not an overloaded tier: a tiny
+    #: hop answers in about 1.5 ms, and 4x that alone kept a pipelining device at about
+    #: 3 requests in flight, half the throughput of 32 (benchmarks.md, the tiny hop).
+    SLACK_S = 0.025
 
     def __init__(self, limit: int, recent: int = 512) -> None:
         self.limit = limit
@@ -118,7 +123,8 @@ class Window:
             self._busy -= 1
             if latency_s is not None:
                 self._latency.append(latency_s)
-                congested = latency_s > self.QUEUED * min(self._latency)
+                least = min(self._latency)
+                congested = latency_s > max(self.QUEUED * least, least + self.SLACK_S)
                 if not congested:
                     self.size = min(float(self.limit), self.size + 1 / self.size)
             now = time.monotonic()

@@ -6,6 +6,11 @@ so retained messages and shared subscriptions never leak between tests.
 Synchronise on :class:`kit.Inbox` (a condition with a timeout) or
 :func:`kit.eventually`, never on sleeps.
 
+`make test` runs the suite in two parts: most of it on two processes (pytest-xdist, a
+file to a process), then the ``serial`` tests, which time what they check (a plan within
+a second, a shaped link's rate) and would read a neighbour's load as their own. (Two
+processes would each build a missing model into the pool: `make test` builds them first.)
+
 Hypothesis runs the ``dev`` profile (fewer examples) unless ``CI`` is set, as CI sets
 it: then ``ci``, the full count. ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``
 picks one by name.
@@ -53,6 +58,28 @@ hypothesis_settings.register_profile("dev", max_examples=100, deadline=None)
 hypothesis_settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
+
+#: Files whose tests time what they check (see the module docstring): marked ``serial``.
+SERIAL = {
+    "test_batching.py",
+    "test_broker.py",
+    "test_dataplane.py",
+    "test_deadlines.py",
+    "test_demo_page.py",
+    "test_failback.py",
+    "test_link.py",
+    "test_planner.py",
+    "test_planner_service.py",
+    "test_roles.py",
+    "test_shaped_link.py",
+    "test_sites.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,8 @@ def test_an_edge_last_will_gives_the_failover_plan_within_a_second(
             arrived = time.monotonic()
             assert "edge" not in failover.tiers and failover.device_only
             assert arrived - died < 1.0, f"failover took {arrived - died:.2f} s"
-            assert planner.published == 2
+            # the planner counts a plan once its publish returned: a subscriber may be first
+            eventually(lambda: planner.published == 2, "the planner's count of two plans", 5)
     finally:
         victim.kill()
         victim.wait()

@@ -97,7 +97,7 @@ def model_input(frame: np.ndarray, mv: ModelVersion, pixels: bool = False) -> np
         image = to_pixels(frame, pre)
         return image if pixels else normalize(image, pre)
     shape = tuple(frame.shape) if frame.ndim == len(spec.shape) else (1, *frame.shape)
-    if shape[1:] != tuple(spec.shape[1:]) or str(frame.dtype) != spec.dtype:
+    if shape[1:] != tuple(spec.shape[1:]) or frame.dtype != np.dtype(spec.dtype):
         raise UserError(
             f"{mv.name} takes images or {spec.dtype} arrays of shape "
             f"{spec.shape}, got {frame.dtype} {list(frame.shape)}"

@@ -7,8 +7,6 @@ result/error documents (``results``) validate with the same rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from functools import cache
 from typing import Any
@@ -39,6 +37,8 @@ def type_name(value: object) -> str:
 
 
 def integer(field: str, value: object, lo: int, hi: int) -> int:
+    if type(value) is int and lo <= value <= hi:  # the common case first: checked per field
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise WireError(f"{field}: expected an int, got {type_name(value)}")
     if not lo <= value <= hi:
@@ -48,6 +48,8 @@ def integer(field: str, value: object, lo: int, hi: int) -> int:
 
 def number(field: str, value: object, lo: float = -math.inf, hi: float = math.inf) -> float:
     """A finite float within [lo, hi]; ints are accepted, as C clients may send them."""
+    if type(value) is float and lo <= value <= hi and value - value == 0.0:  # finite
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WireError(f"{field}: expected a float, got {type_name(value)}")
     if not (math.isfinite(value) and lo <= value <= hi):
@@ -57,6 +59,8 @@ def number(field: str, value: object, lo: float = -math.inf, hi: float = math.in
 
 def free_text(field: str, value: object, max_len: int) -> str:
     """Human text (labels, messages): any characters that UTF-8 can carry."""
+    if type(value) is str and 1 <= len(value) <= max_len and value.isascii():
+        return value
     if not isinstance(value, str) or not 1 <= len(value) <= max_len:
         raise WireError(f"{field}: expected a string of 1..{max_len} characters")
     try:
@@ -76,15 +80,6 @@ def normalise_times(record: object, names: tuple[str, ...]) -> None:
     """Check unix-time fields and store them as floats (frozen dataclass, so via object)."""
     for name in names:
         object.__setattr__(record, name, number(name, getattr(record, name), *TIMES))
-
-
-@contextmanager
-def at(path: str) -> Iterator[None]:
-    """Prefix the field named by an inner error with where it sits, e.g. ``route[1].``."""
-    try:
-        yield
-    except (WireError, CodecError) as exc:
-        raise prefixed(exc, path) from exc
 
 
 def prefixed(exc: WireError | CodecError, path: str) -> WireError | CodecError:

@@ -353,18 +353,24 @@ def unpack_result(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
 
 
 def _items(value: object, name: str, kind: type, least: int, most: int) -> tuple[Any, ...]:
-    """A list of maps, each with exactly ``kind``'s fields, as ``kind`` objects (what
-    ``at`` does, inline: a context manager per item cost more than the item)."""
+    """A list of maps, each with exactly ``kind``'s fields, as ``kind`` objects."""
     items = []
     keys = names(kind)
     for index, item in enumerate(array(value, name, least, most)):
-        path = f"{name}[{index}]"
-        fields = exact_map(item, path, keys)
         try:
-            items.append(kind(**fields))
-        except (WireError, CodecError) as exc:
-            raise prefixed(exc, path) from exc
+            items.append(kind(**exact_map(item, "", keys)))
+        except (WireError, CodecError) as exc:  # the path is only spelled out for an error
+            raise _at_item(exc, name, index) from exc
     return tuple(items)
+
+
+def _at_item(exc: WireError | CodecError, name: str, index: int) -> WireError | CodecError:
+    """``exc`` about item ``index`` of list ``name``: ``top[2].score: ...``, or for the item
+    itself (``exact_map``'s, raised with an empty path) ``top[2]: ...``."""
+    text = str(exc)
+    if text.startswith(":"):
+        return type(exc)(f"{name}[{index}]{text}")
+    return prefixed(exc, f"{name}[{index}]")
 
 
 def pack_error(error: ErrorReport) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -20,7 +21,6 @@ from splitmq.shared.protocol.fields import (
     TIMES,
     array,
     as_map,
-    at,
     exact_map,
     ident,
     integer,
@@ -28,11 +28,14 @@ from splitmq.shared.protocol.fields import (
     names,
     normalise_times,
     number,
+    prefixed,
     tier_field,
     type_name,
     unique_map,
 )
 from splitmq.shared.protocol.ids import MAX_CUT, MAX_VERSION, Tier
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CONTENT_TYPE_JSON",
@@ -326,33 +329,25 @@ def unpack_request(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Reques
     origin = None
     if "origin" in doc:
         origin_doc = exact_map(doc["origin"], "origin", _ORIGIN_KEYS)
-        with at("origin"):
-            origin = Origin(**origin_doc)
+        origin = _made(Origin, origin_doc, "origin")
     route = []
     for index, item in enumerate(array(doc["route"], "route", 1, MAX_HOPS)):
         hop = exact_map(item, f"route[{index}]", _HOP_KEYS)
-        with at(f"route[{index}]"):
-            route.append(Hop(**hop))
+        route.append(_made(Hop, hop, f"route[{index}]"))
     records = array(doc["t"], "t", 1, MAX_HOPS + 1)
     device_doc = exact_map(records[0], "t[0]", _DEVICE_KEYS)
-    with at("t[0]"):
-        device = DeviceTiming(**device_doc)
+    device = _made(DeviceTiming, device_doc, "t[0]")
     hops = []
     for index, item in enumerate(records[1:], 1):
         record = exact_map(item, f"t[{index}]", _RECORD_KEYS)
-        with at(f"t[{index}]"):
-            hops.append(HopTiming(**record))
+        hops.append(_made(HopTiming, record, f"t[{index}]"))
     tensor_doc = exact_map(doc["tensor"], "tensor", _TENSOR_KEYS)
     shape = array(tensor_doc["shape"], "tensor.shape", 1, MAX_RANK)
-    with at("tensor"):
-        tensor = EncodedTensor(
-            dtype=tensor_doc["dtype"],
-            shape=tuple(shape),
-            codec=tensor_doc["codec"],
-            params=tensor_doc["params"],
-            data=tensor_doc["data"],
-        )
+    tensor = _made(EncodedTensor, {**tensor_doc, "shape": tuple(shape)}, "tensor")
+    try:
         check(tensor, max_bytes)
+    except CodecError as exc:
+        raise prefixed(exc, "tensor") from exc
     return Request(
         id=doc["id"],
         device=doc["device"],
@@ -366,3 +361,11 @@ def unpack_request(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Reques
         timing=Timing(device, tuple(hops)),
         origin=origin,
     )
+
+
+def _made(kind: type[_T], fields: dict[str, Any], path: str) -> _T:
+    """``kind(**fields)``; an error names its field from ``path`` on, e.g. ``route[1].to``."""
+    try:
+        return kind(**fields)
+    except (WireError, CodecError) as exc:
+        raise prefixed(exc, path) from exc

@@ -224,7 +224,8 @@ class HopExecutor:
                 x = normalize(x, pre)
         # One sample per request: a result holds one answer, so a batch would be answered
         # for its first sample only.
-        if list(x.shape[1:]) != cut.shape[1:] or str(x.dtype) != cut.dtype or x.shape[0] != 1:
+        # (dtypes compared as dtypes: numpy spells a dtype out in slow Python code)
+        if list(x.shape[1:]) != cut.shape[1:] or x.dtype != np.dtype(cut.dtype) or x.shape[0] != 1:
             raise RequestFailed(
                 "bad_tensor",
                 f"cut {cut.index} of {mv.name} takes one sample, "

@@ -15,6 +15,7 @@ from paho.mqtt.properties import Properties
 
 from splitmq.shared.connection import Connection
 from splitmq.shared.errors import BrokerError
+from splitmq.shared.transport.lean import LeanPaho
 from splitmq.shared.transport.messages import Will, json_payload
 
 
@@ -37,8 +38,9 @@ def new_paho(
     will: Will | None,
     reconnect_delay: tuple[float, float],
 ) -> paho.Client:
-    """A paho MQTT v5 client, logged in, its will set; the caller wires the callbacks."""
-    client = paho.Client(
+    """A paho MQTT v5 client (``LeanPaho``), logged in, its will set; the caller wires the
+    callbacks."""
+    client = LeanPaho(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5,

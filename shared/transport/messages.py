@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from splitmq.shared.errors import PayloadTooLarge, WireError
 from splitmq.shared.protocol.ids import is_id
+from splitmq.shared.transport.lean import Incoming
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -214,7 +214,7 @@ def check_size(
         )
 
 
-def from_paho(msg: paho.MQTTMessage, ack: Callable[[], None]) -> Message:
+def from_paho(msg: Incoming, ack: Callable[[], None]) -> Message:
     """A paho message as a :class:`Message` (copying what the v5 properties carry)."""
     props = msg.properties
     return Message(

@@ -9,17 +9,16 @@ measured with mosquitto 2.0.11 (see docs/topics.md and the design notes):
   broker drop the connection and paho resend it forever;
 * every subscription restored in ``on_connect`` (the broker restores no shared
   ones); reconnects with backoff, and at start waits for a broker not up yet;
-* callbacks' exceptions logged (they would kill paho's network thread silently);
-* backpressure with a small Receive Maximum plus manual acks.
+* callbacks' exceptions logged (they would kill paho's thread); backpressure with a
+  small Receive Maximum plus manual acks.
 
-Handlers run on paho's network thread and must return quickly: a role puts the
-:class:`Message` on its own bounded queue, its worker pool runs the inference,
-then calls ``message.ack()`` (manual acks). Never run a model, sleep or wait for
-a publish inside a handler.
+Handlers run on paho's network thread and must return quickly: a role queues the
+:class:`Message`, its own threads run the inference, then ``message.ack()`` (manual
+acks). Never run a model, sleep or wait for a publish inside a handler.
 
-The client takes a :class:`~splitmq.shared.connection.Connection`, never the settings.
-Parts: ``connect`` (login, TLS, CONNECT options), ``waiting`` (for the broker at start),
-``subscriptions``, ``acks`` (PUBACKs) and ``messages`` (values, packets).
+It takes a :class:`~splitmq.shared.connection.Connection`, never the settings. Parts:
+``connect`` (login, TLS, CONNECT options), ``lean`` (paho reading PUBLISH and PUBACK
+lean), ``waiting`` (for the broker), ``subscriptions``, ``acks``, ``messages``.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from splitmq.shared.errors import BrokerError, LoginRefused
 from splitmq.shared.transport.acks import AckListener, PubAcks
 from splitmq.shared.transport.connect import connect_properties, new_paho
 from splitmq.shared.transport.flapping import Flapping
+from splitmq.shared.transport.lean import Incoming
 from splitmq.shared.transport.messages import (
     JSON_CONTENT_TYPE,
     Handler,
@@ -373,7 +373,7 @@ class MqttClient:
         self._acks.heard(mid, reason)
 
     @_logged
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, msg: Incoming) -> None:
         message = self._to_message(msg)
         sub_ids = getattr(msg.properties, "SubscriptionIdentifier", None)
         subs = self._subs.route(message.topic, sub_ids)
@@ -387,7 +387,7 @@ class MqttClient:
                 log.exception("handler for %r failed on %s", sub.topic_filter, message.topic)
                 message.ack()  # the handler did not take it: don't block the flow forever
 
-    def _to_message(self, msg: paho.MQTTMessage) -> Message:
+    def _to_message(self, msg: Incoming) -> Message:
         if self._manual_ack and msg.qos > 0:
             return from_paho(
                 msg, functools.partial(self._ack, Once(), msg.mid, msg.qos, self._generation)
