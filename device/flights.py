@@ -87,9 +87,9 @@ class Window:
     It starts at ``START`` and grows by one per window's worth of answers while their
     latency stays under ``QUEUED`` x the least latency of the recent ones (the latency
     of an empty queue) or that least latency plus ``SLACK_S``, whichever is longer; a
-    slower answer (requests queueing somewhere), a timeout or an
-    overload error halves it, at most once per such latency, so one burst of slow
-    answers counts once. A device thus keeps only its share of a busy tier in flight.
+    slower answer (requests queueing somewhere), a timeout or an overload error halves
+    it, at most once per such latency, so one burst of slow answers counts once. A
+    device thus keeps only its share of a busy tier in flight.
     """
 
     START = 4
