@@ -2,16 +2,15 @@
 
 MNIST CNN cut late (cut 10, int8: the edge runs only the two fc layers), one
 pipelined device (window 32) and one `splitmq edge` worker (one thread, its own
-process), against a bare paho pipelined request/response of the same sizes,
-QoS and broker doing the same ONNX Runtime work and nothing else: a client that
-runs the head (cuts 0-10) and publishes, keeping 32 requests in flight, to an
-echo process that runs the tail (10-12) and replies with as many bytes as
-splitmq's result. What splitmq adds over that is its protocol: encoding, the
-request's header and checks, routing, the JSON result, retries and telemetry.
-The two run in alternating turns of ``--seconds`` each, so machine noise hits
-both alike; the ratio is of the medians of the turns. Target: ≥ 0.8.
+process), against plain paho pipelines of the same sizes, QoS and broker doing
+the same ONNX Runtime work (``tinyhop_pipes.py``): bare (bytes and nothing
+else: the target's reference), "paho + format" (splitmq's message format,
+unchecked) and "paho + wire" (splitmq's own wire code, every check, and none
+of its runtime). The pipelines run in alternating turns of ``--seconds`` each,
+so machine noise hits all alike; ratios are of the medians of the turns.
+Target: splitmq ≥ 0.8 of bare.
 
-    .venv/bin/python bench/bench_tinyhop.py [--turns 5] [--seconds 4] [--json F]
+    .venv/bin/python bench/bench_tinyhop.py [--turns 5] [--seconds 4] [--max-batch 1] [--json F]
 """
 
 from __future__ import annotations
@@ -20,18 +19,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from socket import IPPROTO_TCP, TCP_NODELAY
 
-import paho.mqtt.client as paho
 from harness import bench_settings, start_worker
 from rich.console import Console
 from rich.table import Table
+from tinyhop_pipes import CODEC, CUT, MODEL, WINDOW, BarePipeline, FormatPipeline, WirePipeline
 
 from splitmq.broker.launcher import Broker
 from splitmq.device.runtime import Device
@@ -40,86 +36,6 @@ from splitmq.shared.model.pool import ModelPool
 from splitmq.shared.runtime.sessions import SessionCache
 from splitmq.shared.settings import Settings
 from splitmq.shared.transport.mqtt import MqttClient
-
-MODEL, CUT, CODEC, WINDOW = "mnist-cnn", 10, "int8", 32
-
-
-def bare_client(settings: Settings, name: str, topic: str, on_message) -> paho.Client:
-    """A plain paho MQTT v5 client, its network loop running, subscribed to ``topic``."""
-    url = settings.broker_url
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *_: subscribed.set()
-    # no Nagle, as splitmq's client: paho leaves it on, which costs ~40 ms a small reply
-    client.on_connect = lambda c, *_: c.socket().setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-    client.on_message = on_message
-    client.connect(url.host, url.port)
-    client.loop_start()
-    client.subscribe(topic, qos=1)
-    if not subscribed.wait(10):
-        raise RuntimeError(f"no SUBACK for {topic}")
-    return client
-
-
-class BarePipeline:
-    """A bare paho client keeping ``window`` QoS 1 requests in flight to an echo process."""
-
-    def __init__(self, settings: Settings, reply_bytes: int, window: int, head) -> None:
-        self.head = head  # the device's compute: the same segment splitmq's device runs
-        self.req, self.rsp = f"bench/{uuid.uuid4().hex}/req", f"bench/{uuid.uuid4().hex}/rsp"
-        echo = ["--echo", settings.broker, str(settings.pool), self.req, self.rsp]
-        self.server = subprocess.Popen(
-            [sys.executable, __file__, *echo, str(reply_bytes)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.server.stdout and self.server.stdout.readline().strip() == "ready"
-        self.window, self.out = window, 0
-        self.room = threading.Condition()
-        self.client = bare_client(settings, f"bare-{uuid.uuid4().hex[:6]}", self.rsp, self._reply)
-
-    def _reply(self, *_: object) -> None:
-        with self.room:
-            self.out -= 1
-            self.room.notify_all()
-
-    def run(self, frame, payload: bytes, seconds: float) -> float:
-        """Answers/s while keeping the window full for ``seconds``, then every one answered."""
-        start, sent = time.monotonic(), 0
-        while time.monotonic() - start < seconds:
-            with self.room:
-                self.room.wait_for(lambda: self.out < self.window)
-                self.out += 1
-            self.head.run(frame)
-            self.client.publish(self.req, payload, qos=1)
-            sent += 1
-        with self.room:
-            self.room.wait_for(lambda: self.out == 0, 30)
-        return sent / (time.monotonic() - start)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-        self.server.terminate()
-        self.server.wait(10)
-
-
-def echo_server(broker: str, pool: str, req: str, rsp: str, reply_bytes: int) -> None:
-    """The bare responder, in its own process like a worker: runs the tail, replies."""
-    cfg = Settings(_env_file=None, broker=broker)
-    reply = os.urandom(reply_bytes)
-    mv = ModelPool(Path(pool)).get(MODEL)
-    sessions = SessionCache(ModelPool(Path(pool)))
-    head, tail = sessions.segment(mv, 0, CUT), sessions.segment(mv, CUT, mv.last_cut)
-    x = head.run(mv.graph.sample_input())[mv.cuts[CUT].name]
-
-    def answer(client: paho.Client, *_: object) -> None:
-        tail.run(x)
-        client.publish(rsp, reply, qos=1)
-
-    bare_client(cfg, f"bare-echo-{uuid.uuid4().hex[:6]}", req, answer)
-    print("ready", flush=True)
-    threading.Event().wait()
 
 
 def cpu_s(pid: int | None = None) -> float:
@@ -163,33 +79,40 @@ def main() -> None:
     with Broker() as broker:
         cfg = bench_settings(broker, pool_dir)
         worker = start_worker(cfg, 1, extra=["--max-batch", str(args.max_batch)])
+        plan = make_plan(mv, CUT, CODEC)
         try:
-            with Device(cfg, "bench-dev", make_plan(mv, CUT, CODEC), window=WINDOW) as dev:
+            with Device(cfg, "bench-dev", plan, window=WINDOW) as dev:
                 request_bytes = dev.infer(frame).bytes_sent
                 result_bytes = result_size(cfg, dev, frame)
                 head = SessionCache(ModelPool(pool_dir)).segment(mv, 0, CUT)
-                bare = BarePipeline(cfg, result_bytes, WINDOW, head)
+                pipes = [BarePipeline(cfg, result_bytes, WINDOW, head)]
                 try:
-                    ours, theirs = turns(args, dev, frame, worker.pid, bare, request_bytes)
+                    pipes.append(FormatPipeline(cfg, WINDOW, head, mv))
+                    pipes.append(WirePipeline(cfg, WINDOW, head, mv, plan))
+                    rows = turns(args, dev, frame, worker.pid, pipes, request_bytes)
                 finally:
-                    bare.close()
+                    for pipe in pipes:
+                        pipe.close()
         finally:
             worker.terminate()
             worker.wait(30)
-    report(args, request_bytes, result_bytes, ours, theirs)
+    report(args, request_bytes, result_bytes, rows)
 
 
-def turns(args, dev: Device, frame, worker: int, bare: BarePipeline, request_bytes: int):
-    """The alternating turns: (req/s, CPU µs/req here, in the server) of each side."""
+def turns(args, dev: Device, frame, worker: int, pipes: list[BarePipeline], request_bytes: int):
+    """The alternating turns: (req/s, CPU µs/req here, in the server) of splitmq, then of
+    each of ``pipes``."""
     payload = os.urandom(request_bytes)
-    splitmq_rps(dev, frame, 1.0)  # warm both up
-    bare.run(frame, payload, 1.0)
-    ours, theirs = [], []
+    runs = [(lambda s: splitmq_rps(dev, frame, s), worker)]
+    for pipe in pipes:
+        runs.append((lambda s, pipe=pipe: pipe.run(frame, payload, s), pipe.server.pid))
+    for run, _ in runs:  # warm all up
+        run(1.0)
+    rows: list[list[tuple[float, float, float]]] = [[] for _ in runs]
     for _ in range(args.turns):
-        ours.append(measured(lambda s: splitmq_rps(dev, frame, s), worker, args.seconds))
-        bare_turn = measured(lambda s: bare.run(frame, payload, s), bare.server.pid, args.seconds)
-        theirs.append(bare_turn)
-    return ours, theirs
+        for row, (run, server) in zip(rows, runs, strict=True):
+            row.append(measured(run, server, args.seconds))
+    return rows
 
 
 def result_size(cfg: Settings, dev: Device, frame) -> int:
@@ -205,10 +128,11 @@ def result_size(cfg: Settings, dev: Device, frame) -> int:
     return got[0]
 
 
-def report(args, request_bytes: int, result_bytes: int, ours: list, theirs: list) -> None:
+def report(args, request_bytes: int, result_bytes: int, rows: list) -> None:
     def med(turns: list, i: int) -> float:
         return statistics.median(t[i] for t in turns)
 
+    ours, theirs, unchecked, wire = rows
     summary = {
         "model": MODEL,
         "cut": CUT,
@@ -220,27 +144,31 @@ def report(args, request_bytes: int, result_bytes: int, ours: list, theirs: list
         "seconds": args.seconds,
         "splitmq_rps": [round(t[0], 1) for t in ours],
         "bare_rps": [round(t[0], 1) for t in theirs],
+        "format_rps": [round(t[0], 1) for t in unchecked],
+        "wire_rps": [round(t[0], 1) for t in wire],
         "splitmq_cpu_us": {"device": round(med(ours, 1)), "worker": round(med(ours, 2))},
         "bare_cpu_us": {"client": round(med(theirs, 1)), "echo": round(med(theirs, 2))},
+        "format_cpu_us": {"client": round(med(unchecked, 1)), "echo": round(med(unchecked, 2))},
+        "wire_cpu_us": {"client": round(med(wire, 1)), "echo": round(med(wire, 2))},
         "ratio": round(med(ours, 0) / med(theirs, 0), 3),
+        "format_ratio": round(med(unchecked, 0) / med(theirs, 0), 3),
+        "wire_ratio": round(med(wire, 0) / med(theirs, 0), 3),
         "target": 0.8,
     }
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     table = Table(title=f"Tiny hop: {MODEL} cut {CUT} {CODEC}, window {WINDOW}, one edge thread")
-    for col in ("", "median req/s", "turns", "CPU µs/req: device", "server"):
+    for col in ("", "median req/s", "turns", "CPU µs/req: device", "server", "of bare"):
         table.add_column(col)
-    for name, turns in (("splitmq", ours), ("bare paho", theirs)):
+    named = [("splitmq", ours), ("paho + wire", wire), ("paho + format", unchecked)]
+    for name, turns in [*named, ("bare paho", theirs)]:
         rps = " ".join(f"{t[0]:.0f}" for t in turns)
-        table.add_row(
-            name, f"{med(turns, 0):.0f}", rps, f"{med(turns, 1):.0f}", f"{med(turns, 2):.0f}"
-        )
-    table.add_row("ratio", f"{summary['ratio']:.3f}", "target ≥ 0.8")
+        of_bare = f"{med(turns, 0) / med(theirs, 0):.3f}"
+        cpu = (f"{med(turns, 1):.0f}", f"{med(turns, 2):.0f}")
+        table.add_row(name, f"{med(turns, 0):.0f}", rps, *cpu, of_bare)
     Console().print(table)
+    Console().print(f"splitmq against bare paho: {summary['ratio']:.3f} (target ≥ 0.8)")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--echo":
-        echo_server(*sys.argv[2:6], int(sys.argv[6]))
-    else:
-        main()
+    main()
