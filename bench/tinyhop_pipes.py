@@ -41,7 +41,7 @@ import numpy as np
 import paho.mqtt.client as paho
 
 from splitmq.shared.codecs.core import decode, encode
-from splitmq.shared.model.outputs import TOP_K, top_k
+from splitmq.shared.model.outputs import TOP_K, softmax, top_k
 from splitmq.shared.model.plans import Plan
 from splitmq.shared.model.pool import ModelPool, ModelVersion
 from splitmq.shared.protocol.results import pack_result, unpack_result
@@ -258,9 +258,7 @@ def format_echo(mv: ModelVersion, sessions: SessionCache, rsp: str, _: int) -> O
         codes = np.frombuffer(tensor["data"], np.int8).astype(np.float32)
         x = ((codes - params["zp"]) * params["scale"]).reshape(tensor["shape"])
         (scores,) = tail.run(x).values()
-        z = scores.reshape(-1).astype(np.float64)  # the top-5 as top_k, without its TopK checks
-        e = np.exp(z - z.max())
-        probs = e / e.sum()
+        probs = softmax(scores.reshape(-1).astype(np.float64))  # as top_k, no TopK checks
         order = np.argsort(-probs)[:TOP_K].tolist()
         top = [
             {"index": i, "label": mv.labels[i] if mv.labels else None, "score": round(p, 6)}
